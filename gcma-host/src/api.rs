@@ -1,0 +1,208 @@
+//! The seam between the pool and its users (the virtio-gcma device, the VMM, benchmarks).
+//!
+//! Devices consume the pool through [`GcmaBackend`] so that they can be tested against a real
+//! [`crate::pool::Pool`] or a stand-in, and so that nothing outside this crate depends on how the
+//! pool is built.
+
+use std::os::fd::BorrowedFd;
+
+/// Size of one pool page, and of every cleancache / frontswap page, in bytes.
+pub const PAGE_SIZE: usize = 4096;
+
+/// One client (one VM) of the pool. Cleancache pools, frontswap areas and grants belong to a client;
+/// no client can name another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u32);
+
+/// A contiguous run of pool pages handed to one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContigGrant {
+    /// Owner of the grant.
+    pub client: ClientId,
+    /// First pool page number of the run.
+    pub first_page: u64,
+    /// Length of the run in pages.
+    pub nr_pages: u64,
+}
+
+impl ContigGrant {
+    /// Offset of the grant's first byte in the pool's memfd ([`GcmaBackend::memfd`]).
+    pub fn offset_bytes(&self) -> u64 {
+        self.first_page * PAGE_SIZE as u64
+    }
+
+    /// Length of the grant in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.nr_pages * PAGE_SIZE as u64
+    }
+}
+
+/// Key of a cleancache page: tmem's (pool, object, index) handle. The pool id comes from
+/// [`GcmaBackend::cleancache_new_pool`]; object is tmem's 3×u64 object id (an inode-like name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CleancacheKey {
+    /// Cleancache pool id, private to the client that created it.
+    pub pool: u32,
+    /// Object id inside the pool.
+    pub object: [u64; 3],
+    /// Page index inside the object.
+    pub index: u32,
+}
+
+/// Key of a frontswap page: a swap area (`type` in Linux) and a page offset inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontswapKey {
+    /// Swap area number.
+    pub area: u32,
+    /// Page offset inside the area.
+    pub offset: u64,
+}
+
+/// What happens to a persistent (frontswap) page when its pool page is needed for a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrontswapPolicy {
+    /// Every store is also written to a backing file; eviction just drops the pool copy.
+    WriteThrough,
+    /// Eviction writes the page to the backing file first.
+    WriteBack,
+    /// Eviction copies the page to ordinary host memory outside the pool (bounded).
+    PutBack,
+}
+
+/// Why a frontswap store was refused. A refused store leaves no copy of the key behind (a duplicate
+/// store that fails invalidates the old copy, so stale data is never returned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// No pool page could be had without evicting a page that cannot be evicted.
+    PoolFull,
+    /// The put-back store outside the pool is at its limit.
+    PutBackLimit,
+    /// Writing to the backing file failed.
+    BackingIo,
+    /// The client reached its per-client page limit.
+    ClientLimit,
+}
+
+/// Errors of pool operations. Every error leaves the pool unchanged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    /// The client id is not registered.
+    #[error("unknown client {0:?}")]
+    UnknownClient(ClientId),
+    /// The cleancache pool id does not exist for this client.
+    #[error("unknown cleancache pool {0}")]
+    UnknownPool(u32),
+    /// No grant of this client starts at this pool page.
+    #[error("no grant of this client starts at pool page {0}")]
+    UnknownGrant(u64),
+    /// A request for zero pages, a misaligned or non-power-of-two alignment, or a buffer that is not
+    /// one page.
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// Fewer non-granted pages exist in the whole pool than were asked for.
+    #[error("pool exhausted: {requested} pages asked, {available} not granted")]
+    Exhausted {
+        /// Pages asked for.
+        requested: u64,
+        /// Pages not granted to anyone (free or second-class).
+        available: u64,
+    },
+    /// Enough non-granted pages exist, but grants split them so that no run is long enough.
+    #[error("pool fragmented by grants: {requested} pages asked, longest run {largest_run}")]
+    Fragmented {
+        /// Pages asked for.
+        requested: u64,
+        /// Longest run of non-granted pages (respecting alignment is not accounted here).
+        largest_run: u64,
+    },
+    /// A frontswap store was refused.
+    #[error("frontswap store rejected: {0:?}")]
+    Rejected(RejectReason),
+    /// Host I/O failed (backing file, memfd).
+    #[error("host I/O error: {0}")]
+    Io(String),
+}
+
+/// The pool as devices see it. All methods are safe to call from many threads at once.
+///
+/// Page buffers are exactly [`PAGE_SIZE`] bytes; anything else is [`PoolError::Invalid`].
+pub trait GcmaBackend: Send + Sync {
+    /// Registers a client (one VM). Its name only labels metrics and logs.
+    fn register_client(&self, name: &str) -> ClientId;
+    /// Drops everything a client holds: its grants are freed, its cleancache pools destroyed, its
+    /// frontswap pages invalidated.
+    fn unregister_client(&self, client: ClientId) -> Result<(), PoolError>;
+
+    /// Grants `nr_pages` contiguous pool pages whose first page number is a multiple of
+    /// `align_pages` (a power of two ≥ 1). Second-class pages in the chosen run are evicted; every
+    /// page of the grant reads as zero.
+    fn alloc_contig(
+        &self,
+        client: ClientId,
+        nr_pages: u64,
+        align_pages: u64,
+    ) -> Result<ContigGrant, PoolError>;
+    /// Returns a grant (named by its first page) to the pool; gives its length in pages.
+    fn free_contig(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError>;
+    /// The memfd that backs the pool; a grant lives at [`ContigGrant::offset_bytes`] in it.
+    fn memfd(&self) -> BorrowedFd<'_>;
+    /// Number of pages in the pool.
+    fn nr_pages(&self) -> u64;
+
+    /// Creates a private ephemeral pool for `client`; returns its id.
+    fn cleancache_new_pool(&self, client: ClientId) -> Result<u32, PoolError>;
+    /// Puts a clean page. Returns `Ok(false)` when the page was not kept (ephemeral puts may be
+    /// dropped); a put over an existing key replaces it.
+    fn cleancache_put(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        page: &[u8],
+    ) -> Result<bool, PoolError>;
+    /// Gets a page into `out`; `Ok(false)` on a miss. A hit removes the page (private pools).
+    fn cleancache_get(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError>;
+    /// Drops one page; `Ok(false)` if it was not there.
+    fn cleancache_flush_page(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+    ) -> Result<bool, PoolError>;
+    /// Drops every page of one object; returns how many.
+    fn cleancache_flush_object(
+        &self,
+        client: ClientId,
+        pool: u32,
+        object: [u64; 3],
+    ) -> Result<u64, PoolError>;
+    /// Drops a pool and all its pages.
+    fn cleancache_destroy_pool(&self, client: ClientId, pool: u32) -> Result<(), PoolError>;
+
+    /// Stores a swapped-out page. Once this returns `Ok`, [`Self::frontswap_load`] of the key
+    /// returns this data until it is invalidated or replaced.
+    fn frontswap_store(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        page: &[u8],
+    ) -> Result<(), PoolError>;
+    /// Loads a page into `out`; `Ok(false)` if the key was never accepted or was invalidated.
+    fn frontswap_load(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError>;
+    /// Invalidates one page; `Ok(false)` if it was not there.
+    fn frontswap_invalidate_page(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+    ) -> Result<bool, PoolError>;
+    /// Invalidates every page of a swap area; returns how many.
+    fn frontswap_invalidate_area(&self, client: ClientId, area: u32) -> Result<u64, PoolError>;
+}

@@ -1,0 +1,10 @@
+//! Host side of the GCMA memory service.
+//!
+//! * [`range`]: the range allocator (free blocks in an augmented, address-ordered balanced tree, the
+//!   way Linux vmalloc tracks free space since 2019).
+//! * [`api`]: the seam devices consume the pool through ([`api::GcmaBackend`]).
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod range;

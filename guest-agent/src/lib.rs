@@ -1,0 +1,3 @@
+//! Guest side of virtio-gcma.
+
+#![cfg_attr(not(feature = "std"), no_std)]
