@@ -1,0 +1,187 @@
+//! Strict descriptor-chain handling on top of `virtio-queue`.
+//!
+//! `virtio-queue`'s own chain iterator silently stops at loops and unreadable descriptors; a device
+//! that must count and report hostile guests needs to know *why* a chain ended. [`pop_chain`] takes
+//! the next head from the available ring through [`Queue`], then walks the descriptor table itself
+//! and returns either a fully validated [`Chain`] or a [`ChainError`].
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::{GuestMemoryMmap, InterruptHandle};
+use crate::error::ChainError;
+
+/// Descriptor flag: the chain continues at `next`.
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the buffer is device-writable.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer holds an indirect descriptor table.
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+
+/// Size in bytes of one split-ring descriptor.
+pub const DESC_SIZE: u64 = 16;
+
+/// One validated buffer of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// Guest-physical start of the buffer.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// Whether the device may write it (`VIRTQ_DESC_F_WRITE`).
+    pub writable: bool,
+}
+
+/// A descriptor chain whose structure has been validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// Index of the head descriptor (what goes into the used ring).
+    pub head: u16,
+    /// The buffers in chain order.
+    pub descs: Vec<Desc>,
+}
+
+impl Chain {
+    /// The device-readable buffers, in order.
+    pub fn readable(&self) -> impl Iterator<Item = &Desc> {
+        self.descs.iter().filter(|d| !d.writable)
+    }
+
+    /// The device-writable buffers, in order.
+    pub fn writable(&self) -> impl Iterator<Item = &Desc> {
+        self.descs.iter().filter(|d| d.writable)
+    }
+
+    /// Whether every readable buffer precedes every writable one, as the spec requires.
+    pub fn is_ordered(&self) -> bool {
+        let first_writable = self
+            .descs
+            .iter()
+            .position(|d| d.writable)
+            .unwrap_or(self.descs.len());
+        self.descs[first_writable..].iter().all(|d| d.writable)
+    }
+}
+
+/// The result of taking one entry off the available ring.
+#[derive(Debug)]
+pub enum Popped {
+    /// A chain with valid structure and all buffers inside guest memory.
+    Chain(Chain),
+    /// The head was valid but the chain is not usable: the device should return `head` with a
+    /// used length of 0 and count the error. Only non-structural errors land here.
+    Rejected {
+        /// Head index to return.
+        head: u16,
+        /// What was wrong.
+        error: ChainError,
+    },
+}
+
+/// Take the next chain off `queue`'s available ring, if any.
+///
+/// `Err` means the ring itself is broken (available index too far ahead, descriptor loop, index
+/// out of range, indirect descriptors we never offered): the device should enter
+/// `DEVICE_NEEDS_RESET`.
+pub fn pop_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Popped>, ChainError> {
+    let head = {
+        let mut iter = queue.iter(mem)?;
+        match iter.next() {
+            Some(c) => c.head_index(),
+            None => {
+                // `AvailIter` also ends on an unreadable ring entry: tell that apart from "empty".
+                let avail_idx = queue.avail_idx(mem, Ordering::Acquire)?;
+                if avail_idx != Wrapping(queue.next_avail()) {
+                    return Err(ChainError::RingAccess(GuestAddress(queue.avail_ring())));
+                }
+                return Ok(None);
+            }
+        }
+    };
+    walk_chain(queue, mem, head).map(Some)
+}
+
+fn walk_chain(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Result<Popped, ChainError> {
+    let size = queue.size();
+    let table = GuestAddress(queue.desc_table());
+    let mut descs = Vec::new();
+    let mut index = head;
+    let mut out_of_range = None;
+    loop {
+        if index >= size {
+            return Err(ChainError::IndexOutOfRange { index, size });
+        }
+        if descs.len() >= usize::from(size) {
+            return Err(ChainError::TooLong { size });
+        }
+        let at = table
+            .checked_add(u64::from(index) * DESC_SIZE)
+            .ok_or(ChainError::RingAccess(table))?;
+        let mut raw = [0u8; DESC_SIZE as usize];
+        mem.read_slice(&mut raw, at)
+            .map_err(|_| ChainError::RingAccess(at))?;
+        let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let next = u16::from_le_bytes([raw[14], raw[15]]);
+        if flags & VIRTQ_DESC_F_INDIRECT != 0 {
+            return Err(ChainError::IndirectNotNegotiated);
+        }
+        if out_of_range.is_none() && len > 0 && !buffer_in_memory(mem, addr, len) {
+            out_of_range = Some(ChainError::BufferOutOfRange { addr, len });
+        }
+        descs.push(Desc {
+            addr: GuestAddress(addr),
+            len,
+            writable: flags & VIRTQ_DESC_F_WRITE != 0,
+        });
+        if flags & VIRTQ_DESC_F_NEXT == 0 {
+            break;
+        }
+        index = next;
+    }
+    Ok(match out_of_range {
+        Some(error) => Popped::Rejected { head, error },
+        None => Popped::Chain(Chain { head, descs }),
+    })
+}
+
+fn buffer_in_memory(mem: &GuestMemoryMmap, addr: u64, len: u32) -> bool {
+    GuestAddress(addr).checked_add(u64::from(len)).is_some()
+        && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize)
+}
+
+/// Put `head` on the used ring with `len` bytes written.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> Result<(), ChainError> {
+    queue.add_used(mem, head, len)?;
+    Ok(())
+}
+
+/// Signal used buffers if the driver wants to hear about them (honours `EVENT_IDX`).
+pub fn notify_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &InterruptHandle,
+) -> Result<bool, ChainError> {
+    if queue.needs_notification(mem)? {
+        interrupt
+            .signal_used()
+            .map_err(|e| ChainError::Queue(format!("interrupt: {e}")))?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Read a little-endian value of `N` bytes from guest memory, or `None` outside it.
+pub fn read_bytes<const N: usize>(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    mem.read_slice(&mut buf, addr).ok().map(|_| buf)
+}
