@@ -13,6 +13,7 @@
 
 #[cfg(feature = "device")]
 pub mod error;
+pub mod gcma;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 #[cfg(feature = "device")]
