@@ -5,6 +5,8 @@
 //! Map of the host side (feature `device`):
 //! - [`transport`]: the [`transport::VirtioDevice`] trait, interrupts, strict descriptor-chain
 //!   walking and the virtio-mmio v2 transport ([`transport::MmioTransport`]).
+//! - [`virtio_balloon`]: the standard balloon (id 5) on top of [`memory_release`], which frees the
+//!   host memory behind guest pages with the call that works for the backing.
 //! - [`error`]: the crate's error types.
 //! - `testing` (feature `test-utils`): a guest-driver stand-in acting only through MMIO registers
 //!   and guest memory.
@@ -14,7 +16,11 @@
 #[cfg(feature = "device")]
 pub mod error;
 pub mod gcma;
+#[cfg(feature = "device")]
+pub mod memory_release;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 #[cfg(feature = "device")]
 pub mod transport;
+#[cfg(feature = "device")]
+pub mod virtio_balloon;

@@ -1,0 +1,150 @@
+//! Giving the host memory behind guest pages back to the host kernel.
+//!
+//! One entry point, [`release`], picks the call that actually frees memory for the region's
+//! backing:
+//! - shared file-backed regions (the VMM's memfd, shared files, hugetlbfs): `fallocate(PUNCH_HOLE)` on
+//!   the file at the region's offset — `MADV_DONTNEED` on a shared mapping only drops the page
+//!   table entries and frees nothing;
+//! - anonymous shared mappings: `madvise(MADV_REMOVE)`;
+//! - private mappings (anonymous, or copy-on-write over a file): `madvise(MADV_DONTNEED)`.
+//!
+//! Ranges must be aligned to the region's host page size ([`host_page_size`]); callers that work
+//! in 4 KiB guest pages round inward (the balloon only frees a huge page once every 4 KiB piece of
+//! it is in the balloon).
+
+use std::os::fd::AsRawFd;
+
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::error::ReleaseError;
+use crate::transport::GuestMemoryMmap;
+
+/// The guest page size the balloon protocol works in.
+pub const GUEST_PAGE_SIZE: u64 = 4096;
+
+/// Which call released a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseMethod {
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)` on the backing file.
+    PunchHole,
+    /// `madvise(MADV_REMOVE)` on a shared anonymous mapping.
+    MadviseRemove,
+    /// `madvise(MADV_DONTNEED)` on a private anonymous mapping.
+    MadviseDontneed,
+}
+
+/// Page size of the host memory behind the region holding `gpa` (4 KiB unless the region is
+/// backed by a hugetlbfs file). `None` if `gpa` is not guest memory.
+pub fn host_page_size(mem: &GuestMemoryMmap, gpa: u64) -> Option<u64> {
+    let region = mem.find_region(GuestAddress(gpa))?;
+    let Some(fo) = region.file_offset() else {
+        return Some(GUEST_PAGE_SIZE);
+    };
+    // SAFETY: `statfs` is plain old data; zeroed is a valid value to pass for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is owned by the region's `FileOffset` and open for the call's duration;
+    // `st` is a valid, writable `statfs`.
+    let rc = unsafe { libc::fstatfs(fo.file().as_raw_fd(), &mut st) };
+    if rc == 0 && st.f_type == libc::HUGETLBFS_MAGIC {
+        Some(u64::try_from(st.f_bsize).unwrap_or(GUEST_PAGE_SIZE))
+    } else {
+        Some(GUEST_PAGE_SIZE)
+    }
+}
+
+/// Release the host memory behind guest-physical `[gpa, gpa + len)`. The range must lie inside one
+/// guest memory region; afterwards reads of it return zeros and the host may reuse the memory.
+pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMethod, ReleaseError> {
+    let out_of_range = || ReleaseError::OutOfRange { gpa, len };
+    let region = mem
+        .find_region(GuestAddress(gpa))
+        .ok_or_else(out_of_range)?;
+    let offset = GuestAddress(gpa).unchecked_offset_from(region.start_addr());
+    let end = offset.checked_add(len).ok_or_else(out_of_range)?;
+    if end > region.len() || len == 0 {
+        return Err(out_of_range());
+    }
+    let syscall = |call, source| ReleaseError::Syscall {
+        call,
+        gpa,
+        len,
+        source,
+    };
+    let mapping = region.get_mmap();
+    let shared = mapping.flags() & libc::MAP_SHARED != 0;
+    if let (Some(fo), true) = (region.file_offset(), shared) {
+        let file_off = fo.start().checked_add(offset).ok_or_else(out_of_range)?;
+        // SAFETY: the fd is valid for the call; punching a hole only changes file contents, which
+        // the guest gave up (the mapping stays valid and reads back zeros).
+        let rc = unsafe {
+            libc::fallocate(
+                fo.file().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                file_off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(syscall(
+                "fallocate(PUNCH_HOLE)",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        return Ok(ReleaseMethod::PunchHole);
+    }
+    // Private mappings (anonymous or copy-on-write file) drop their private copies.
+    let (advice, method, call) = if shared {
+        (
+            libc::MADV_REMOVE,
+            ReleaseMethod::MadviseRemove,
+            "madvise(MADV_REMOVE)",
+        )
+    } else {
+        (
+            libc::MADV_DONTNEED,
+            ReleaseMethod::MadviseDontneed,
+            "madvise(MADV_DONTNEED)",
+        )
+    };
+    // `offset + len <= region.len()` was checked, so the pointer stays inside the mapping.
+    let host = mapping.as_ptr().wrapping_add(offset as usize);
+    // SAFETY: `[host, host + len)` lies inside this region's live mapping (checked above); the
+    // advice only discards contents the guest gave up and keeps the mapping valid.
+    let rc = unsafe { libc::madvise(host.cast(), len as usize, advice) };
+    if rc != 0 {
+        return Err(syscall(call, std::io::Error::last_os_error()));
+    }
+    Ok(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn anonymous_private_memory_reads_zero_after_release() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(&[0xab; 8192], GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            release(&mem, 0x1000, 0x1000).unwrap(),
+            ReleaseMethod::MadviseDontneed
+        );
+        let mut b = [0u8; 2];
+        mem.read_slice(&mut b, GuestAddress(0x1000)).unwrap();
+        assert_eq!(b, [0, 0]);
+        mem.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
+        assert_eq!(b, [0xab, 0xab], "the next page is untouched");
+    }
+
+    #[test]
+    fn out_of_range_is_refused() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        assert!(release(&mem, 0xff000, 0x2000).is_err());
+        assert!(release(&mem, 1 << 20, 0x1000).is_err());
+        assert!(release(&mem, 0, 0).is_err());
+        assert_eq!(host_page_size(&mem, 0), Some(GUEST_PAGE_SIZE));
+        assert_eq!(host_page_size(&mem, 1 << 30), None);
+    }
+}

@@ -1,0 +1,615 @@
+//! The balloon's device model.
+
+use std::sync::Arc;
+
+use log::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::{
+    queue_kinds, BalloonConfig, BalloonCounters, BalloonStats, BalloonStatus, QueueKind,
+    CONFIG_ACTUAL, CONFIG_LEN, CONFIG_NUM_PAGES, CONFIG_POISON_VAL, MAX_PFN_BYTES_PER_CHAIN,
+    NR_STAT_TAGS, STAT_ENTRY_LEN, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_PAGE_POISON,
+    VIRTIO_BALLOON_F_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ, VIRTIO_ID_BALLOON,
+};
+use crate::error::{ChainError, DeviceError};
+use crate::memory_release::{self, GUEST_PAGE_SIZE};
+use crate::transport::chain::{self, Chain, Popped};
+use crate::transport::{
+    Activation, GuestMemoryMmap, InterruptHandle, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Per guest-memory region: which 4 KiB pages are in the balloon.
+struct RegionPages {
+    start: u64,
+    len: u64,
+    host_page: u64,
+    /// One bit per guest page, allocated on first inflate.
+    bits: Vec<u64>,
+    inflated: u64,
+}
+
+impl RegionPages {
+    fn nr_pages(&self) -> u64 {
+        self.len / GUEST_PAGE_SIZE
+    }
+
+    fn test(&self, page: u64) -> bool {
+        self.bits
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// Set a page's bit; `true` if it was clear.
+    fn set(&mut self, page: u64) -> bool {
+        if self.bits.is_empty() {
+            self.bits = vec![0; self.nr_pages().div_ceil(64) as usize];
+        }
+        let Some(w) = self.bits.get_mut((page / 64) as usize) else {
+            return false;
+        };
+        let m = 1 << (page % 64);
+        let was_clear = *w & m == 0;
+        *w |= m;
+        self.inflated += u64::from(was_clear);
+        was_clear
+    }
+
+    /// Clear a page's bit; `true` if it was set.
+    fn clear(&mut self, page: u64) -> bool {
+        let Some(w) = self.bits.get_mut((page / 64) as usize) else {
+            return false;
+        };
+        let m = 1 << (page % 64);
+        let was_set = *w & m != 0;
+        *w &= !m;
+        self.inflated -= u64::from(was_set);
+        was_set
+    }
+}
+
+struct Running {
+    mem: Arc<GuestMemoryMmap>,
+    queues: Vec<(QueueKind, Queue)>,
+    interrupt: InterruptHandle,
+    stats_head: Option<(usize, u16)>,
+    regions: Vec<RegionPages>,
+}
+
+/// The virtio-balloon device. Put it behind a transport; drive the target with
+/// [`set_target_pages`](Self::set_target_pages), stats with
+/// [`request_stats`](Self::request_stats), and read everything with [`status`](Self::status).
+pub struct Balloon {
+    cfg: BalloonConfig,
+    target_pages: u32,
+    actual_pages: u32,
+    poison_val: u32,
+    features: u64,
+    running: Option<Running>,
+    stats: BalloonStats,
+    counters: BalloonCounters,
+}
+
+impl std::fmt::Debug for Balloon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balloon")
+            .field("cfg", &self.cfg)
+            .field("target_pages", &self.target_pages)
+            .field("actual_pages", &self.actual_pages)
+            .field("features", &self.features)
+            .field("activated", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl Balloon {
+    /// A balloon offering the features in `cfg`.
+    pub fn new(cfg: BalloonConfig) -> Self {
+        Balloon {
+            target_pages: cfg.target_pages,
+            cfg,
+            actual_pages: 0,
+            poison_val: 0,
+            features: 0,
+            running: None,
+            stats: BalloonStats::default(),
+            counters: BalloonCounters::default(),
+        }
+    }
+
+    /// Set the target balloon size in 4 KiB pages (`num_pages`) and, if the driver is running,
+    /// raise a config-change interrupt so it starts inflating or deflating.
+    pub fn set_target_pages(&mut self, pages: u32) -> std::io::Result<()> {
+        if pages == self.target_pages {
+            return Ok(());
+        }
+        self.target_pages = pages;
+        self.counters.target_changes += 1;
+        if let Some(run) = &self.running {
+            run.interrupt.signal_config_change()?;
+        }
+        Ok(())
+    }
+
+    /// Return the held stats buffer to the guest so it sends fresh statistics. Returns `false`
+    /// when there is nothing to request (no stats queue, or the guest still holds the buffer).
+    /// The VMM calls this on its stats polling interval.
+    pub fn request_stats(&mut self) -> Result<bool, DeviceError> {
+        let Some(run) = self.running.as_mut() else {
+            return Ok(false);
+        };
+        let Some((qi, head)) = run.stats_head.take() else {
+            return Ok(false);
+        };
+        let broken = |source| DeviceError::BrokenRing {
+            queue: qi as u16,
+            source,
+        };
+        let Some((_, q)) = run.queues.get_mut(qi) else {
+            return Ok(false);
+        };
+        chain::add_used(q, &run.mem, head, 0).map_err(broken)?;
+        chain::notify_used(q, &run.mem, &run.interrupt).map_err(broken)?;
+        self.counters.stats_requests += 1;
+        Ok(true)
+    }
+
+    /// A snapshot for the VMM's API and metrics.
+    pub fn status(&self) -> BalloonStatus {
+        BalloonStatus {
+            target_pages: self.target_pages,
+            actual_pages: self.actual_pages,
+            inflated_pages: self
+                .running
+                .as_ref()
+                .map_or(0, |r| r.regions.iter().map(|p| p.inflated).sum()),
+            features: self.features,
+            activated: self.running.is_some(),
+            stats_buffer_held: self
+                .running
+                .as_ref()
+                .is_some_and(|r| r.stats_head.is_some()),
+            stats: self.stats,
+            counters: self.counters,
+        }
+    }
+
+    /// The counters alone.
+    pub fn counters(&self) -> BalloonCounters {
+        self.counters
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_LEN as usize] {
+        let mut c = [0u8; CONFIG_LEN as usize];
+        c[0..4].copy_from_slice(&self.target_pages.to_le_bytes());
+        c[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        // free_page_hint_cmd_id stays 0: FREE_PAGE_HINT is not offered.
+        c[12..16].copy_from_slice(&self.poison_val.to_le_bytes());
+        c
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_id(&self) -> u32 {
+        VIRTIO_ID_BALLOON
+    }
+
+    fn device_features(&self) -> u64 {
+        let mut f = VIRTIO_RING_F_EVENT_IDX;
+        let c = &self.cfg;
+        for (on, bit) in [
+            (c.stats, VIRTIO_BALLOON_F_STATS_VQ),
+            (c.deflate_on_oom, VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
+            (c.page_poison, VIRTIO_BALLOON_F_PAGE_POISON),
+            (c.free_page_reporting, VIRTIO_BALLOON_F_PAGE_REPORTING),
+        ] {
+            if on {
+                f |= bit;
+            }
+        }
+        f
+    }
+
+    fn features_negotiated(&mut self, features: u64) -> bool {
+        self.features = features;
+        true
+    }
+
+    fn queue_max_sizes(&self, features: u64) -> Vec<u16> {
+        vec![self.cfg.queue_size; queue_kinds(features).len()]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| c.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let mut c = self.config_bytes();
+        for (i, b) in data.iter().enumerate() {
+            let o = offset.saturating_add(i as u64);
+            let writable = (CONFIG_ACTUAL..CONFIG_ACTUAL + 4).contains(&o)
+                || (CONFIG_POISON_VAL..CONFIG_POISON_VAL + 4).contains(&o);
+            if writable {
+                c[o as usize] = *b;
+            } else if (CONFIG_NUM_PAGES..CONFIG_LEN).contains(&o) {
+                debug!("virtio-balloon: driver write to read-only config byte {o} ignored");
+            }
+        }
+        self.actual_pages = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        self.poison_val = u32::from_le_bytes([c[12], c[13], c[14], c[15]]);
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
+        let kinds = queue_kinds(a.features);
+        if a.queues.len() < kinds.len() {
+            return Err(DeviceError::MissingQueues {
+                needed: kinds.len(),
+                got: a.queues.len(),
+            });
+        }
+        for (i, q) in a.queues.iter().take(2).enumerate() {
+            if !q.ready() {
+                return Err(DeviceError::QueueNotReady(i as u16));
+            }
+        }
+        let regions = a
+            .mem
+            .iter()
+            .map(|r| RegionPages {
+                start: r.start_addr().0,
+                len: r.len(),
+                host_page: memory_release::host_page_size(&a.mem, r.start_addr().0)
+                    .unwrap_or(GUEST_PAGE_SIZE),
+                bits: Vec::new(),
+                inflated: 0,
+            })
+            .collect();
+        self.features = a.features;
+        self.running = Some(Running {
+            mem: a.mem,
+            queues: kinds.into_iter().zip(a.queues).collect(),
+            interrupt: a.interrupt,
+            stats_head: None,
+            regions,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+        let features = self.features;
+        let poison_val = self.poison_val;
+        let counters = &mut self.counters;
+        let stats = &mut self.stats;
+        let run = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
+        let qi = usize::from(index);
+        let Running {
+            mem,
+            queues,
+            interrupt,
+            stats_head,
+            regions,
+        } = run;
+        let (kind, queue) = queues.get_mut(qi).ok_or(DeviceError::NoSuchQueue(index))?;
+        let kind = *kind;
+        if !queue.ready() {
+            warn!("virtio-balloon: notify of queue {index} that was never made ready, ignored");
+            return Ok(());
+        }
+        let broken = |source: ChainError| DeviceError::BrokenRing {
+            queue: index,
+            source,
+        };
+        while let Some(popped) = chain::pop_chain(queue, mem).map_err(broken)? {
+            let c = match popped {
+                Popped::Chain(c) => c,
+                Popped::Rejected { head, error } => {
+                    warn!("virtio-balloon: queue {index}: chain {head} rejected: {error}");
+                    counters.rejected_chains += 1;
+                    chain::add_used(queue, mem, head, 0).map_err(broken)?;
+                    continue;
+                }
+            };
+            let head = c.head;
+            match kind {
+                QueueKind::Inflate | QueueKind::Deflate => {
+                    let inflate = kind == QueueKind::Inflate;
+                    if let Some(pfns) = read_pfns(mem, &c, index, counters) {
+                        if inflate {
+                            counters.inflate_chains += 1;
+                            inflate_pfns(mem, regions, &pfns, counters);
+                        } else {
+                            counters.deflate_chains += 1;
+                            deflate_pfns(regions, &pfns, counters);
+                        }
+                    }
+                }
+                QueueKind::Stats => {
+                    parse_stats(mem, &c, stats, counters);
+                    // Keep the newest buffer; give an older one back.
+                    if let Some((_, old)) = stats_head.replace((qi, head)) {
+                        chain::add_used(queue, mem, old, 0).map_err(broken)?;
+                    }
+                    continue;
+                }
+                QueueKind::Reporting => {
+                    counters.report_chains += 1;
+                    let poisoned = features & VIRTIO_BALLOON_F_PAGE_POISON != 0 && poison_val != 0;
+                    report_free(mem, regions, &c, poisoned, counters);
+                }
+            }
+            chain::add_used(queue, mem, head, 0).map_err(broken)?;
+        }
+        chain::notify_used(queue, mem, interrupt).map_err(broken)?;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.running = None;
+        self.features = 0;
+        self.actual_pages = 0;
+        self.poison_val = 0;
+    }
+}
+
+/// Read the PFN list of an inflate/deflate chain, or count it as malformed.
+fn read_pfns(
+    mem: &GuestMemoryMmap,
+    c: &Chain,
+    queue: u16,
+    counters: &mut BalloonCounters,
+) -> Option<Vec<u32>> {
+    let total: u64 = c.readable().map(|d| u64::from(d.len)).sum();
+    let why = if c.writable().next().is_some() {
+        Some("device-writable buffer in a PFN list")
+    } else if total == 0 {
+        Some("empty PFN list")
+    } else if total > MAX_PFN_BYTES_PER_CHAIN {
+        Some("PFN list too long")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        warn!(
+            "virtio-balloon: queue {queue}: chain {} ({total} bytes): {why}",
+            c.head
+        );
+        counters.malformed_chains += 1;
+        return None;
+    }
+    if !total.is_multiple_of(4) {
+        warn!(
+            "virtio-balloon: queue {queue}: chain {}: {total} bytes is not whole PFNs; tail ignored",
+            c.head
+        );
+        counters.malformed_chains += 1;
+    }
+    let mut bytes = Vec::with_capacity(total as usize);
+    for d in c.readable() {
+        let start = bytes.len();
+        bytes.resize(start + d.len as usize, 0);
+        // The buffer was validated to lie in guest memory; a failure here is a race with memory
+        // removal, treated as zeros.
+        if mem.read_slice(&mut bytes[start..], d.addr).is_err() {
+            warn!(
+                "virtio-balloon: queue {queue}: unreadable PFN buffer {:?}",
+                d.addr
+            );
+        }
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// Locate a PFN: (region index, page index within the region).
+fn locate(regions: &[RegionPages], pfn: u32) -> Option<(usize, u64)> {
+    let gpa = u64::from(pfn) * GUEST_PAGE_SIZE;
+    let i = regions.partition_point(|r| r.start + r.len <= gpa);
+    let r = regions.get(i)?;
+    (gpa >= r.start && gpa + GUEST_PAGE_SIZE <= r.start + r.len)
+        .then(|| (i, (gpa - r.start) / GUEST_PAGE_SIZE))
+}
+
+fn count_out_of_range(pfns: &[u32], bad: u64, first: Option<u32>, counters: &mut BalloonCounters) {
+    if bad > 0 {
+        counters.pfn_out_of_range += bad;
+        warn!(
+            "virtio-balloon: {bad} of {} PFNs outside guest memory ignored (first {:#x})",
+            pfns.len(),
+            first.unwrap_or(0)
+        );
+    }
+}
+
+fn inflate_pfns(
+    mem: &GuestMemoryMmap,
+    regions: &mut [RegionPages],
+    pfns: &[u32],
+    counters: &mut BalloonCounters,
+) {
+    let mut fresh: Vec<(usize, u64)> = Vec::with_capacity(pfns.len());
+    let (mut bad, mut first_bad) = (0u64, None);
+    for &pfn in pfns {
+        counters.inflated_pfns += 1;
+        match locate(regions, pfn) {
+            Some((ri, page)) => {
+                if regions[ri].set(page) {
+                    fresh.push((ri, page));
+                } else {
+                    counters.duplicate_inflates += 1;
+                }
+            }
+            None => {
+                bad += 1;
+                first_bad.get_or_insert(pfn);
+            }
+        }
+    }
+    count_out_of_range(pfns, bad, first_bad, counters);
+    fresh.sort_unstable();
+    // Coalesce consecutive pages into runs: one release call per run.
+    let mut i = 0;
+    while i < fresh.len() {
+        let (ri, first) = fresh[i];
+        let mut n = 1;
+        while i + n < fresh.len() && fresh[i + n] == (ri, first + n as u64) {
+            n += 1;
+        }
+        release_run(mem, &regions[ri], first, n as u64, counters);
+        i += n;
+    }
+}
+
+/// Release pages `[first, first + n)` of a region; with huge host pages, release only the host
+/// pages now entirely inflated.
+fn release_run(
+    mem: &GuestMemoryMmap,
+    r: &RegionPages,
+    first: u64,
+    n: u64,
+    counters: &mut BalloonCounters,
+) {
+    let per_host = (r.host_page / GUEST_PAGE_SIZE).max(1);
+    if per_host == 1 {
+        release_counted(
+            mem,
+            r.start + first * GUEST_PAGE_SIZE,
+            n * GUEST_PAGE_SIZE,
+            counters,
+        );
+        return;
+    }
+    let first_hp = first / per_host;
+    let last_hp = (first + n - 1) / per_host;
+    for hp in first_hp..=last_hp {
+        let lo = hp * per_host;
+        let hi = lo + per_host;
+        if hi <= r.nr_pages() && (lo..hi).all(|p| r.test(p)) {
+            release_counted(mem, r.start + lo * GUEST_PAGE_SIZE, r.host_page, counters);
+        }
+    }
+}
+
+fn release_counted(mem: &GuestMemoryMmap, gpa: u64, len: u64, counters: &mut BalloonCounters) {
+    match memory_release::release(mem, gpa, len) {
+        Ok(_) => counters.released_bytes += len,
+        Err(e) => {
+            warn!("virtio-balloon: {e}");
+            counters.release_errors += 1;
+        }
+    }
+}
+
+fn deflate_pfns(regions: &mut [RegionPages], pfns: &[u32], counters: &mut BalloonCounters) {
+    let (mut bad, mut first_bad) = (0u64, None);
+    for &pfn in pfns {
+        counters.deflated_pfns += 1;
+        match locate(regions, pfn) {
+            Some((ri, page)) => {
+                if !regions[ri].clear(page) {
+                    counters.deflates_not_inflated += 1;
+                }
+            }
+            None => {
+                bad += 1;
+                first_bad.get_or_insert(pfn);
+            }
+        }
+    }
+    count_out_of_range(pfns, bad, first_bad, counters);
+}
+
+fn parse_stats(
+    mem: &GuestMemoryMmap,
+    c: &Chain,
+    stats: &mut BalloonStats,
+    counters: &mut BalloonCounters,
+) {
+    if c.writable().next().is_some() {
+        warn!(
+            "virtio-balloon: stats chain {} has device-writable buffers",
+            c.head
+        );
+        counters.malformed_chains += 1;
+        return;
+    }
+    // More than a page of stats is nonsense (16 tags are 160 bytes); read at most that.
+    let mut bytes = Vec::new();
+    for d in c.readable() {
+        let room = 4096usize.saturating_sub(bytes.len());
+        let n = (d.len as usize).min(room);
+        let start = bytes.len();
+        bytes.resize(start + n, 0);
+        if mem.read_slice(&mut bytes[start..], d.addr).is_err() {
+            bytes.truncate(start);
+        }
+    }
+    if bytes.len() % STAT_ENTRY_LEN != 0 {
+        counters.malformed_chains += 1;
+        warn!(
+            "virtio-balloon: stats buffer of {} bytes is not whole entries",
+            bytes.len()
+        );
+    }
+    for e in bytes.chunks_exact(STAT_ENTRY_LEN) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let val = u64::from_le_bytes([e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9]]);
+        match stats.values.get_mut(usize::from(tag)) {
+            Some(slot) if usize::from(tag) < NR_STAT_TAGS => *slot = Some(val),
+            _ => counters.unknown_stat_tags += 1,
+        }
+    }
+    stats.generation += 1;
+    counters.stats_updates += 1;
+}
+
+fn report_free(
+    mem: &GuestMemoryMmap,
+    regions: &[RegionPages],
+    c: &Chain,
+    poisoned: bool,
+    counters: &mut BalloonCounters,
+) {
+    if c.readable().next().is_some() {
+        warn!(
+            "virtio-balloon: report chain {} has device-readable buffers; they are ignored",
+            c.head
+        );
+        counters.malformed_chains += 1;
+    }
+    for d in c.writable() {
+        counters.reported_bytes += u64::from(d.len);
+        if poisoned {
+            counters.reports_kept_for_poison += 1;
+            continue;
+        }
+        let (mut cur, end) = (d.addr.0, d.addr.0 + u64::from(d.len));
+        while cur < end {
+            let Some(r) = regions
+                .iter()
+                .find(|r| cur >= r.start && cur < r.start + r.len)
+            else {
+                break;
+            };
+            let stop = end.min(r.start + r.len);
+            // Round inward to host pages: a partial host page stays.
+            let lo = (cur - r.start).next_multiple_of(r.host_page) + r.start;
+            let hi = (stop - r.start) / r.host_page * r.host_page + r.start;
+            if hi > lo {
+                release_counted(mem, lo, hi - lo, counters);
+            }
+            cur = stop;
+        }
+    }
+}
