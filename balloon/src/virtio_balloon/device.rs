@@ -332,7 +332,10 @@ impl VirtioDevice for Balloon {
                     }
                 }
                 QueueKind::Stats => {
-                    parse_stats(mem, &c, stats, counters);
+                    if !parse_stats(mem, &c, stats, counters) {
+                        chain::add_used(queue, mem, head, 0).map_err(broken)?;
+                        continue;
+                    }
                     // Keep the newest buffer; give an older one back.
                     if let Some((_, old)) = stats_head.replace((qi, head)) {
                         chain::add_used(queue, mem, old, 0).map_err(broken)?;
@@ -530,19 +533,20 @@ fn deflate_pfns(regions: &mut [RegionPages], pfns: &[u32], counters: &mut Balloo
     count_out_of_range(pfns, bad, first_bad, counters);
 }
 
+/// Parse a stats buffer into `stats`; `false` if the chain is unusable (return it at once).
 fn parse_stats(
     mem: &GuestMemoryMmap,
     c: &Chain,
     stats: &mut BalloonStats,
     counters: &mut BalloonCounters,
-) {
+) -> bool {
     if c.writable().next().is_some() {
         warn!(
             "virtio-balloon: stats chain {} has device-writable buffers",
             c.head
         );
         counters.malformed_chains += 1;
-        return;
+        return false;
     }
     // More than a page of stats is nonsense (16 tags are 160 bytes); read at most that.
     let mut bytes = Vec::new();
@@ -572,6 +576,7 @@ fn parse_stats(
     }
     stats.generation += 1;
     counters.stats_updates += 1;
+    true
 }
 
 fn report_free(
