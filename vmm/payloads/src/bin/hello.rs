@@ -1,0 +1,16 @@
+//! Prints a greeting with what it found in its entry registers, then exits with code 0.
+
+#![no_std]
+#![no_main]
+
+use vmm_payloads::{entry, println};
+
+entry!(main);
+
+fn main(ram_bytes: u64, arg: u64) -> u32 {
+    println!(
+        "hello from a ring-3 payload: ram={} MiB arg={arg}",
+        ram_bytes >> 20
+    );
+    0
+}

@@ -1,0 +1,149 @@
+//! Runtime for kernel-less payloads: entry, serial console, exit, panic handler and the memory
+//! functions `core` needs.
+//!
+//! Payloads run in ring 3 with no kernel; they reach the VMM only through MMIO (see
+//! [`abi`], shared with the VMM). A payload is a `#![no_std] #![no_main]` binary that calls
+//! [`entry!`] with its `main(ram_bytes, arg) -> exit_code`.
+
+#![no_std]
+
+use core::fmt;
+
+#[path = "../../src/abi.rs"]
+pub mod abi;
+
+/// Writes one byte to the UART's transmit register.
+pub fn putc(byte: u8) {
+    // SAFETY: SERIAL_BASE is the identity-mapped MMIO address of the VMM's UART; a volatile byte
+    // store there is an MMIO exit the VMM handles.
+    unsafe { core::ptr::write_volatile(abi::SERIAL_BASE as *mut u8, byte) }
+}
+
+/// Writes a string to the serial console.
+pub fn puts(s: &str) {
+    s.bytes().for_each(putc);
+}
+
+/// The serial console as a `core::fmt::Write` sink.
+pub struct Console;
+
+impl fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        puts(s);
+        Ok(())
+    }
+}
+
+/// Prints to the serial console, with a newline.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::Console, $($arg)*);
+    }};
+}
+
+/// Ends the microVM with `code` through the exit device.
+pub fn exit(code: u32) -> ! {
+    // SAFETY: EXIT_BASE is the identity-mapped MMIO address of the VMM's exit device.
+    unsafe { core::ptr::write_volatile((abi::EXIT_BASE + abi::EXIT_REG_CODE) as *mut u32, code) };
+    // The VMM stops the vCPU at the write above; never return if it does not.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Defines the payload entry point `_start(ram_bytes, arg)` (the VMM passes them in `rdi` and
+/// `rsi`) calling `$main` and exiting with its result.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        /// Payload entry point (see `vmm/src/abi.rs`).
+        #[no_mangle]
+        pub extern "C" fn _start(ram_bytes: u64, arg: u64) -> ! {
+            let main: fn(u64, u64) -> u32 = $main;
+            $crate::exit(main(ram_bytes, arg))
+        }
+    };
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("payload panicked: {info}");
+    exit(101)
+}
+
+/// Referenced by the precompiled `core`; never called with `panic = "abort"`.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}
+
+/// The memory functions the compiler emits calls to. Written with `rep movsb`/`rep stosb` so
+/// that the compiler cannot turn their bodies back into calls to themselves.
+mod mem {
+    /// # Safety
+    /// Standard C `memcpy` contract.
+    #[no_mangle]
+    pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees both ranges are valid and do not overlap.
+        unsafe {
+            core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _,
+                inout("rsi") src => _, options(nostack, preserves_flags));
+        }
+        dest
+    }
+
+    /// # Safety
+    /// Standard C `memmove` contract.
+    #[no_mangle]
+    pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        if (dest as usize).wrapping_sub(src as usize) >= n {
+            // No harmful overlap: a forward copy is correct.
+            // SAFETY: the caller guarantees both ranges are valid.
+            return unsafe { memcpy(dest, src, n) };
+        }
+        // SAFETY: the caller guarantees both ranges are valid; copying backwards from the last
+        // byte (direction flag set, then cleared as the ABI requires) handles the overlap.
+        unsafe {
+            core::arch::asm!("std", "rep movsb", "cld", inout("rcx") n => _,
+                inout("rdi") dest.add(n).wrapping_sub(1) => _,
+                inout("rsi") src.add(n).wrapping_sub(1) => _, options(nostack));
+        }
+        dest
+    }
+
+    /// # Safety
+    /// Standard C `memset` contract.
+    #[no_mangle]
+    pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees the range is valid.
+        unsafe {
+            core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _,
+                in("al") c as u8, options(nostack, preserves_flags));
+        }
+        dest
+    }
+
+    /// # Safety
+    /// Standard C `memcmp` contract.
+    #[no_mangle]
+    pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        let mut i = 0;
+        while i < n {
+            // SAFETY: the caller guarantees both ranges hold `n` readable bytes.
+            let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
+            if x != y {
+                return i32::from(x) - i32::from(y);
+            }
+            i += 1;
+        }
+        0
+    }
+
+    /// # Safety
+    /// Standard `bcmp` contract.
+    #[no_mangle]
+    pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        // SAFETY: same contract as memcmp.
+        unsafe { memcmp(a, b, n) }
+    }
+}

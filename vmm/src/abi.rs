@@ -1,0 +1,41 @@
+//! The contract between the VMM and kernel-less payloads: where things are in guest-physical
+//! space and what the payload finds in its registers at entry.
+//!
+//! This file holds only `const` items so that the `no_std` payload crate (`vmm/payloads`) can
+//! include the very same file with `#[path]`; the two sides cannot drift apart.
+//!
+//! Entry state (see `DESIGN.md`, "Environment facts"): 64-bit mode, ring 3, paging on with an
+//! identity map of guest RAM, the MMIO window and (when configured) the grant window; interrupts
+//! off; `rsp` 16-byte aligned minus 8 (as if a `call` had just happened) just below the top of
+//! RAM; `rdi` = guest RAM size in bytes; `rsi` = the payload argument given to the VMM.
+
+/// Size of a guest page as the payload and the VMM see it.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Guest-physical address where payload ELF images are linked (`--image-base`). Everything below
+/// it is reserved for the VMM's boot structures (GDT, TSS, page tables).
+pub const PAYLOAD_LOAD_ADDR: u64 = 0x40_0000;
+
+/// Start of the window where MMIO devices live (identity-mapped, not backed by RAM).
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// Size of the MMIO window.
+pub const MMIO_SIZE: u64 = 0x1000_0000;
+
+/// 16550 UART registers, one byte each at `SERIAL_BASE + n` for the usual register numbers
+/// (0 = THR/RBR, 5 = LSR, ...). Reached by MMIO because ring-3 port I/O faults.
+pub const SERIAL_BASE: u64 = MMIO_BASE;
+/// Size of the serial register block.
+pub const SERIAL_SIZE: u64 = 8;
+
+/// The exit device: a 4-byte write of a code to `EXIT_BASE + EXIT_REG_CODE` ends the microVM and
+/// hands the code to the host (0 = success).
+pub const EXIT_BASE: u64 = MMIO_BASE + 0x1000;
+/// Size of the exit device's register block.
+pub const EXIT_SIZE: u64 = 0x10;
+/// Offset of the exit-code register in the exit device.
+pub const EXIT_REG_CODE: u64 = 0;
+
+/// First virtio-mmio device slot; device `n` sits at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE`.
+pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
+/// Size of one virtio-mmio register block.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;

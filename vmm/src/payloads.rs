@@ -1,0 +1,86 @@
+//! The built-in test payloads, built from `vmm/payloads` by `build.rs` and embedded here.
+//!
+//! Each is a static `no_std` x86-64 program linked at [`crate::abi::PAYLOAD_LOAD_ADDR`] that runs
+//! natively in ring 3 and talks to the VMM by MMIO only.
+
+use std::fmt;
+use std::str::FromStr;
+
+static HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/hello"));
+static EXIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/exit"));
+static CRASH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/crash"));
+
+/// A payload embedded in the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuiltinPayload {
+    /// Prints `hello from a ring-3 payload: ram=<MiB> MiB arg=<arg>` and exits with code 0.
+    Hello,
+    /// Exits at once with its argument (truncated to 32 bits) as the exit code.
+    Exit,
+    /// Prints `crash: faulting at <addr>` and executes `ud2` at that address.
+    Crash,
+}
+
+impl BuiltinPayload {
+    /// Every built-in payload.
+    pub const ALL: [BuiltinPayload; 3] = [Self::Hello, Self::Exit, Self::Crash];
+
+    /// The payload's name (as accepted by `FromStr`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Exit => "exit",
+            Self::Crash => "crash",
+        }
+    }
+
+    /// The ELF image.
+    pub fn elf(self) -> &'static [u8] {
+        match self {
+            Self::Hello => HELLO,
+            Self::Exit => EXIT,
+            Self::Crash => CRASH,
+        }
+    }
+}
+
+impl fmt::Display for BuiltinPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name is not one of [`BuiltinPayload::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown built-in payload {0:?} (known: hello, exit, crash)")]
+pub struct UnknownPayload(pub String);
+
+impl FromStr for BuiltinPayload {
+    type Err = UnknownPayload;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPayload(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::load_elf;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn every_payload_is_a_loadable_static_elf_at_the_load_address() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        for p in BuiltinPayload::ALL {
+            let image = load_elf(&mem, p.elf(), crate::abi::PAYLOAD_LOAD_ADDR..15 << 20)
+                .unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(image.code_contains(image.entry), "{p}");
+            assert_eq!(p.name().parse::<BuiltinPayload>().unwrap(), p);
+        }
+        assert!("nope".parse::<BuiltinPayload>().is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! A microVM: guest RAM, one vCPU, the MMIO bus with the built-in devices, and the run loop.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::abi::{
+    EXIT_BASE, EXIT_SIZE, MMIO_BASE, MMIO_SIZE, PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE,
+};
+use crate::bus::{MmioBus, SharedMmioDevice};
+use crate::devices::{ExitDevice, ExitLatch, SerialDevice};
+use crate::error::{Error, Result};
+use crate::kvm::Hypervisor;
+use crate::loader::{load_elf, LoadedImage};
+use crate::memory::GuestRam;
+use crate::x86;
+
+/// Smallest guest RAM accepted: boot area, a payload and its stack.
+pub const MIN_MEM_BYTES: u64 = 8 << 20;
+/// Space kept free for the payload's stack at the top of RAM (the loader refuses segments there).
+pub const STACK_RESERVE_BYTES: u64 = 1 << 20;
+/// Memory slot used for guest RAM.
+const RAM_SLOT: u32 = 0;
+
+/// Where the guest's serial console output goes.
+#[derive(Debug, Clone, Default)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// An in-memory buffer the caller keeps a clone of (tests, benchmarks).
+    Buffer(SharedBuffer),
+    /// Discarded.
+    Sink,
+}
+
+/// A byte buffer shared between the serial console and whoever reads it.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// A copy of everything written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How to build a microVM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest RAM in bytes (a multiple of 4 KiB, at least [`MIN_MEM_BYTES`], below the MMIO
+    /// window at [`MMIO_BASE`]).
+    pub mem_bytes: u64,
+    /// Value handed to the payload in `rsi` at entry.
+    pub payload_arg: u64,
+    /// Where serial console output goes.
+    pub serial: SerialOutput,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            mem_bytes: 64 << 20,
+            payload_arg: 0,
+            serial: SerialOutput::Stdout,
+        }
+    }
+}
+
+/// How a guest run ended. Guest faults are outcomes, not VMM errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The payload wrote `code` to the exit device.
+    Exited {
+        /// The exit code (0 = success by convention).
+        code: u32,
+    },
+    /// The guest faulted (with no IDT every exception becomes a triple fault: `KVM_EXIT_SHUTDOWN`).
+    Shutdown {
+        /// Guest instruction pointer after the fault (the faulting instruction).
+        rip: u64,
+    },
+    /// The guest executed `hlt` in ring 0.
+    Halted {
+        /// Guest instruction pointer after the `hlt`.
+        rip: u64,
+    },
+}
+
+/// Counts of vCPU exits by reason (for logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    /// MMIO reads handled by a device.
+    pub mmio_reads: u64,
+    /// MMIO writes handled by a device.
+    pub mmio_writes: u64,
+    /// MMIO accesses no device claimed (reads return zeros, writes are dropped).
+    pub mmio_unclaimed: u64,
+    /// Port I/O exits (only ring-0 guests cause them; they are ignored).
+    pub port_io: u64,
+    /// `KVM_RUN` returns because of a signal.
+    pub interrupted: u64,
+}
+
+/// A microVM with one vCPU running a kernel-less payload.
+///
+/// Dropping it releases everything: vCPU, VM, guest memory and its memfd.
+pub struct MicroVm {
+    // Field order is drop order: the vCPU before the VM, the VM before the memory it maps.
+    vcpu: VcpuFd,
+    vm: VmFd,
+    ram: GuestRam,
+    bus: MmioBus,
+    exit_latch: Arc<ExitLatch>,
+    image: Option<LoadedImage>,
+    payload_arg: u64,
+    stats: ExitStats,
+}
+
+impl std::fmt::Debug for MicroVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicroVm")
+            .field("ram_bytes", &self.ram.size_bytes())
+            .field("bus", &self.bus)
+            .field("image", &self.image)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match out {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => Box::new(File::create(path).map_err(|source| Error::Io {
+            op: "creating the serial output file",
+            source,
+        })?),
+        SerialOutput::Buffer(buf) => Box::new(buf.clone()),
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    })
+}
+
+impl MicroVm {
+    /// Creates the VM, its RAM, the boot structures, the vCPU and the built-in devices.
+    pub fn new(hv: &Hypervisor, config: &VmConfig) -> Result<Self> {
+        let mem_bytes = config.mem_bytes;
+        if !(MIN_MEM_BYTES..=MMIO_BASE).contains(&mem_bytes) {
+            return Err(Error::Config(format!(
+                "guest RAM of {mem_bytes} bytes is outside [{MIN_MEM_BYTES}, {MMIO_BASE}]"
+            )));
+        }
+        let vm = hv.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let ram = GuestRam::new(mem_bytes)?;
+        let region = kvm_userspace_memory_region {
+            slot: RAM_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_bytes,
+            userspace_addr: ram.host_address()?,
+        };
+        // SAFETY: the region maps `ram`'s mapping of exactly `mem_bytes`; `ram` lives in the same
+        // `MicroVm` and is dropped after the VM (field order), so the host memory outlives the slot.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        x86::write_boot_structures(
+            ram.memory(),
+            &[0..mem_bytes, MMIO_BASE..MMIO_BASE + MMIO_SIZE],
+        )?;
+        let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&x86::long_mode_sregs(sregs))
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+
+        let exit_latch = Arc::new(ExitLatch::default());
+        let mut bus = MmioBus::new();
+        let serial: SharedMmioDevice = Arc::new(Mutex::new(SerialDevice::new(serial_writer(
+            &config.serial,
+        )?)));
+        bus.insert(SERIAL_BASE, SERIAL_SIZE, serial)?;
+        let exit: SharedMmioDevice = Arc::new(Mutex::new(ExitDevice::new(exit_latch.clone())));
+        bus.insert(EXIT_BASE, EXIT_SIZE, exit)?;
+
+        Ok(MicroVm {
+            vcpu,
+            vm,
+            ram,
+            bus,
+            exit_latch,
+            image: None,
+            payload_arg: config.payload_arg,
+            stats: ExitStats::default(),
+        })
+    }
+
+    /// Loads a static ELF payload and points the vCPU at its entry.
+    pub fn load_payload(&mut self, elf: &[u8]) -> Result<&LoadedImage> {
+        let ram_end = self.ram.size_bytes();
+        let image = load_elf(
+            self.ram.memory(),
+            elf,
+            PAYLOAD_LOAD_ADDR..ram_end - STACK_RESERVE_BYTES,
+        )?;
+        let regs = x86::entry_regs(image.entry, ram_end, ram_end, self.payload_arg);
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
+        log::debug!(
+            "payload loaded: entry {:#x}, {} segments up to {:#x}",
+            image.entry,
+            image.segments.len(),
+            image.end()
+        );
+        Ok(self.image.insert(image))
+    }
+
+    /// The loaded payload, if any.
+    pub fn image(&self) -> Option<&LoadedImage> {
+        self.image.as_ref()
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The KVM VM handle (for adding memory slots, ioeventfds, irqfds).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The MMIO bus, to place more devices on it before running.
+    pub fn bus_mut(&mut self) -> &mut MmioBus {
+        &mut self.bus
+    }
+
+    /// Exit counts so far.
+    pub fn stats(&self) -> ExitStats {
+        self.stats
+    }
+
+    /// Runs the vCPU on the calling thread until the guest exits, faults or halts.
+    pub fn run(&mut self) -> Result<VmOutcome> {
+        if self.image.is_none() {
+            return Err(Error::NoPayload);
+        }
+        loop {
+            let stop = {
+                let exit = self.vcpu.run();
+                match exit {
+                    Ok(VcpuExit::MmioWrite(addr, data)) => {
+                        if self.bus.write(addr, data) {
+                            self.stats.mmio_writes += 1;
+                        } else {
+                            self.stats.mmio_unclaimed += 1;
+                            log::debug!(
+                                "unclaimed MMIO write of {} bytes at {addr:#x}",
+                                data.len()
+                            );
+                        }
+                        self.exit_latch
+                            .take()
+                            .map(|code| Stop::Outcome(VmOutcome::Exited { code }))
+                    }
+                    Ok(VcpuExit::MmioRead(addr, data)) => {
+                        if self.bus.read(addr, data) {
+                            self.stats.mmio_reads += 1;
+                        } else {
+                            self.stats.mmio_unclaimed += 1;
+                            log::debug!("unclaimed MMIO read of {} bytes at {addr:#x}", data.len());
+                        }
+                        None
+                    }
+                    Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => {
+                        self.stats.port_io += 1;
+                        None
+                    }
+                    Ok(VcpuExit::Intr) => {
+                        self.stats.interrupted += 1;
+                        None
+                    }
+                    Ok(VcpuExit::Hlt) => Some(Stop::Halt),
+                    Ok(VcpuExit::Shutdown) => Some(Stop::Shutdown),
+                    Ok(other) => Some(Stop::Unhandled(format!("{other:?}"))),
+                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                        self.stats.interrupted += 1;
+                        None
+                    }
+                    Err(source) => {
+                        return Err(Error::Kvm {
+                            op: "KVM_RUN",
+                            source,
+                        })
+                    }
+                }
+            };
+            let Some(stop) = stop else { continue };
+            return match stop {
+                Stop::Outcome(outcome) => Ok(outcome),
+                Stop::Halt => Ok(VmOutcome::Halted { rip: self.rip()? }),
+                Stop::Shutdown => {
+                    let rip = self.rip()?;
+                    log::info!("guest fault (triple fault / shutdown) at rip {rip:#x}");
+                    Ok(VmOutcome::Shutdown { rip })
+                }
+                Stop::Unhandled(reason) => Err(Error::UnhandledExit {
+                    reason,
+                    rip: self.rip().unwrap_or(0),
+                }),
+            };
+        }
+    }
+
+    fn rip(&self) -> Result<u64> {
+        Ok(self
+            .vcpu
+            .get_regs()
+            .map_err(Error::kvm("KVM_GET_REGS"))?
+            .rip)
+    }
+}
+
+enum Stop {
+    Outcome(VmOutcome),
+    Halt,
+    Shutdown,
+    Unhandled(String),
+}
