@@ -1,0 +1,124 @@
+//! End-to-end: built-in payloads run under KVM; assertions are on host-side effects (serial
+//! output, exit codes, the reported fault address).
+
+mod support;
+
+use vmm::payloads::BuiltinPayload;
+use vmm::vm::SharedBuffer;
+use vmm::{Error, MicroVm, SerialOutput, VmConfig, VmOutcome};
+
+fn config(mem_mib: u64, arg: u64, out: &SharedBuffer) -> VmConfig {
+    VmConfig {
+        mem_bytes: mem_mib << 20,
+        payload_arg: arg,
+        serial: SerialOutput::Buffer(out.clone()),
+    }
+}
+
+#[test]
+fn hello_prints_its_entry_registers_and_exits_zero() {
+    let Some(hv) = support::hypervisor_or_skip("hello") else {
+        return;
+    };
+    for (mem_mib, arg) in [(64, 42), (8, u64::MAX)] {
+        let out = SharedBuffer::default();
+        let mut vm = MicroVm::new(&hv, &config(mem_mib, arg, &out)).unwrap();
+        vm.load_payload(BuiltinPayload::Hello.elf()).unwrap();
+        assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+        let expected = format!("hello from a ring-3 payload: ram={mem_mib} MiB arg={arg}\n");
+        assert_eq!(String::from_utf8_lossy(&out.contents()), expected);
+        let stats = vm.stats();
+        // One MMIO exit per console byte, plus the exit register.
+        assert_eq!(stats.mmio_writes, expected.len() as u64 + 1);
+        assert_eq!(stats.mmio_unclaimed, 0);
+    }
+}
+
+#[test]
+fn exit_code_reaches_the_host() {
+    let Some(hv) = support::hypervisor_or_skip("exit codes") else {
+        return;
+    };
+    for code in [0u32, 1, 7, 0xdead_beef] {
+        let out = SharedBuffer::default();
+        let mut vm = MicroVm::new(&hv, &config(16, u64::from(code), &out)).unwrap();
+        vm.load_payload(BuiltinPayload::Exit.elf()).unwrap();
+        assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code });
+        assert!(out.contents().is_empty());
+        assert_eq!(vm.stats().mmio_writes, 1);
+    }
+}
+
+#[test]
+fn crash_is_reported_with_the_faulting_rip_inside_the_payload() {
+    let Some(hv) = support::hypervisor_or_skip("crash") else {
+        return;
+    };
+    let out = SharedBuffer::default();
+    let mut vm = MicroVm::new(&hv, &config(16, 0, &out)).unwrap();
+    vm.load_payload(BuiltinPayload::Crash.elf()).unwrap();
+    let outcome = vm.run().unwrap();
+    let text = String::from_utf8(out.contents()).unwrap();
+    let printed = text
+        .trim()
+        .strip_prefix("crash: faulting at 0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("unexpected console output {text:?}"));
+    assert_eq!(outcome, VmOutcome::Shutdown { rip: printed });
+    assert!(vm.image().unwrap().code_contains(printed));
+}
+
+#[test]
+fn several_microvms_run_at_once_on_their_own_threads() {
+    let Some(hv) = support::hypervisor_or_skip("concurrent VMs") else {
+        return;
+    };
+    let hv = std::sync::Arc::new(hv);
+    let handles: Vec<_> = (0..4u64)
+        .map(|i| {
+            let hv = hv.clone();
+            std::thread::spawn(move || {
+                let out = SharedBuffer::default();
+                let mut vm = MicroVm::new(&hv, &config(16, i, &out)).unwrap();
+                vm.load_payload(BuiltinPayload::Hello.elf()).unwrap();
+                (vm.run().unwrap(), out.contents())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (outcome, text) = h.join().unwrap();
+        assert_eq!(outcome, VmOutcome::Exited { code: 0 });
+        let expected = format!("hello from a ring-3 payload: ram=16 MiB arg={i}\n");
+        assert_eq!(String::from_utf8_lossy(&text), expected);
+    }
+}
+
+#[test]
+fn bad_configurations_and_images_are_typed_errors() {
+    let Some(hv) = support::hypervisor_or_skip("bad configurations") else {
+        return;
+    };
+    let out = SharedBuffer::default();
+    for mem in [0, 4 << 20, (8 << 20) + 1, 1 << 40] {
+        let cfg = VmConfig {
+            mem_bytes: mem,
+            ..config(8, 0, &out)
+        };
+        assert!(
+            matches!(MicroVm::new(&hv, &cfg), Err(Error::Config(_))),
+            "{mem}"
+        );
+    }
+    let mut vm = MicroVm::new(&hv, &config(8, 0, &out)).unwrap();
+    assert!(matches!(vm.run(), Err(Error::NoPayload)));
+    assert!(matches!(
+        vm.load_payload(b"not an elf"),
+        Err(Error::Load(_))
+    ));
+    // A real ELF that is not a static executable at our load address (this test binary).
+    let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    assert!(matches!(vm.load_payload(&me), Err(Error::Load(_))));
+    // The VM is still usable after refused images.
+    vm.load_payload(BuiltinPayload::Exit.elf()).unwrap();
+    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+}
