@@ -1,0 +1,211 @@
+//! Cleancache: ephemeral, per-client private pools of clean pages (tmem semantics).
+//!
+//! Index: per client, `(pool, object) → object slot`; per object slot, `index → pool page`. Object
+//! slots live in one arena so that a page's tenant (object slot, index) reaches its entry in
+//! O(1) on eviction. A put may be dropped (it returns `false`); a get that hits removes the page;
+//! a put over an existing key replaces the data in place.
+
+use super::metrics::{Counters, EvictReason};
+use super::pages::{PageState, Tenant};
+use super::{CcObject, Inner, Pool};
+use crate::api::{CleancacheKey, ClientId, PoolError};
+
+impl Inner {
+    /// Removes entry `index` of object slot `obj` (the page itself is left to the caller) and
+    /// drops the object when it becomes empty.
+    pub(super) fn cc_remove_index(&mut self, obj: u32, index: u32) -> Option<u32> {
+        let o = self.cc_objs.get_mut(obj as usize)?;
+        let page = o.pages.remove(&index)?;
+        if o.pages.is_empty() {
+            let (client, pool, object) = (o.client, o.pool, o.object);
+            if let Some(Some(c)) = self.clients.get_mut(client as usize) {
+                c.cc_objects.remove(&(pool, object));
+            }
+            self.cc_free_objs.push(obj);
+        }
+        Some(page)
+    }
+
+    /// Frees every page of object slot `obj` (already unlinked from its client) and the slot.
+    /// Returns the number of pages.
+    pub(super) fn cc_drop_object(&mut self, obj: u32) -> u64 {
+        let pages = std::mem::take(&mut self.cc_objs[obj as usize].pages);
+        for &p in pages.values() {
+            self.pages.set(p, PageState::FreeDirty, Tenant::None);
+        }
+        self.cc_free_objs.push(obj);
+        pages.len() as u64
+    }
+
+    fn cc_lookup(&self, client: ClientId, key: &CleancacheKey) -> Result<Option<u32>, PoolError> {
+        let c = self.client(client)?;
+        if !c.cc_pools.contains(&key.pool) {
+            return Err(PoolError::UnknownPool(key.pool));
+        }
+        Ok(c.cc_objects
+            .get(&(key.pool, key.object))
+            .and_then(|&o| self.cc_objs[o as usize].pages.get(&key.index).copied()))
+    }
+
+    fn cc_object_slot(&mut self, client: ClientId, pool: u32, object: [u64; 3]) -> u32 {
+        if let Ok(c) = self.client(client) {
+            if let Some(&o) = c.cc_objects.get(&(pool, object)) {
+                return o;
+            }
+        }
+        let slot = CcObject {
+            client: client.0,
+            pool,
+            object,
+            pages: Default::default(),
+        };
+        let o = match self.cc_free_objs.pop() {
+            Some(o) => {
+                self.cc_objs[o as usize] = slot;
+                o
+            }
+            None => {
+                self.cc_objs.push(slot);
+                (self.cc_objs.len() - 1) as u32
+            }
+        };
+        if let Ok(c) = self.client_mut(client) {
+            c.cc_objects.insert((pool, object), o);
+        }
+        o
+    }
+}
+
+impl Pool {
+    pub(super) fn cc_put(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        data: &[u8],
+    ) -> Result<bool, PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let existing = g.cc_lookup(client, &key)?;
+        Counters::add(&self.counters.cc_puts, 1);
+        if let Some(p) = existing {
+            // SAFETY: `p` is a cleancache page of this key; the lock is held.
+            unsafe { self.res.write_page(p as u64, data) };
+            g.pages.touch(p);
+            return Ok(true);
+        }
+        let page = match g.take_free_page() {
+            Some(p) => p,
+            None => match g.pages.head(PageState::Cleancache) {
+                Some(p) => {
+                    // Evicting a cleancache page never produces write-outs.
+                    let mut none = Vec::new();
+                    g.evict_page(p, &self.res, &mut none, &self.counters, false);
+                    self.counters.evicted(EvictReason::Pressure, false, 1);
+                    p
+                }
+                None => {
+                    Counters::add(&self.counters.cc_puts_dropped, 1);
+                    return Ok(false);
+                }
+            },
+        };
+        // Looked up after eviction: evicting may have dropped this very object.
+        let obj = g.cc_object_slot(client, key.pool, key.object);
+        g.cc_objs[obj as usize].pages.insert(key.index, page);
+        // SAFETY: `page` was free or just evicted, and the lock is held.
+        unsafe { self.res.write_page(page as u64, data) };
+        g.pages.set(
+            page,
+            PageState::Cleancache,
+            Tenant::Cleancache {
+                obj,
+                index: key.index,
+            },
+        );
+        Ok(true)
+    }
+
+    pub(super) fn cc_get(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(page) = g.cc_lookup(client, &key)? else {
+            Counters::add(&self.counters.cc_misses, 1);
+            return Ok(false);
+        };
+        // SAFETY: `page` holds this key's data; the lock is held.
+        unsafe { self.res.read_page(page as u64, out) };
+        if let Tenant::Cleancache { obj, index } = g.pages.tenant(page) {
+            g.cc_remove_index(obj, index);
+        }
+        g.pages.set(page, PageState::FreeDirty, Tenant::None);
+        Counters::add(&self.counters.cc_hits, 1);
+        Ok(true)
+    }
+
+    pub(super) fn cc_flush_page(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+    ) -> Result<bool, PoolError> {
+        let mut g = self.lock();
+        let Some(page) = g.cc_lookup(client, &key)? else {
+            return Ok(false);
+        };
+        if let Tenant::Cleancache { obj, index } = g.pages.tenant(page) {
+            g.cc_remove_index(obj, index);
+        }
+        g.pages.set(page, PageState::FreeDirty, Tenant::None);
+        Counters::add(&self.counters.cc_flushes, 1);
+        Ok(true)
+    }
+
+    pub(super) fn cc_flush_object(
+        &self,
+        client: ClientId,
+        pool: u32,
+        object: [u64; 3],
+    ) -> Result<u64, PoolError> {
+        let mut g = self.lock();
+        let c = g.client_mut(client)?;
+        if !c.cc_pools.contains(&pool) {
+            return Err(PoolError::UnknownPool(pool));
+        }
+        let Some(obj) = c.cc_objects.remove(&(pool, object)) else {
+            return Ok(0);
+        };
+        let n = g.cc_drop_object(obj);
+        Counters::add(&self.counters.cc_flushes, n);
+        Ok(n)
+    }
+
+    pub(super) fn cc_destroy_pool(&self, client: ClientId, pool: u32) -> Result<(), PoolError> {
+        let mut g = self.lock();
+        let c = g.client_mut(client)?;
+        if !c.cc_pools.remove(&pool) {
+            return Err(PoolError::UnknownPool(pool));
+        }
+        let keys: Vec<(u32, [u64; 3])> = c
+            .cc_objects
+            .keys()
+            .filter(|(p, _)| *p == pool)
+            .copied()
+            .collect();
+        let mut objs = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(o) = c.cc_objects.remove(&k) {
+                objs.push(o);
+            }
+        }
+        let mut n = 0;
+        for o in objs {
+            n += g.cc_drop_object(o);
+        }
+        Counters::add(&self.counters.cc_flushes, n);
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! Frontswap: persistent pages. A store may be rejected; once accepted, a load returns its data
+//! until the key is invalidated or replaced, wherever the data moved (pool page, host memory
+//! outside the pool, backing file). See the [pool documentation](super) for the three policies.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::metrics::{reject_index, Counters, EvictReason};
+use super::pages::{PageState, Tenant};
+use super::reservation::Reservation;
+use super::{FsEntry, FsLoc, Inner, Pool, Writeout};
+use crate::api::{ClientId, FrontswapKey, FrontswapPolicy, PoolError, RejectReason, PAGE_SIZE};
+
+fn slot_offset(slot: u64) -> u64 {
+    slot * PAGE_SIZE as u64
+}
+
+impl Inner {
+    /// Evicts frontswap page `page` of (`client`, `key`): if a durable copy exists in the backing
+    /// file, the pool copy is just dropped; otherwise the data is copied to host memory, with a
+    /// write-back to the backing file queued when `write_back`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fs_evict(
+        &mut self,
+        page: u32,
+        client: u32,
+        key: FrontswapKey,
+        res: &Reservation,
+        writeouts: &mut Vec<Writeout>,
+        counters: &Counters,
+        write_back: bool,
+    ) {
+        let Some(Some(c)) = self.clients.get_mut(client as usize) else {
+            return;
+        };
+        let Some(e) = c.fs.get_mut(&key) else {
+            return;
+        };
+        debug_assert!(matches!(e.loc, FsLoc::Pool(p) if p == page));
+        if e.slot.is_some() {
+            e.loc = FsLoc::Backing;
+            self.fs_backing_only += 1;
+            return;
+        }
+        let mut buf = vec![0u8; PAGE_SIZE];
+        // SAFETY: `page` holds this entry's data and the lock is held.
+        unsafe { res.read_page(page as u64, &mut buf) };
+        e.loc = FsLoc::Host {
+            data: Arc::from(buf),
+            pending: write_back,
+        };
+        self.fs_host_pages += 1;
+        if write_back {
+            writeouts.push((client, key, e.gen));
+        } else {
+            Counters::add(&counters.put_back_pages, 1);
+        }
+    }
+
+    /// Releases everything an entry holds (pool page, host copy, backing slot).
+    pub(super) fn fs_drop_entry(&mut self, e: FsEntry) {
+        match e.loc {
+            FsLoc::Pool(p) => self.pages.set(p, PageState::FreeDirty, Tenant::None),
+            FsLoc::Host { .. } => self.fs_host_pages -= 1,
+            FsLoc::Backing => self.fs_backing_only -= 1,
+        }
+        if let Some(s) = e.slot {
+            self.slots.release(s);
+        }
+        self.fs_stored -= 1;
+    }
+
+    fn fs_remove(&mut self, client: ClientId, key: &FrontswapKey) -> bool {
+        let Ok(c) = self.client_mut(client) else {
+            return false;
+        };
+        match c.fs.remove(key) {
+            Some(e) => {
+                self.fs_drop_entry(e);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Pool {
+    fn reject(&self, r: RejectReason) -> PoolError {
+        Counters::add(&self.counters.fs_rejects[reject_index(r)], 1);
+        PoolError::Rejected(r)
+    }
+
+    pub(super) fn fs_store(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        data: &[u8],
+    ) -> Result<(), PoolError> {
+        let policy = self.cfg.frontswap_policy;
+        // Write-through: write the data to a fresh slot first, with the lock released. Nobody
+        // else names the slot until the entry is installed below.
+        let mut slot = None;
+        if policy == FrontswapPolicy::WriteThrough {
+            let s = {
+                let mut g = self.lock();
+                g.client(client)?;
+                g.slots.alloc()
+            };
+            let file = self.backing.as_ref();
+            let written = match file {
+                Some(f) => f.write_all_at(data, slot_offset(s)),
+                None => Err(std::io::Error::other("no backing file")),
+            };
+            if let Err(e) = written {
+                log::warn!("gcma pool: backing write failed: {e}");
+                Counters::add(&self.counters.backing_write_errors, 1);
+                let mut g = self.lock();
+                g.slots.release(s);
+                g.fs_remove(client, &key);
+                return Err(self.reject(RejectReason::BackingIo));
+            }
+            Counters::add(&self.counters.backing_writes, 1);
+            slot = Some(s);
+        }
+        let mut writeouts = Vec::new();
+        let result = {
+            let mut g = self.lock();
+            self.fs_install(&mut g, client, key, data, slot, &mut writeouts)
+        };
+        self.process_writeouts(writeouts);
+        result
+    }
+
+    /// Installs an accepted store under the lock. On rejection, the key's old copy is invalidated
+    /// and `slot` released.
+    fn fs_install(
+        &self,
+        g: &mut Inner,
+        client: ClientId,
+        key: FrontswapKey,
+        data: &[u8],
+        slot: Option<u64>,
+        writeouts: &mut Vec<Writeout>,
+    ) -> Result<(), PoolError> {
+        let policy = self.cfg.frontswap_policy;
+        let gen = g.gen();
+        let c = match g.client_mut(client) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(s) = slot {
+                    g.slots.release(s);
+                }
+                return Err(e);
+            }
+        };
+        // Replacing a page that is in the pool: overwrite it in place.
+        if let Some(e) = c.fs.get_mut(&key) {
+            if let FsLoc::Pool(p) = e.loc {
+                let old_slot = std::mem::replace(&mut e.slot, slot);
+                e.gen = gen;
+                // SAFETY: `p` holds this entry's data; the lock is held.
+                unsafe { self.res.write_page(p as u64, data) };
+                g.pages.touch(p);
+                if let Some(s) = old_slot {
+                    g.slots.release(s);
+                }
+                Counters::add(&self.counters.fs_stores, 1);
+                return Ok(());
+            }
+        }
+        let is_new = !c.fs.contains_key(&key);
+        let client_count = c.fs.len() as u64;
+        let refuse = |g: &mut Inner, r: RejectReason| {
+            if let Some(s) = slot {
+                g.slots.release(s);
+            }
+            g.fs_remove(client, &key);
+            Err(self.reject(r))
+        };
+        if is_new {
+            if self
+                .cfg
+                .client_frontswap_limit_pages
+                .is_some_and(|l| client_count >= l)
+            {
+                return refuse(g, RejectReason::ClientLimit);
+            }
+            if policy == FrontswapPolicy::PutBack && g.fs_stored >= self.cfg.put_back_limit_pages {
+                return refuse(g, RejectReason::PutBackLimit);
+            }
+        }
+        // The old copy (outside the pool) goes; the new one needs a pool page.
+        if let Ok(c) = g.client_mut(client) {
+            if let Some(old) = c.fs.remove(&key) {
+                g.fs_drop_entry(old);
+            }
+        }
+        let page = match g.take_free_page() {
+            Some(p) => Some(p),
+            None => {
+                let victim = g
+                    .pages
+                    .head(PageState::Cleancache)
+                    .or_else(|| g.pages.head(PageState::Frontswap));
+                if let Some(v) = victim {
+                    let wb = policy == FrontswapPolicy::WriteBack;
+                    if let Some(fs) = g.evict_page(v, &self.res, writeouts, &self.counters, wb) {
+                        self.counters.evicted(EvictReason::Pressure, fs, 1);
+                    }
+                }
+                victim
+            }
+        };
+        let loc = match page {
+            Some(p) => {
+                // SAFETY: `p` is free or was just evicted; the lock is held.
+                unsafe { self.res.write_page(p as u64, data) };
+                g.pages.set(
+                    p,
+                    PageState::Frontswap,
+                    Tenant::Frontswap {
+                        client: client.0,
+                        key,
+                    },
+                );
+                FsLoc::Pool(p)
+            }
+            // Every page is granted; a write-through store is durable in the backing file anyway.
+            None if slot.is_some() => {
+                g.fs_backing_only += 1;
+                FsLoc::Backing
+            }
+            None => return refuse(g, RejectReason::PoolFull),
+        };
+        g.fs_stored += 1;
+        if let Ok(c) = g.client_mut(client) {
+            c.fs.insert(key, FsEntry { gen, loc, slot });
+        }
+        Counters::add(&self.counters.fs_stores, 1);
+        Ok(())
+    }
+
+    pub(super) fn fs_load(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        let slot = {
+            let mut g = self.lock();
+            let g = &mut *g;
+            let Some(e) = g.client(client)?.fs.get(&key) else {
+                Counters::add(&self.counters.fs_load_misses, 1);
+                return Ok(false);
+            };
+            match &e.loc {
+                FsLoc::Pool(p) => {
+                    let p = *p;
+                    // SAFETY: `p` holds this entry's data; the lock is held.
+                    unsafe { self.res.read_page(p as u64, out) };
+                    g.pages.touch(p);
+                    Counters::add(&self.counters.fs_loads_pool, 1);
+                    return Ok(true);
+                }
+                FsLoc::Host { data, .. } => {
+                    out.copy_from_slice(data);
+                    Counters::add(&self.counters.fs_loads_host, 1);
+                    return Ok(true);
+                }
+                FsLoc::Backing => {
+                    let Some(s) = e.slot else {
+                        return Err(PoolError::Io("frontswap page lost its backing slot".into()));
+                    };
+                    // Pinned: the slot cannot be reused while we read it without the lock.
+                    g.slots.pin(s);
+                    s
+                }
+            }
+        };
+        let read = match self.backing.as_ref() {
+            Some(f) => f.read_exact_at(out, slot_offset(slot)),
+            None => Err(std::io::Error::other("no backing file")),
+        };
+        self.lock().slots.unpin(slot);
+        match read {
+            Ok(()) => {
+                Counters::add(&self.counters.fs_loads_backing, 1);
+                Ok(true)
+            }
+            Err(e) => Err(PoolError::Io(format!("backing file read: {e}"))),
+        }
+    }
+
+    pub(super) fn fs_invalidate_page(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+    ) -> Result<bool, PoolError> {
+        let mut g = self.lock();
+        g.client(client)?;
+        let hit = g.fs_remove(client, &key);
+        if hit {
+            Counters::add(&self.counters.fs_invalidates, 1);
+        }
+        Ok(hit)
+    }
+
+    pub(super) fn fs_invalidate_area(&self, client: ClientId, area: u32) -> Result<u64, PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let c = g.client_mut(client)?;
+        let keys: Vec<FrontswapKey> = c.fs.keys().filter(|k| k.area == area).copied().collect();
+        let mut n = 0;
+        for k in keys {
+            n += g.fs_remove(client, &k) as u64;
+        }
+        Counters::add(&self.counters.fs_invalidates, n);
+        Ok(n)
+    }
+
+    /// Writes evicted write-back pages to the backing file, with the lock released, then points
+    /// their entries at the file unless they changed meanwhile.
+    pub(super) fn process_writeouts(&self, writeouts: Vec<Writeout>) {
+        if writeouts.is_empty() {
+            return;
+        }
+        let Some(file) = self.backing.as_ref() else {
+            return;
+        };
+        let mut jobs = Vec::with_capacity(writeouts.len());
+        {
+            let mut g = self.lock();
+            let g = &mut *g;
+            for (client, key, gen) in writeouts {
+                let Some(Some(c)) = g.clients.get(client as usize) else {
+                    continue;
+                };
+                if let Some(FsEntry {
+                    gen: eg,
+                    loc:
+                        FsLoc::Host {
+                            data,
+                            pending: true,
+                        },
+                    ..
+                }) = c.fs.get(&key)
+                {
+                    if *eg == gen {
+                        let data = Arc::clone(data);
+                        jobs.push((client, key, gen, g.slots.alloc(), data));
+                    }
+                }
+            }
+        }
+        let results: Vec<bool> = jobs
+            .iter()
+            .map(
+                |(_, _, _, s, data)| match file.write_all_at(data, slot_offset(*s)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!("gcma pool: write-back failed, page kept in host memory: {e}");
+                        false
+                    }
+                },
+            )
+            .collect();
+        let mut g = self.lock();
+        let g = &mut *g;
+        for ((client, key, gen, s, _), ok) in jobs.into_iter().zip(results) {
+            let entry = match g.clients.get_mut(client as usize) {
+                Some(Some(c)) => c.fs.get_mut(&key).filter(|e| e.gen == gen),
+                _ => None,
+            };
+            match entry {
+                Some(e) if ok && e.slot.is_none() => {
+                    e.loc = FsLoc::Backing;
+                    e.slot = Some(s);
+                    g.fs_host_pages -= 1;
+                    g.fs_backing_only += 1;
+                    Counters::add(&self.counters.written_back_pages, 1);
+                }
+                Some(e) => {
+                    if let FsLoc::Host { pending, .. } = &mut e.loc {
+                        *pending = false;
+                    }
+                    if !ok {
+                        Counters::add(&self.counters.backing_write_errors, 1);
+                    }
+                    g.slots.release(s);
+                }
+                None => g.slots.release(s),
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Contiguous grants: choose the lowest fitting run of not-granted pages, evict the second-class
+//! pages in it, zero what may hold old bytes, mark it granted. And the reverse.
+
+use std::time::Instant;
+
+use super::metrics::{Counters, EvictReason};
+use super::pages::{PageState, Tenant};
+use super::reservation::Reservation;
+use super::{GrantRec, Inner, Pool, Writeout, ZERO_UNDER_LOCK_MAX_PAGES};
+use crate::api::{ClientId, ContigGrant, PoolError};
+use crate::range::RangeError;
+
+impl Inner {
+    /// Evicts the second-class page `page` (cleancache: drop; frontswap: keep the data outside the
+    /// pool as the policy says). The page's own state is left for the caller to set. Returns
+    /// whether it held frontswap data, or `None` if it held nothing.
+    pub(super) fn evict_page(
+        &mut self,
+        page: u32,
+        res: &Reservation,
+        writeouts: &mut Vec<Writeout>,
+        counters: &Counters,
+        write_back: bool,
+    ) -> Option<bool> {
+        match self.pages.tenant(page) {
+            Tenant::None => None,
+            Tenant::Cleancache { obj, index } => {
+                self.cc_remove_index(obj, index);
+                Some(false)
+            }
+            Tenant::Frontswap { client, key } => {
+                self.fs_evict(page, client, key, res, writeouts, counters, write_back);
+                Some(true)
+            }
+        }
+    }
+
+    /// Returns a granted run to the free pages.
+    pub(super) fn release_grant_pages(&mut self, first: u64, nr_pages: u64) {
+        // The allocator recorded exactly this run when it was granted.
+        let _ = self.alloc.free(first);
+        for p in first..first + nr_pages {
+            self.pages.set(p as u32, PageState::FreeDirty, Tenant::None);
+        }
+        self.live_grants -= 1;
+    }
+}
+
+impl Pool {
+    pub(super) fn grant(
+        &self,
+        client: ClientId,
+        nr_pages: u64,
+        align_pages: u64,
+    ) -> Result<ContigGrant, PoolError> {
+        let t0 = Instant::now();
+        if nr_pages == 0 {
+            return Err(PoolError::Invalid("grant of zero pages"));
+        }
+        if align_pages == 0 || !align_pages.is_power_of_two() {
+            return Err(PoolError::Invalid("alignment is not a power of two"));
+        }
+        let write_back = self.cfg.frontswap_policy == crate::api::FrontswapPolicy::WriteBack;
+        let mut writeouts = Vec::new();
+        // Runs of pages that may hold old bytes, coalesced.
+        let mut dirty: Vec<(u64, u64)> = Vec::new();
+        let mut nr_dirty = 0u64;
+        let first;
+        {
+            let mut g = self.lock();
+            let g = &mut *g;
+            g.client(client)?;
+            let granted = g.pages.count(PageState::Granted);
+            let available = self.cfg.nr_pages - granted;
+            if nr_pages > available {
+                Counters::add(&self.counters.grant_fail_exhausted, 1);
+                return Err(PoolError::Exhausted {
+                    requested: nr_pages,
+                    available,
+                });
+            }
+            first = match g.alloc.alloc(nr_pages, align_pages) {
+                Ok(f) => f,
+                Err(RangeError::NoSpace { .. }) => {
+                    Counters::add(&self.counters.grant_fail_fragmented, 1);
+                    return Err(PoolError::Fragmented {
+                        requested: nr_pages,
+                        largest_run: g.alloc.largest_free(),
+                    });
+                }
+                Err(_) => return Err(PoolError::Invalid("grant size or alignment out of range")),
+            };
+            let mut evicted = [0u64; 2];
+            for p in first..first + nr_pages {
+                let page = p as u32;
+                let st = g.pages.state(page);
+                debug_assert!(
+                    st != PageState::Granted,
+                    "allocator handed out a granted page"
+                );
+                if st != PageState::FreeZero {
+                    if let Some(fs) =
+                        g.evict_page(page, &self.res, &mut writeouts, &self.counters, write_back)
+                    {
+                        evicted[fs as usize] += 1;
+                    }
+                    match dirty.last_mut() {
+                        Some((s, n)) if *s + *n == p => *n += 1,
+                        _ => dirty.push((p, 1)),
+                    }
+                    nr_dirty += 1;
+                }
+                g.pages.set(page, PageState::Granted, Tenant::None);
+            }
+            self.counters.evicted(EvictReason::Grant, false, evicted[0]);
+            self.counters.evicted(EvictReason::Grant, true, evicted[1]);
+            let zero_now = nr_dirty <= ZERO_UNDER_LOCK_MAX_PAGES;
+            if zero_now {
+                self.zero_runs(&dirty);
+            }
+            g.live_grants += 1;
+            // The client was checked above and the lock is held.
+            if let Ok(c) = g.client_mut(client) {
+                c.grants.insert(
+                    first,
+                    GrantRec {
+                        nr_pages,
+                        ready: zero_now,
+                    },
+                );
+            }
+            if zero_now {
+                dirty.clear();
+            }
+        }
+        if !dirty.is_empty() {
+            // The run is granted and not ready: nobody else touches these pages.
+            self.zero_runs(&dirty);
+            let mut g = self.lock();
+            let ready = match g.client_mut(client) {
+                Ok(c) => c.grants.get_mut(&first).map(|r| r.ready = true).is_some(),
+                Err(_) => false,
+            };
+            if !ready {
+                // The client was unregistered meanwhile: its grant is ours to release.
+                g.release_grant_pages(first, nr_pages);
+                drop(g);
+                self.process_writeouts(writeouts);
+                return Err(PoolError::UnknownClient(client));
+            }
+        }
+        Counters::add(&self.counters.zeroed_pages, nr_dirty);
+        Counters::add(&self.counters.grants, 1);
+        Counters::add(&self.counters.grant_pages, nr_pages);
+        self.counters.observe_grant(t0.elapsed());
+        self.process_writeouts(writeouts);
+        Ok(ContigGrant {
+            client,
+            first_page: first,
+            nr_pages,
+        })
+    }
+
+    fn zero_runs(&self, runs: &[(u64, u64)]) {
+        for &(s, n) in runs {
+            // SAFETY: the runs lie inside a range this thread just marked granted and has not
+            // handed out (and the grant is not ready, or the lock is held), so no one else reads
+            // or writes these pages.
+            unsafe { self.res.zero_pages(s, n) };
+        }
+    }
+
+    pub(super) fn release(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError> {
+        let mut g = self.lock();
+        let c = g.client_mut(client)?;
+        match c.grants.get(&first_page) {
+            Some(r) if r.ready => {}
+            _ => return Err(PoolError::UnknownGrant(first_page)),
+        }
+        let rec = c
+            .grants
+            .remove(&first_page)
+            .ok_or(PoolError::UnknownGrant(first_page))?;
+        g.release_grant_pages(first_page, rec.nr_pages);
+        Counters::add(&self.counters.frees, 1);
+        Ok(rec.nr_pages)
+    }
+}

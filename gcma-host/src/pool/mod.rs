@@ -1,0 +1,729 @@
+//! The GCMA pool: one reserved memory area that hands out contiguous runs of pages ("grants") with
+//! guaranteed success and bounded latency, and lends its not-granted pages meanwhile to
+//! second-class tenants: cleancache (ephemeral) and frontswap (persistent) pages of its clients.
+//!
+//! # Layout
+//! * [`reservation`]: the memfd, its shared mapping, pre-faulting, `mlock`, hugetlb.
+//! * [`pages`]: the per-page state array with intrusive free/LRU lists.
+//! * `grant.rs`: contiguous grants: range choice, eviction, zeroing.
+//! * `cleancache.rs`, `frontswap.rs`: the two second-class stores and their eviction.
+//! * [`metrics`]: counters, [`PoolStats`] and the `prometheus-client` collector.
+//!
+//! # Page states
+//! Every pool page is free (known zero, or dirty), cleancache, frontswap or granted. The range
+//! allocator ([`crate::range::RangeAllocator`]) over pool page numbers tracks *granted* runs only:
+//! to it, free and second-class pages are all available. A grant takes the lowest fitting run,
+//! evicts the second-class pages in it, zeroes every page not known to be zero, and marks the run
+//! granted. Pages a put or store needs come from free pages (dirty ones first, so that zero pages
+//! stay cheap for grants; the newest-freed first, so that low addresses tend to stay free); when
+//! none is free, second-class pages are evicted in LRU order: a cleancache put evicts only
+//! cleancache pages (and is dropped when there are none); a frontswap store evicts cleancache pages
+//! first, then frontswap pages. Granted pages are never evicted.
+//!
+//! # Frontswap policies
+//! * **Write-through**: every store is written to the backing file (to a fresh slot, before the
+//!   store is installed) so eviction just drops the pool copy. When no pool page can be had, the
+//!   store is still accepted: the backing file holds it.
+//! * **Write-back**: eviction copies the page to host memory at once (under the lock, a 4 KiB
+//!   copy) and writes it to the backing file afterwards, outside the lock; loads in between are
+//!   served from the host copy. A failed write keeps the host copy.
+//! * **Put-back**: eviction copies the page to host memory outside the pool. The number of
+//!   accepted frontswap pages is bounded by `put_back_limit_pages`, so that evicting all of them
+//!   always fits the limit and grants never fail because of put-back pages; stores of new keys
+//!   beyond it are rejected ([`RejectReason::PutBackLimit`]).
+//!
+//! A rejected store invalidates any old copy of its key, so stale data is never returned.
+//!
+//! # Locking
+//! One mutex guards all bookkeeping ([`Inner`]): page states, the range allocator, clients,
+//! store indexes, backing-file slots. Page copies of cleancache/frontswap data (4 KiB each) are
+//! done under it, which is what makes a page's state and contents change together. Three things
+//! are done outside it:
+//! * **Zeroing a grant** when more than [`ZERO_UNDER_LOCK_MAX_PAGES`] pages need it: the run is
+//!   marked granted (so no put can take its pages) and recorded as *not ready* (so that
+//!   [`GcmaBackend::free_contig`] refuses it), the lock is dropped, the pages are zeroed, and the
+//!   lock is retaken briefly to mark the grant ready.
+//! * **Backing-file I/O**: write-through writes go to a slot that no entry names yet; write-back
+//!   writes go to a fresh slot and are installed only if the entry did not change meanwhile
+//!   (generation check); reads pin their slot so that it cannot be reused while being read.
+//! * Statistics counters are atomics.
+//!
+//! No operation takes the lock twice nested, and no lock is held across file I/O.
+
+mod cleancache;
+mod frontswap;
+mod grant;
+pub mod metrics;
+pub mod pages;
+pub mod reservation;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::api::{
+    CleancacheKey, ClientId, ContigGrant, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError,
+    PAGE_SIZE,
+};
+use crate::range::RangeAllocator;
+
+use metrics::{Counters, PoolCollector};
+pub use metrics::{EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
+use pages::{PageState, PageTable, Tenant};
+use reservation::Reservation;
+
+/// Grants with at most this many pages to zero are zeroed under the lock (cheaper than dropping
+/// and retaking it); larger ones are zeroed with the lock released.
+pub const ZERO_UNDER_LOCK_MAX_PAGES: u64 = 16;
+
+/// Largest pool: page numbers must fit the page table's `u32` links.
+pub const MAX_POOL_PAGES: u64 = u32::MAX as u64 - 1;
+
+/// How to build a [`Pool`].
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Pool size in 4 KiB pages (a multiple of 512 with `hugetlb`).
+    pub nr_pages: u64,
+    /// Back the pool with 2 MiB hugetlb pages (fails clearly if the host has none free).
+    pub hugetlb: bool,
+    /// Lock the pool in memory.
+    pub mlock: bool,
+    /// What happens to frontswap pages on eviction.
+    pub frontswap_policy: FrontswapPolicy,
+    /// Directory of the sparse backing file (write-through / write-back); the file is unlinked at
+    /// once. `None` uses the system temporary directory.
+    pub backing_dir: Option<PathBuf>,
+    /// Put-back policy: most frontswap pages accepted at once (pool-wide).
+    pub put_back_limit_pages: u64,
+    /// Most frontswap pages one client may hold; `None` for no limit.
+    pub client_frontswap_limit_pages: Option<u64>,
+}
+
+impl PoolConfig {
+    /// A 4 KiB-page, unlocked, write-through pool of `nr_pages` pages with its backing file in the
+    /// temporary directory and a put-back limit of `nr_pages`.
+    pub fn new(nr_pages: u64) -> Self {
+        PoolConfig {
+            nr_pages,
+            hugetlb: false,
+            mlock: false,
+            frontswap_policy: FrontswapPolicy::WriteThrough,
+            backing_dir: None,
+            put_back_limit_pages: nr_pages,
+            client_frontswap_limit_pages: None,
+        }
+    }
+}
+
+/// A recorded grant.
+#[derive(Clone, Copy, Debug)]
+struct GrantRec {
+    nr_pages: u64,
+    /// False while the grant is being zeroed outside the lock.
+    ready: bool,
+}
+
+/// Where the data of an accepted frontswap page lives.
+#[derive(Clone, Debug)]
+enum FsLoc {
+    /// In this pool page.
+    Pool(u32),
+    /// In host memory outside the pool; `pending` while a write-back to the backing file is due.
+    Host { data: Arc<[u8]>, pending: bool },
+    /// Only in the backing file (the entry's slot).
+    Backing,
+}
+
+/// An accepted frontswap page.
+#[derive(Clone, Debug)]
+struct FsEntry {
+    /// Changes on every replacement, so that delayed write-backs can tell they are stale.
+    gen: u64,
+    loc: FsLoc,
+    /// Backing-file slot holding a durable copy of this generation, if any.
+    slot: Option<u64>,
+}
+
+/// One client's state.
+#[derive(Debug, Default)]
+struct Client {
+    name: String,
+    grants: HashMap<u64, GrantRec>,
+    cc_pools: HashSet<u32>,
+    next_cc_pool: u32,
+    /// (cleancache pool, object) → object slot.
+    cc_objects: HashMap<(u32, [u64; 3]), u32>,
+    fs: HashMap<FrontswapKey, FsEntry>,
+}
+
+/// A cleancache object: its pages by index.
+#[derive(Debug, Default)]
+struct CcObject {
+    client: u32,
+    pool: u32,
+    object: [u64; 3],
+    pages: HashMap<u32, u32>,
+}
+
+/// Slots (pages) of the backing file.
+#[derive(Debug, Default)]
+struct BackingSlots {
+    next: u64,
+    free: Vec<u64>,
+    /// Slots being read outside the lock, with reader counts.
+    pins: HashMap<u64, u32>,
+    /// Released slots still pinned: freed by their last reader.
+    zombies: HashSet<u64>,
+}
+
+impl BackingSlots {
+    fn alloc(&mut self) -> u64 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn release(&mut self, slot: u64) {
+        if self.pins.contains_key(&slot) {
+            self.zombies.insert(slot);
+        } else {
+            self.free.push(slot);
+        }
+    }
+
+    fn pin(&mut self, slot: u64) {
+        *self.pins.entry(slot).or_insert(0) += 1;
+    }
+
+    fn unpin(&mut self, slot: u64) {
+        if let Some(n) = self.pins.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&slot);
+                if self.zombies.remove(&slot) {
+                    self.free.push(slot);
+                }
+            }
+        }
+    }
+
+    fn in_use(&self) -> u64 {
+        self.next - self.free.len() as u64 - self.zombies.len() as u64
+    }
+}
+
+/// A write-back due after the lock is released: (client, key, generation).
+type Writeout = (u32, FrontswapKey, u64);
+
+/// Everything the pool's lock guards. See the [module documentation](self) for the locking rules.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pages: PageTable,
+    alloc: RangeAllocator,
+    clients: Vec<Option<Client>>,
+    cc_objs: Vec<CcObject>,
+    cc_free_objs: Vec<u32>,
+    slots: BackingSlots,
+    /// Accepted frontswap pages in host memory (put-back or write-back pending).
+    fs_host_pages: u64,
+    /// Accepted frontswap pages only in the backing file.
+    fs_backing_only: u64,
+    /// Accepted frontswap pages in all.
+    fs_stored: u64,
+    live_grants: u64,
+    next_gen: u64,
+}
+
+impl Inner {
+    fn client(&self, id: ClientId) -> Result<&Client, PoolError> {
+        self.clients
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(PoolError::UnknownClient(id))
+    }
+
+    fn client_mut(&mut self, id: ClientId) -> Result<&mut Client, PoolError> {
+        self.clients
+            .get_mut(id.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(PoolError::UnknownClient(id))
+    }
+
+    fn gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    /// A free page for a put or store, if any: dirty ones first (newest freed first), then zero
+    /// ones from the top of the pool.
+    fn take_free_page(&mut self) -> Option<u32> {
+        self.pages
+            .tail(PageState::FreeDirty)
+            .or_else(|| self.pages.tail(PageState::FreeZero))
+    }
+}
+
+/// Takes a consistent snapshot of the page states and counters.
+pub(crate) fn snapshot(inner: &Mutex<Inner>, counters: &Counters, nr_pages: u64) -> PoolStats {
+    let mut s = PoolStats {
+        nr_pages,
+        ..PoolStats::default()
+    };
+    {
+        let g = inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.free_zero_pages = g.pages.count(PageState::FreeZero);
+        s.free_dirty_pages = g.pages.count(PageState::FreeDirty);
+        s.cleancache_pages = g.pages.count(PageState::Cleancache);
+        s.frontswap_pages = g.pages.count(PageState::Frontswap);
+        s.granted_pages = g.pages.count(PageState::Granted);
+        s.frontswap_backing_only_pages = g.fs_backing_only;
+        s.frontswap_host_pages = g.fs_host_pages;
+        s.frontswap_stored_pages = g.fs_stored;
+        s.clients = g.clients.iter().filter(|c| c.is_some()).count() as u64;
+        s.live_grants = g.live_grants;
+    }
+    s.fill_counters(counters);
+    s
+}
+
+/// The GCMA pool. Build it with [`Pool::new`]; use it through [`GcmaBackend`].
+///
+/// ```
+/// use gcma_host::api::{CleancacheKey, GcmaBackend, PAGE_SIZE};
+/// use gcma_host::pool::{Pool, PoolConfig};
+///
+/// let pool = Pool::new(PoolConfig::new(64)).unwrap();
+/// let vm = pool.register_client("vm0");
+/// let cc = pool.cleancache_new_pool(vm).unwrap();
+/// let key = CleancacheKey { pool: cc, object: [1, 0, 0], index: 0 };
+/// assert!(pool.cleancache_put(vm, key, &[7u8; PAGE_SIZE]).unwrap());
+/// let grant = pool.alloc_contig(vm, 64, 1).unwrap(); // evicts the cleancache page
+/// assert_eq!(grant.nr_pages, 64);
+/// let mut out = [0u8; PAGE_SIZE];
+/// assert!(!pool.cleancache_get(vm, key, &mut out).unwrap());
+/// pool.free_contig(vm, grant.first_page).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    cfg: PoolConfig,
+    res: Reservation,
+    inner: Arc<Mutex<Inner>>,
+    counters: Arc<Counters>,
+    backing: Option<File>,
+}
+
+fn open_backing_file(dir: Option<&PathBuf>) -> Result<File, PoolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dir.cloned().unwrap_or_else(std::env::temp_dir);
+    let tmp = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(&dir);
+    if let Ok(f) = tmp {
+        return Ok(f);
+    }
+    // Filesystems without O_TMPFILE: create a unique name and unlink it at once.
+    for attempt in 0..16u32 {
+        let path = dir.join(format!(
+            "gcma-backing-{}-{}-{attempt}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(PoolError::Io(format!(
+                    "cannot create the backing file in {}: {e}",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    Err(PoolError::Io(format!(
+        "cannot create a unique backing file in {}",
+        dir.display()
+    )))
+}
+
+fn check_page_len(len: usize) -> Result<(), PoolError> {
+    if len == PAGE_SIZE {
+        Ok(())
+    } else {
+        Err(PoolError::Invalid("page buffer is not exactly one page"))
+    }
+}
+
+impl Pool {
+    /// Reserves the pool's memory and builds an empty pool.
+    pub fn new(cfg: PoolConfig) -> Result<Arc<Pool>, PoolError> {
+        if cfg.nr_pages == 0 {
+            return Err(PoolError::Invalid("a pool needs at least one page"));
+        }
+        if cfg.nr_pages > MAX_POOL_PAGES {
+            return Err(PoolError::Invalid("pool larger than 2^32 - 2 pages"));
+        }
+        let res = Reservation::new(cfg.nr_pages, cfg.hugetlb, cfg.mlock)?;
+        let backing = match cfg.frontswap_policy {
+            FrontswapPolicy::PutBack => None,
+            _ => Some(open_backing_file(cfg.backing_dir.as_ref())?),
+        };
+        let alloc = RangeAllocator::new(0, cfg.nr_pages)
+            .map_err(|_| PoolError::Invalid("pool size not accepted by the range allocator"))?;
+        let inner = Inner {
+            pages: PageTable::new(cfg.nr_pages as u32),
+            alloc,
+            clients: Vec::new(),
+            cc_objs: Vec::new(),
+            cc_free_objs: Vec::new(),
+            slots: BackingSlots::default(),
+            fs_host_pages: 0,
+            fs_backing_only: 0,
+            fs_stored: 0,
+            live_grants: 0,
+            next_gen: 0,
+        };
+        log::info!(
+            "gcma pool: {} pages ({} MiB){}{}, frontswap {:?}",
+            cfg.nr_pages,
+            (cfg.nr_pages * PAGE_SIZE as u64) >> 20,
+            if cfg.hugetlb { ", hugetlb" } else { "" },
+            if cfg.mlock { ", mlocked" } else { "" },
+            cfg.frontswap_policy
+        );
+        Ok(Arc::new(Pool {
+            cfg,
+            res,
+            inner: Arc::new(Mutex::new(inner)),
+            counters: Arc::new(Counters::default()),
+            backing,
+        }))
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// The frontswap policy of this pool.
+    pub fn frontswap_policy(&self) -> FrontswapPolicy {
+        self.cfg.frontswap_policy
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; the state is still the best we have.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent snapshot of page states and counters.
+    pub fn stats(&self) -> PoolStats {
+        snapshot(&self.inner, &self.counters, self.cfg.nr_pages)
+    }
+
+    /// Registers the pool's metrics (`gcma_*`) with a `prometheus-client` registry. Values are
+    /// read from a fresh snapshot on every scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(PoolCollector {
+            inner: Arc::clone(&self.inner),
+            counters: Arc::clone(&self.counters),
+            nr_pages: self.cfg.nr_pages,
+        }));
+    }
+
+    /// The name a client registered with.
+    pub fn client_name(&self, client: ClientId) -> Result<String, PoolError> {
+        Ok(self.lock().client(client)?.name.clone())
+    }
+
+    /// Checks every internal invariant (page lists, allocator against page states, store indexes
+    /// against pages, counters). A debugging and testing aid; O(pool size).
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let g = self.lock();
+        g.pages.check()?;
+        let nr = self.cfg.nr_pages;
+        let granted = g.pages.count(PageState::Granted);
+        if g.alloc.free_bytes() != nr - granted {
+            return Err(format!(
+                "allocator has {} free, page table {} not granted",
+                g.alloc.free_bytes(),
+                nr - granted
+            ));
+        }
+        // Every page's grant status agrees with the allocator's free ranges.
+        let mut expect_free = vec![false; nr as usize];
+        for r in g.alloc.iter_free() {
+            for p in r {
+                expect_free[p as usize] = true;
+            }
+        }
+        for (p, &free) in expect_free.iter().enumerate() {
+            if free == (g.pages.state(p as u32) == PageState::Granted) {
+                return Err(format!("page {p}: allocator and page state disagree"));
+            }
+        }
+        let mut grant_pages = 0;
+        let mut grants = 0;
+        let mut stored = 0;
+        let mut host = 0;
+        let mut backing_only = 0;
+        let mut slots = HashSet::new();
+        for (ci, c) in g.clients.iter().enumerate() {
+            let Some(c) = c else { continue };
+            for (&first, rec) in &c.grants {
+                grants += 1;
+                grant_pages += rec.nr_pages;
+                if g.alloc.allocated_len(first) != Some(rec.nr_pages) {
+                    return Err(format!("grant at {first} not allocated as recorded"));
+                }
+            }
+            for (&(pool, object), &obj) in &c.cc_objects {
+                let o = g
+                    .cc_objs
+                    .get(obj as usize)
+                    .ok_or_else(|| format!("object slot {obj} out of range"))?;
+                if o.client != ci as u32 || o.pool != pool || o.object != object {
+                    return Err(format!("object slot {obj} names another object"));
+                }
+                if !c.cc_pools.contains(&pool) {
+                    return Err(format!("object in destroyed pool {pool}"));
+                }
+                if o.pages.is_empty() {
+                    return Err(format!("empty object slot {obj} kept"));
+                }
+                for (&index, &page) in &o.pages {
+                    if g.pages.tenant(page) != (Tenant::Cleancache { obj, index }) {
+                        return Err(format!("cleancache page {page} has the wrong tenant"));
+                    }
+                }
+            }
+            for (key, e) in &c.fs {
+                stored += 1;
+                match &e.loc {
+                    FsLoc::Pool(p) => {
+                        let t = Tenant::Frontswap {
+                            client: ci as u32,
+                            key: *key,
+                        };
+                        if g.pages.tenant(*p) != t {
+                            return Err(format!("frontswap page {p} has the wrong tenant"));
+                        }
+                    }
+                    FsLoc::Host { .. } => host += 1,
+                    FsLoc::Backing => {
+                        backing_only += 1;
+                        if e.slot.is_none() {
+                            return Err(format!("{key:?} only in backing but has no slot"));
+                        }
+                    }
+                }
+                if let Some(s) = e.slot {
+                    if !slots.insert(s) {
+                        return Err(format!("backing slot {s} used twice"));
+                    }
+                }
+            }
+        }
+        if grant_pages != granted || grants != g.live_grants {
+            return Err(format!(
+                "grants cover {grant_pages} pages in {grants} grants; page table {granted}, counter {}",
+                g.live_grants
+            ));
+        }
+        let cc_pages: usize = g
+            .clients
+            .iter()
+            .flatten()
+            .flat_map(|c| c.cc_objects.values())
+            .map(|&o| g.cc_objs[o as usize].pages.len())
+            .sum();
+        if cc_pages as u64 != g.pages.count(PageState::Cleancache) {
+            return Err(format!(
+                "{cc_pages} cleancache entries, {} cleancache pages",
+                g.pages.count(PageState::Cleancache)
+            ));
+        }
+        let fs_in_pool = stored - host - backing_only;
+        if stored != g.fs_stored
+            || host != g.fs_host_pages
+            || backing_only != g.fs_backing_only
+            || fs_in_pool != g.pages.count(PageState::Frontswap)
+        {
+            return Err(format!(
+                "frontswap counts: {stored} stored ({}), {host} host ({}), {backing_only} \
+                 backing ({}), {fs_in_pool} in pool ({})",
+                g.fs_stored,
+                g.fs_host_pages,
+                g.fs_backing_only,
+                g.pages.count(PageState::Frontswap)
+            ));
+        }
+        if slots.len() as u64 > g.slots.in_use() {
+            return Err("more slots named than allocated".into());
+        }
+        if self.cfg.frontswap_policy == FrontswapPolicy::PutBack
+            && g.fs_stored > self.cfg.put_back_limit_pages
+        {
+            return Err("put-back limit exceeded".into());
+        }
+        Ok(())
+    }
+}
+
+impl GcmaBackend for Pool {
+    fn register_client(&self, name: &str) -> ClientId {
+        let mut g = self.lock();
+        let id = ClientId(g.clients.len() as u32);
+        g.clients.push(Some(Client {
+            name: name.to_string(),
+            ..Client::default()
+        }));
+        log::debug!("gcma pool: client {id:?} ({name}) registered");
+        id
+    }
+
+    fn unregister_client(&self, client: ClientId) -> Result<(), PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        g.client(client)?;
+        let c = g.clients[client.0 as usize]
+            .take()
+            .ok_or(PoolError::UnknownClient(client))?;
+        for (first, rec) in c.grants {
+            // Grants still being zeroed are released by their granting thread, which finds the
+            // client gone.
+            if rec.ready {
+                g.release_grant_pages(first, rec.nr_pages);
+            }
+        }
+        for obj in c.cc_objects.into_values() {
+            let n = g.cc_drop_object(obj);
+            Counters::add(&self.counters.cc_flushes, n);
+        }
+        for e in c.fs.into_values() {
+            g.fs_drop_entry(e);
+        }
+        log::debug!("gcma pool: client {client:?} ({}) unregistered", c.name);
+        Ok(())
+    }
+
+    fn alloc_contig(
+        &self,
+        client: ClientId,
+        nr_pages: u64,
+        align_pages: u64,
+    ) -> Result<ContigGrant, PoolError> {
+        self.grant(client, nr_pages, align_pages)
+    }
+
+    fn free_contig(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError> {
+        self.release(client, first_page)
+    }
+
+    fn memfd(&self) -> BorrowedFd<'_> {
+        self.res.memfd()
+    }
+
+    fn nr_pages(&self) -> u64 {
+        self.cfg.nr_pages
+    }
+
+    fn cleancache_new_pool(&self, client: ClientId) -> Result<u32, PoolError> {
+        let mut g = self.lock();
+        let c = g.client_mut(client)?;
+        let id = c.next_cc_pool;
+        c.next_cc_pool = id
+            .checked_add(1)
+            .ok_or(PoolError::Invalid("cleancache pool ids exhausted"))?;
+        c.cc_pools.insert(id);
+        Ok(id)
+    }
+
+    fn cleancache_put(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        page: &[u8],
+    ) -> Result<bool, PoolError> {
+        check_page_len(page.len())?;
+        self.cc_put(client, key, page)
+    }
+
+    fn cleancache_get(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        check_page_len(out.len())?;
+        self.cc_get(client, key, out)
+    }
+
+    fn cleancache_flush_page(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+    ) -> Result<bool, PoolError> {
+        self.cc_flush_page(client, key)
+    }
+
+    fn cleancache_flush_object(
+        &self,
+        client: ClientId,
+        pool: u32,
+        object: [u64; 3],
+    ) -> Result<u64, PoolError> {
+        self.cc_flush_object(client, pool, object)
+    }
+
+    fn cleancache_destroy_pool(&self, client: ClientId, pool: u32) -> Result<(), PoolError> {
+        self.cc_destroy_pool(client, pool)
+    }
+
+    fn frontswap_store(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        page: &[u8],
+    ) -> Result<(), PoolError> {
+        check_page_len(page.len())?;
+        self.fs_store(client, key, page)
+    }
+
+    fn frontswap_load(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        check_page_len(out.len())?;
+        self.fs_load(client, key, out)
+    }
+
+    fn frontswap_invalidate_page(
+        &self,
+        client: ClientId,
+        key: FrontswapKey,
+    ) -> Result<bool, PoolError> {
+        self.fs_invalidate_page(client, key)
+    }
+
+    fn frontswap_invalidate_area(&self, client: ClientId, area: u32) -> Result<u64, PoolError> {
+        self.fs_invalidate_area(client, area)
+    }
+}

@@ -1,0 +1,590 @@
+//! Model-based property test of the GCMA pool: random interleavings of every operation by several
+//! clients, under all three frontswap policies, checked step by step against a simple model.
+//!
+//! Asserted after every step: tmem semantics (cleancache hits return the latest put and remove the
+//! page; misses are allowed), no accepted frontswap page is ever lost or stale, granted pages read
+//! as zero through the memfd mapping, grants fail only when they must (and say why correctly),
+//! bad input changes nothing, and the pool's accounting adds up.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use gcma_host::api::{
+    CleancacheKey, ClientId, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError, RejectReason,
+    PAGE_SIZE,
+};
+use gcma_host::pool::{Pool, PoolConfig, PoolStats};
+use proptest::prelude::*;
+
+const NR_PAGES: u64 = 48;
+const NR_CLIENTS: usize = 3;
+const PUT_BACK_LIMIT: u64 = 20;
+const CLIENT_LIMIT: u64 = 18;
+
+/// A read-write view of the pool's memfd, as a VMM would map it.
+struct MemfdView {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl MemfdView {
+    fn new(pool: &Pool) -> Self {
+        let len = pool.nr_pages() as usize * PAGE_SIZE;
+        // SAFETY: a fresh shared mapping of the pool's memfd; unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                pool.memfd().as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of the pool memfd");
+        MemfdView {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    fn pages(&self, first: u64, nr: u64) -> &[u8] {
+        let off = first as usize * PAGE_SIZE;
+        let len = nr as usize * PAGE_SIZE;
+        assert!(off + len <= self.len);
+        // SAFETY: inside the mapping; the test only reads granted pages, which the pool does not
+        // touch while granted.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+    }
+
+    fn fill(&self, first: u64, nr: u64, byte: u8) {
+        let off = first as usize * PAGE_SIZE;
+        let len = nr as usize * PAGE_SIZE;
+        assert!(off + len <= self.len);
+        // SAFETY: inside the mapping; these pages are granted to the test's client.
+        unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, len) };
+    }
+}
+
+impl Drop for MemfdView {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly our mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Page contents that identify their key and version: mix-ups and stale data show.
+fn page_for(tag: u64, byte: u8) -> Vec<u8> {
+    let mut p = vec![byte; PAGE_SIZE];
+    p[..8].copy_from_slice(&tag.to_le_bytes());
+    p[PAGE_SIZE - 8..].copy_from_slice(&(!tag).to_le_bytes());
+    p
+}
+
+fn cc_tag(c: usize, k: &CleancacheKey) -> u64 {
+    (c as u64) << 56 | (k.pool as u64) << 40 | k.object[0] << 20 | k.index as u64
+}
+
+fn fs_tag(c: usize, k: &FrontswapKey) -> u64 {
+    1 << 63 | (c as u64) << 56 | (k.area as u64) << 40 | k.offset
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        c: usize,
+        nr: u64,
+        align_shift: u32,
+    },
+    Free {
+        which: usize,
+    },
+    FreeUnknown {
+        c: usize,
+        page: u64,
+    },
+    Scribble {
+        which: usize,
+        byte: u8,
+    },
+    NewCcPool {
+        c: usize,
+    },
+    CcPut {
+        c: usize,
+        pool: usize,
+        obj: u64,
+        idx: u32,
+        byte: u8,
+    },
+    CcGet {
+        c: usize,
+        pool: usize,
+        obj: u64,
+        idx: u32,
+    },
+    CcFlushPage {
+        c: usize,
+        pool: usize,
+        obj: u64,
+        idx: u32,
+    },
+    CcFlushObject {
+        c: usize,
+        pool: usize,
+        obj: u64,
+    },
+    CcDestroyPool {
+        c: usize,
+        pool: usize,
+    },
+    FsStore {
+        c: usize,
+        area: u32,
+        off: u64,
+        byte: u8,
+    },
+    FsLoad {
+        c: usize,
+        area: u32,
+        off: u64,
+    },
+    FsInvalidate {
+        c: usize,
+        area: u32,
+        off: u64,
+    },
+    FsInvalidateArea {
+        c: usize,
+        area: u32,
+    },
+    Reregister {
+        c: usize,
+    },
+    Bad {
+        kind: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..NR_CLIENTS;
+    prop_oneof![
+        3 => (c.clone(), 1..20u64, 0..4u32).prop_map(|(c, nr, align_shift)| Op::Alloc { c, nr, align_shift }),
+        2 => (0..8usize).prop_map(|which| Op::Free { which }),
+        1 => (c.clone(), 0..NR_PAGES + 2).prop_map(|(c, page)| Op::FreeUnknown { c, page }),
+        1 => (0..8usize, any::<u8>()).prop_map(|(which, byte)| Op::Scribble { which, byte }),
+        1 => c.clone().prop_map(|c| Op::NewCcPool { c }),
+        6 => (c.clone(), 0..3usize, 0..3u64, 0..6u32, any::<u8>())
+            .prop_map(|(c, pool, obj, idx, byte)| Op::CcPut { c, pool, obj, idx, byte }),
+        4 => (c.clone(), 0..3usize, 0..3u64, 0..6u32)
+            .prop_map(|(c, pool, obj, idx)| Op::CcGet { c, pool, obj, idx }),
+        1 => (c.clone(), 0..3usize, 0..3u64, 0..6u32)
+            .prop_map(|(c, pool, obj, idx)| Op::CcFlushPage { c, pool, obj, idx }),
+        1 => (c.clone(), 0..3usize, 0..3u64).prop_map(|(c, pool, obj)| Op::CcFlushObject { c, pool, obj }),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, pool)| Op::CcDestroyPool { c, pool }),
+        6 => (c.clone(), 0..2u32, 0..12u64, any::<u8>())
+            .prop_map(|(c, area, off, byte)| Op::FsStore { c, area, off, byte }),
+        5 => (c.clone(), 0..2u32, 0..12u64).prop_map(|(c, area, off)| Op::FsLoad { c, area, off }),
+        1 => (c.clone(), 0..2u32, 0..12u64).prop_map(|(c, area, off)| Op::FsInvalidate { c, area, off }),
+        1 => (c.clone(), 0..2u32).prop_map(|(c, area)| Op::FsInvalidateArea { c, area }),
+        1 => c.prop_map(|c| Op::Reregister { c }),
+        1 => (0..8u8).prop_map(|kind| Op::Bad { kind }),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = FrontswapPolicy> {
+    prop_oneof![
+        Just(FrontswapPolicy::WriteThrough),
+        Just(FrontswapPolicy::WriteBack),
+        Just(FrontswapPolicy::PutBack),
+    ]
+}
+
+struct Model {
+    ids: Vec<ClientId>,
+    /// (client slot, first page, nr pages)
+    grants: Vec<(usize, u64, u64)>,
+    cc_pools: Vec<Vec<u32>>,
+    cc: HashMap<(usize, CleancacheKey), Vec<u8>>,
+    fs: HashMap<(usize, FrontswapKey), Vec<u8>>,
+}
+
+impl Model {
+    fn granted(&self) -> u64 {
+        self.grants.iter().map(|g| g.2).sum()
+    }
+
+    fn has_aligned_run(&self, nr: u64, align: u64) -> bool {
+        let mut busy = vec![false; NR_PAGES as usize];
+        for &(_, f, n) in &self.grants {
+            for p in f..f + n {
+                busy[p as usize] = true;
+            }
+        }
+        (0..NR_PAGES)
+            .step_by(align as usize)
+            .any(|s| s + nr <= NR_PAGES && (s..s + nr).all(|p| !busy[p as usize]))
+    }
+
+    fn cc_key(&self, c: usize, pool: usize, obj: u64, idx: u32) -> CleancacheKey {
+        // A pool index past the live ones names a pool that does not exist.
+        let pool = self.cc_pools[c]
+            .get(pool)
+            .copied()
+            .unwrap_or(1000 + pool as u32);
+        CleancacheKey {
+            pool,
+            object: [obj, 7, 9],
+            index: idx,
+        }
+    }
+}
+
+fn page_counts(s: &PoolStats) -> [u64; 5] {
+    [
+        s.free_zero_pages,
+        s.free_dirty_pages,
+        s.cleancache_pages,
+        s.frontswap_pages,
+        s.granted_pages,
+    ]
+}
+
+fn check_accounting(pool: &Pool, m: &Model) {
+    if let Err(e) = pool.check_consistency() {
+        panic!("inconsistent pool: {e}");
+    }
+    let s = pool.stats();
+    assert_eq!(page_counts(&s).iter().sum::<u64>(), NR_PAGES);
+    assert_eq!(s.granted_pages, m.granted());
+    assert_eq!(s.live_grants, m.grants.len() as u64);
+    assert_eq!(s.frontswap_stored_pages, m.fs.len() as u64);
+    assert_eq!(
+        s.frontswap_stored_pages,
+        s.frontswap_pages + s.frontswap_host_pages + s.frontswap_backing_only_pages
+    );
+    assert!(s.cleancache_pages <= m.cc.len() as u64);
+    if pool.frontswap_policy() == FrontswapPolicy::PutBack {
+        assert!(s.frontswap_stored_pages <= PUT_BACK_LIMIT);
+    }
+}
+
+fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
+    let mut cfg = PoolConfig::new(NR_PAGES);
+    cfg.frontswap_policy = policy;
+    cfg.put_back_limit_pages = PUT_BACK_LIMIT;
+    cfg.client_frontswap_limit_pages = Some(CLIENT_LIMIT);
+    let pool: Arc<Pool> = Pool::new(cfg).expect("pool");
+    let view = MemfdView::new(&pool);
+    let mut m = Model {
+        ids: (0..NR_CLIENTS)
+            .map(|i| pool.register_client(&format!("vm{i}")))
+            .collect(),
+        grants: Vec::new(),
+        cc_pools: vec![Vec::new(); NR_CLIENTS],
+        cc: HashMap::new(),
+        fs: HashMap::new(),
+    };
+    let mut out = vec![0u8; PAGE_SIZE];
+    for op in ops {
+        match op {
+            Op::Alloc { c, nr, align_shift } => {
+                let align = 1u64 << align_shift;
+                let granted = m.granted();
+                match pool.alloc_contig(m.ids[c], nr, align) {
+                    Ok(g) => {
+                        assert_eq!(g.client, m.ids[c]);
+                        assert_eq!(g.nr_pages, nr);
+                        assert_eq!(g.first_page % align, 0);
+                        assert!(g.first_page + nr <= NR_PAGES);
+                        for &(_, f, n) in &m.grants {
+                            assert!(g.first_page + nr <= f || f + n <= g.first_page, "overlap");
+                        }
+                        assert!(
+                            view.pages(g.first_page, nr).iter().all(|&b| b == 0),
+                            "granted pages must read as zero"
+                        );
+                        m.grants.push((c, g.first_page, nr));
+                    }
+                    Err(PoolError::Exhausted {
+                        requested,
+                        available,
+                    }) => {
+                        assert_eq!(requested, nr);
+                        assert_eq!(available, NR_PAGES - granted);
+                        assert!(nr > available);
+                    }
+                    Err(PoolError::Fragmented { requested, .. }) => {
+                        assert_eq!(requested, nr);
+                        assert!(nr <= NR_PAGES - granted);
+                        assert!(
+                            !m.has_aligned_run(nr, align),
+                            "grant refused though a run fits"
+                        );
+                    }
+                    Err(e) => panic!("unexpected grant error {e:?}"),
+                }
+            }
+            Op::Free { which } => {
+                if m.grants.is_empty() {
+                    continue;
+                }
+                let (c, f, n) = m.grants.remove(which % m.grants.len());
+                assert_eq!(pool.free_contig(m.ids[c], f), Ok(n));
+                assert_eq!(
+                    pool.free_contig(m.ids[c], f),
+                    Err(PoolError::UnknownGrant(f)),
+                    "double free"
+                );
+            }
+            Op::FreeUnknown { c, page } => {
+                if m.grants.iter().any(|&(gc, f, _)| gc == c && f == page) {
+                    continue;
+                }
+                let before = page_counts(&pool.stats());
+                assert_eq!(
+                    pool.free_contig(m.ids[c], page),
+                    Err(PoolError::UnknownGrant(page))
+                );
+                assert_eq!(page_counts(&pool.stats()), before);
+            }
+            Op::Scribble { which, byte } => {
+                if let Some(&(_, f, n)) = m.grants.get(which % m.grants.len().max(1)) {
+                    view.fill(f, n, byte);
+                }
+            }
+            Op::NewCcPool { c } => {
+                let id = pool.cleancache_new_pool(m.ids[c]).expect("new pool");
+                assert!(!m.cc_pools[c].contains(&id));
+                m.cc_pools[c].push(id);
+            }
+            Op::CcPut {
+                c,
+                pool: pi,
+                obj,
+                idx,
+                byte,
+            } => {
+                let key = m.cc_key(c, pi, obj, idx);
+                let data = page_for(cc_tag(c, &key), byte);
+                match pool.cleancache_put(m.ids[c], key, &data) {
+                    Ok(true) => {
+                        m.cc.insert((c, key), data);
+                    }
+                    Ok(false) => {
+                        // Dropped: an older copy must not survive either.
+                        m.cc.remove(&(c, key));
+                        assert!(!pool.cleancache_get(m.ids[c], key, &mut out).unwrap());
+                    }
+                    Err(PoolError::UnknownPool(p)) => {
+                        assert_eq!(p, key.pool);
+                        assert!(!m.cc_pools[c].contains(&p));
+                    }
+                    Err(e) => panic!("unexpected put error {e:?}"),
+                }
+            }
+            Op::CcGet {
+                c,
+                pool: pi,
+                obj,
+                idx,
+            } => {
+                let key = m.cc_key(c, pi, obj, idx);
+                match pool.cleancache_get(m.ids[c], key, &mut out) {
+                    Ok(true) => {
+                        let want = m.cc.remove(&(c, key)).expect("hit on a key never put");
+                        assert!(out == want, "cleancache returned wrong or stale data");
+                        // A hit removes the page (private pool).
+                        assert!(!pool.cleancache_get(m.ids[c], key, &mut out).unwrap());
+                    }
+                    Ok(false) => {
+                        m.cc.remove(&(c, key));
+                    }
+                    Err(PoolError::UnknownPool(_)) => assert!(!m.cc_pools[c].contains(&key.pool)),
+                    Err(e) => panic!("unexpected get error {e:?}"),
+                }
+            }
+            Op::CcFlushPage {
+                c,
+                pool: pi,
+                obj,
+                idx,
+            } => {
+                let key = m.cc_key(c, pi, obj, idx);
+                match pool.cleancache_flush_page(m.ids[c], key) {
+                    Ok(hit) => {
+                        let had = m.cc.remove(&(c, key)).is_some();
+                        assert!(!hit || had, "flushed a page never put");
+                    }
+                    Err(PoolError::UnknownPool(_)) => assert!(!m.cc_pools[c].contains(&key.pool)),
+                    Err(e) => panic!("unexpected flush error {e:?}"),
+                }
+            }
+            Op::CcFlushObject { c, pool: pi, obj } => {
+                let key = m.cc_key(c, pi, obj, 0);
+                match pool.cleancache_flush_object(m.ids[c], key.pool, key.object) {
+                    Ok(n) => {
+                        let before = m.cc.len();
+                        m.cc.retain(|(mc, k), _| {
+                            !(*mc == c && k.pool == key.pool && k.object == key.object)
+                        });
+                        assert!(n as usize <= before - m.cc.len());
+                    }
+                    Err(PoolError::UnknownPool(_)) => assert!(!m.cc_pools[c].contains(&key.pool)),
+                    Err(e) => panic!("unexpected flush error {e:?}"),
+                }
+            }
+            Op::CcDestroyPool { c, pool: pi } => {
+                let key = m.cc_key(c, pi, 0, 0);
+                match pool.cleancache_destroy_pool(m.ids[c], key.pool) {
+                    Ok(()) => {
+                        m.cc_pools[c].retain(|&p| p != key.pool);
+                        m.cc.retain(|(mc, k), _| !(*mc == c && k.pool == key.pool));
+                    }
+                    Err(PoolError::UnknownPool(_)) => assert!(!m.cc_pools[c].contains(&key.pool)),
+                    Err(e) => panic!("unexpected destroy error {e:?}"),
+                }
+            }
+            Op::FsStore { c, area, off, byte } => {
+                let key = FrontswapKey { area, offset: off };
+                let data = page_for(fs_tag(c, &key), byte);
+                match pool.frontswap_store(m.ids[c], key, &data) {
+                    Ok(()) => {
+                        m.fs.insert((c, key), data);
+                    }
+                    Err(PoolError::Rejected(r)) => {
+                        match r {
+                            RejectReason::PutBackLimit => {
+                                assert_eq!(policy, FrontswapPolicy::PutBack)
+                            }
+                            RejectReason::PoolFull => {
+                                assert_ne!(policy, FrontswapPolicy::WriteThrough)
+                            }
+                            RejectReason::ClientLimit => {}
+                            RejectReason::BackingIo => panic!("backing I/O failed"),
+                        }
+                        // A refused duplicate invalidates the old copy.
+                        m.fs.remove(&(c, key));
+                    }
+                    Err(e) => panic!("unexpected store error {e:?}"),
+                }
+            }
+            Op::FsLoad { c, area, off } => {
+                let key = FrontswapKey { area, offset: off };
+                let hit = pool.frontswap_load(m.ids[c], key, &mut out).expect("load");
+                match m.fs.get(&(c, key)) {
+                    Some(want) => {
+                        assert!(hit, "accepted frontswap page lost");
+                        assert!(out == *want, "frontswap returned wrong or stale data");
+                    }
+                    None => assert!(!hit, "frontswap load of an invalidated key hit"),
+                }
+            }
+            Op::FsInvalidate { c, area, off } => {
+                let key = FrontswapKey { area, offset: off };
+                let hit = pool.frontswap_invalidate_page(m.ids[c], key).unwrap();
+                assert_eq!(hit, m.fs.remove(&(c, key)).is_some());
+            }
+            Op::FsInvalidateArea { c, area } => {
+                let n = pool.frontswap_invalidate_area(m.ids[c], area).unwrap();
+                let before = m.fs.len();
+                m.fs.retain(|(mc, k), _| !(*mc == c && k.area == area));
+                assert_eq!(n as usize, before - m.fs.len());
+            }
+            Op::Reregister { c } => {
+                let old = m.ids[c];
+                pool.unregister_client(old).expect("unregister");
+                assert_eq!(
+                    pool.unregister_client(old),
+                    Err(PoolError::UnknownClient(old))
+                );
+                m.grants.retain(|g| g.0 != c);
+                m.cc.retain(|k, _| k.0 != c);
+                m.fs.retain(|k, _| k.0 != c);
+                m.cc_pools[c].clear();
+                m.ids[c] = pool.register_client("again");
+                assert_ne!(m.ids[c], old);
+                let key = FrontswapKey { area: 0, offset: 0 };
+                assert_eq!(
+                    pool.frontswap_load(old, key, &mut out),
+                    Err(PoolError::UnknownClient(old))
+                );
+            }
+            Op::Bad { kind } => {
+                let before = pool.stats();
+                let c = m.ids[0];
+                let nobody = ClientId(9999);
+                let short = vec![0u8; PAGE_SIZE - 1];
+                let key = FrontswapKey { area: 0, offset: 0 };
+                let r = match kind {
+                    0 => pool.alloc_contig(c, 0, 1).map(|_| ()),
+                    1 => pool.alloc_contig(c, 1, 3).map(|_| ()),
+                    2 => pool.alloc_contig(c, u64::MAX, 1).map(|_| ()),
+                    3 => pool.alloc_contig(nobody, 1, 1).map(|_| ()),
+                    4 => pool.frontswap_store(c, key, &short),
+                    5 => pool
+                        .cleancache_put(nobody, m.cc_key(0, 0, 0, 0), &out)
+                        .map(|_| ()),
+                    6 => pool.frontswap_load(c, key, &mut [0u8; 1]).map(|_| ()),
+                    _ => pool.cleancache_new_pool(nobody).map(|_| ()),
+                };
+                assert!(r.is_err(), "bad input {kind} accepted");
+                let after = pool.stats();
+                assert_eq!(page_counts(&after), page_counts(&before));
+                assert_eq!(after.frontswap_stored_pages, before.frontswap_stored_pages);
+            }
+        }
+        check_accounting(&pool, &m);
+    }
+    // Every accepted frontswap page is still there, with its latest data.
+    for ((c, key), want) in &m.fs {
+        assert!(pool.frontswap_load(m.ids[*c], *key, &mut out).unwrap());
+        assert!(out == *want);
+    }
+    // Granting the whole pool evicts everything and still reads as zero.
+    for (c, f, _) in std::mem::take(&mut m.grants) {
+        pool.free_contig(m.ids[c], f).unwrap();
+    }
+    let g = pool
+        .alloc_contig(m.ids[0], NR_PAGES, 1)
+        .expect("whole-pool grant");
+    assert!(view.pages(0, NR_PAGES).iter().all(|&b| b == 0));
+    for ((c, key), want) in &m.fs {
+        assert!(pool.frontswap_load(m.ids[*c], *key, &mut out).unwrap());
+        assert!(out == *want, "frontswap page lost by a grant's eviction");
+    }
+    pool.free_contig(m.ids[0], g.first_page).unwrap();
+    check_accounting(&pool, &m);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("POOL_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)))]
+
+    #[test]
+    fn pool_matches_model(policy in policy(), ops in prop::collection::vec(op(), 1..120)) {
+        run(policy, ops);
+    }
+}
+
+#[test]
+fn metrics_encode() {
+    let pool = Pool::new(PoolConfig::new(16)).unwrap();
+    let c = pool.register_client("vm");
+    let g = pool.alloc_contig(c, 4, 1).unwrap();
+    pool.free_contig(c, g.first_page).unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    pool.register_metrics(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    for needle in [
+        "gcma_pool_pages{state=\"free_dirty\"} 4",
+        "gcma_pool_pages{state=\"free_zero\"} 12",
+        "gcma_grants_total 1",
+        "gcma_grant_latency_seconds_count 1",
+        "gcma_frontswap_rejects_total{reason=\"pool_full\"} 0",
+        "gcma_evictions_total{reason=\"grant\",kind=\"cleancache\"} 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+}
