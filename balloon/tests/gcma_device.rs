@@ -1,6 +1,7 @@
 //! virtio-gcma through the virtio-mmio transport, driven by the harness driver: negotiation, every
 //! operation, grants through a test `GrantMapper`, counters, resets and batching. The scenarios are
-//! written once over `Arc<dyn GcmaBackend>`; `gcma_pool.rs` runs them against the real pool.
+//! written once over `Arc<dyn GcmaBackend>` and run against the real pool (`gcma_host::pool::Pool`)
+//! and against a small in-test stand-in that can inject failures.
 
 mod gcma_support;
 
@@ -14,12 +15,17 @@ use balloon::gcma::proto::{
 use balloon::transport::mmio::regs;
 use balloon::transport::{STATUS_DEVICE_NEEDS_RESET, VIRTIO_F_VERSION_1};
 use gcma_host::api::GcmaBackend;
+use gcma_host::pool::{Pool, PoolConfig};
 use gcma_support::{pattern, FakeBackend, Rig, WINDOW_GPA};
 
 pub const ALL: u64 = VIRTIO_GCMA_F_CONTIG | VIRTIO_GCMA_F_CLEANCACHE | VIRTIO_GCMA_F_FRONTSWAP;
 
 fn fake() -> Arc<dyn GcmaBackend> {
     FakeBackend::new(1024)
+}
+
+fn real_pool(nr_pages: u64) -> Arc<dyn GcmaBackend> {
+    Pool::new(PoolConfig::new(nr_pages)).expect("pool")
 }
 
 fn key(pool: u32, obj: u64, index: u32) -> PageKey {
@@ -534,4 +540,77 @@ fn needs_reset_bit_is_not_set_by_normal_traffic() {
     let mut rig = Rig::new(fake(), 64, ALL, 16);
     rig.call(Request::NewPool, None);
     assert_eq!(rig.driver.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn cleancache_semantics_pool() {
+    cleancache_semantics(real_pool(512));
+}
+
+#[test]
+fn frontswap_semantics_pool() {
+    frontswap_semantics(real_pool(512));
+}
+
+#[test]
+fn grants_through_the_window_pool() {
+    grants_through_the_window(real_pool(512));
+}
+
+#[test]
+fn reset_releases_everything_pool() {
+    reset_releases_everything(real_pool(512));
+}
+
+/// A grant of the whole pool evicts second-class pages: cleancache pages are dropped (gets miss),
+/// frontswap pages survive (write-through), and the grant reads as zeros.
+#[test]
+fn grant_evicts_second_class_pages_pool() {
+    let backend = real_pool(256);
+    let mut rig = Rig::new(backend.clone(), 512, ALL, 64);
+    let pool = rig.call(Request::NewPool, None).resp.value0 as u32;
+    let puts: Vec<_> = (0..20)
+        .map(|i| (Request::Put(key(pool, 1, i)), Some(pattern(u64::from(i)))))
+        .collect();
+    assert!(rig.batch(&puts).iter().all(|a| a.resp.status == status::OK));
+    let stores: Vec<_> = (0..20)
+        .map(|i| {
+            (
+                Request::Store(SwapKey { area: 0, offset: i }),
+                Some(pattern(1000 + i)),
+            )
+        })
+        .collect();
+    assert!(rig
+        .batch(&stores)
+        .iter()
+        .all(|a| a.resp.status == status::OK));
+    let a = rig.call(
+        Request::AllocContig {
+            nr_pages: 256,
+            align_pages: 1,
+        },
+        None,
+    );
+    assert_eq!(a.resp.status, status::OK, "{:?}", a.resp);
+    let mut buf = vec![0xffu8; 256 * PAGE_SIZE];
+    rig.mapper.read(a.resp.value0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "grant shows evicted data");
+    let gets: Vec<_> = (0..20)
+        .map(|i| (Request::Get(key(pool, 1, i)), None))
+        .collect();
+    assert!(rig
+        .batch(&gets)
+        .iter()
+        .all(|a| a.resp.status == status::MISS));
+    let loads: Vec<_> = (0..20)
+        .map(|i| (Request::Load(SwapKey { area: 0, offset: i }), None))
+        .collect();
+    for (i, a) in rig.batch(&loads).iter().enumerate() {
+        assert_eq!(a.resp.status, status::OK, "frontswap page {i} lost");
+        assert!(
+            a.data == pattern(1000 + i as u64),
+            "frontswap page {i} corrupted"
+        );
+    }
 }
