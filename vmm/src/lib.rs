@@ -26,10 +26,8 @@
 
 pub mod abi;
 pub mod bus;
-pub mod control;
 pub mod devices;
 mod error;
-pub mod http;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
