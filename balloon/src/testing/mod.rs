@@ -5,7 +5,28 @@
 //! bytes in guest memory, where it allocates its rings and buffers. It has no access to device
 //! state. Raw ring and descriptor writers let hostile-guest tests break the rules on purpose.
 //!
-//! See `tests/transport_*.rs` and `tests/balloon_*.rs` for complete examples.
+//! ```
+//! use std::sync::Arc;
+//! use balloon::testing::{memfd_guest_memory, CountingIrq, Driver};
+//! use balloon::transport::MmioTransport;
+//! use balloon::virtio_balloon::{Balloon, BalloonConfig};
+//!
+//! let mem = Arc::new(memfd_guest_memory(&[(0, 4 << 20)]).unwrap());
+//! let irq = Arc::new(CountingIrq::default());
+//! let transport = MmioTransport::new(Balloon::new(BalloonConfig::default()), mem.clone(), irq);
+//! // Rings and buffers live in the top MiB of guest memory.
+//! let mut driver = Driver::new(transport, mem, 3 << 20..4 << 20);
+//! driver.init(0, 64).unwrap();
+//! // Inflate guest page 5: a PFN list in guest memory, one descriptor, one notification.
+//! let buf = driver.alloc(4, 4).unwrap();
+//! driver.write_mem(buf, &5u32.to_le_bytes()).unwrap();
+//! driver.add_chain(0, &[(buf, 4, false)]).unwrap();
+//! driver.kick(0);
+//! assert!(driver.pop_used(0).unwrap().is_some());
+//! assert_eq!(driver.bus().device().status().inflated_pages, 1);
+//! ```
+//!
+//! See `tests/transport_*.rs` and `tests/balloon_*.rs` for more, including hostile guests.
 
 use std::collections::HashMap;
 use std::ops::Range;

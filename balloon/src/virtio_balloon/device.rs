@@ -618,3 +618,60 @@ fn report_free(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    fn region(mem: &GuestMemoryMmap, host_page: u64) -> Vec<RegionPages> {
+        mem.iter()
+            .map(|r| RegionPages {
+                start: r.start_addr().0,
+                len: r.len(),
+                host_page,
+                bits: Vec::new(),
+                inflated: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn huge_host_page_is_released_only_when_every_piece_is_inflated() {
+        const HUGE: u64 = 2 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 * HUGE as usize)]).unwrap();
+        mem.write_slice(&[7u8; 64], GuestAddress(0)).unwrap();
+        let mut regions = region(&mem, HUGE);
+        let mut c = BalloonCounters::default();
+        let per_huge = (HUGE / GUEST_PAGE_SIZE) as u32;
+        // All but the last 4 KiB piece of the first huge page: nothing released.
+        let most: Vec<u32> = (0..per_huge - 1).collect();
+        inflate_pfns(&mem, &mut regions, &most, &mut c);
+        assert_eq!(c.released_bytes, 0);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 7);
+        // The last piece completes it: the whole huge page goes.
+        inflate_pfns(&mem, &mut regions, &[per_huge - 1], &mut c);
+        assert_eq!(c.released_bytes, HUGE);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 0);
+        // Deflating a piece and inflating it again releases the huge page again, once.
+        deflate_pfns(&mut regions, &[3], &mut c);
+        inflate_pfns(&mem, &mut regions, &[3], &mut c);
+        assert_eq!(c.released_bytes, 2 * HUGE);
+        assert_eq!(regions[0].inflated, u64::from(per_huge));
+    }
+
+    #[test]
+    fn locate_rejects_pages_straddling_or_outside_regions() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x10_0000), 0x2000),
+        ])
+        .unwrap();
+        let regions = region(&mem, GUEST_PAGE_SIZE);
+        assert_eq!(locate(&regions, 3), Some((0, 3)));
+        assert_eq!(locate(&regions, 4), None);
+        assert_eq!(locate(&regions, 0x100), Some((1, 0)));
+        assert_eq!(locate(&regions, 0x102), None);
+        assert_eq!(locate(&regions, u32::MAX), None);
+    }
+}
