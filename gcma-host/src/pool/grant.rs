@@ -66,8 +66,10 @@ impl Pool {
         let mut dirty: Vec<(u64, u64)> = Vec::new();
         let mut nr_dirty = 0u64;
         let first;
+        let t_locked;
         {
             let mut g = self.lock();
+            t_locked = Instant::now();
             let g = &mut *g;
             g.client(client)?;
             let granted = g.pages.count(PageState::Granted);
@@ -132,10 +134,19 @@ impl Pool {
             if zero_now {
                 dirty.clear();
             }
+            Counters::add(
+                &self.counters.grant_locked_ns,
+                t_locked.elapsed().as_nanos() as u64,
+            );
         }
         if !dirty.is_empty() {
             // The run is granted and not ready: nobody else touches these pages.
+            let t_zero = Instant::now();
             self.zero_runs(&dirty);
+            Counters::add(
+                &self.counters.grant_zero_ns,
+                t_zero.elapsed().as_nanos() as u64,
+            );
             let mut g = self.lock();
             let ready = match g.client_mut(client) {
                 Ok(c) => c.grants.get_mut(&first).map(|r| r.ready = true).is_some(),

@@ -59,6 +59,8 @@ pub(crate) struct Counters {
     pub grant_latency_buckets: [AtomicU64; GRANT_LATENCY_BUCKETS_US.len() + 1],
     pub grant_latency_sum_ns: AtomicU64,
     pub grant_latency_max_ns: AtomicU64,
+    pub grant_locked_ns: AtomicU64,
+    pub grant_zero_ns: AtomicU64,
 }
 
 pub(crate) fn reject_index(r: RejectReason) -> usize {
@@ -176,6 +178,10 @@ pub struct PoolStats {
     pub grant_latency_sum_ns: u64,
     /// Largest grant latency in nanoseconds.
     pub grant_latency_max_ns: u64,
+    /// Time grants spent holding the pool lock (range choice, eviction, small zeroing), in ns.
+    pub grant_locked_ns: u64,
+    /// Time grants spent zeroing with the lock released, in ns.
+    pub grant_zero_unlocked_ns: u64,
 }
 
 impl PoolStats {
@@ -208,6 +214,8 @@ impl PoolStats {
         self.grant_latency_buckets = c.grant_latency_buckets.iter().map(g).collect();
         self.grant_latency_sum_ns = g(&c.grant_latency_sum_ns);
         self.grant_latency_max_ns = g(&c.grant_latency_max_ns);
+        self.grant_locked_ns = g(&c.grant_locked_ns);
+        self.grant_zero_unlocked_ns = g(&c.grant_zero_ns);
     }
 }
 
