@@ -13,6 +13,19 @@
 
 #![cfg_attr(not(feature = "device"), no_std)]
 
+/// `log::warn!` for events a guest can trigger at will: logs the first 16 occurrences and then
+/// only when the occurrence count `n` (the event's counter after incrementing) is a power of two,
+/// so a hostile guest cannot flood the host log. The counters keep the exact numbers.
+#[cfg(feature = "device")]
+macro_rules! guest_warn {
+    ($n:expr, $($arg:tt)+) => {{
+        let n: u64 = $n;
+        if n <= 16 || n.is_power_of_two() {
+            log::warn!($($arg)+);
+        }
+    }};
+}
+
 #[cfg(feature = "device")]
 pub mod error;
 pub mod gcma;

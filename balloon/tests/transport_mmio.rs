@@ -396,3 +396,17 @@ fn reset_returns_device_to_initial_state() {
     assert_eq!(g.device().resets, 1);
     assert!(!g.is_activated());
 }
+
+#[test]
+fn failed_driver_needs_a_reset() {
+    let (mut d, t, _) = setup();
+    d.negotiate(0).unwrap();
+    d.setup_queue(0, 16).unwrap();
+    let s = d.status();
+    d.set_status(s | balloon::transport::STATUS_FAILED);
+    d.set_status(s | balloon::transport::STATUS_FAILED | STATUS_DRIVER_OK);
+    assert_eq!(d.status() & STATUS_DRIVER_OK, 0);
+    assert!(!t.lock().unwrap().is_activated());
+    d.init(0, 16).unwrap();
+    assert!(t.lock().unwrap().is_activated());
+}

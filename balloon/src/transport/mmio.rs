@@ -209,8 +209,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         if usize::from(index) >= self.queues.len() {
-            warn!("virtio-mmio: notify of nonexistent queue {index}, ignored");
             self.counters.ignored_writes += 1;
+            guest_warn!(
+                self.counters.ignored_writes,
+                "virtio-mmio: notify of nonexistent queue {index}, ignored"
+            );
             return;
         }
         self.counters.notifications += 1;
@@ -246,11 +249,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            warn!(
+            self.counters.bad_accesses += 1;
+            guest_warn!(
+                self.counters.bad_accesses,
                 "virtio-mmio: {}-byte read at {offset:#x} (registers are 32-bit), returning 0",
                 data.len()
             );
-            self.counters.bad_accesses += 1;
             data.fill(0);
             return;
         }
@@ -303,8 +307,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .config_generation
                 .load(Ordering::SeqCst),
             _ => {
-                warn!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 self.counters.bad_accesses += 1;
+                guest_warn!(
+                    self.counters.bad_accesses,
+                    "virtio-mmio: read of write-only or unknown register {offset:#x}"
+                );
                 0
             }
         }
@@ -322,11 +329,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
+            self.counters.bad_accesses += 1;
+            guest_warn!(
+                self.counters.bad_accesses,
                 "virtio-mmio: {}-byte write at {offset:#x} (registers are 32-bit), ignored",
                 data.len()
             );
-            self.counters.bad_accesses += 1;
             return;
         };
         if !offset.is_multiple_of(4) {
@@ -378,11 +386,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn ignore(&mut self, offset: u64, why: &str) {
-        warn!(
+        self.counters.ignored_writes += 1;
+        guest_warn!(
+            self.counters.ignored_writes,
             "virtio-mmio device {}: write to {offset:#x} ignored: {why}",
             self.device.device_id()
         );
-        self.counters.ignored_writes += 1;
     }
 
     fn write_driver_features(&mut self, v: u32) {
@@ -481,6 +490,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         let old = self.status;
+        if old & STATUS_FAILED != 0 {
+            self.ignore(regs::STATUS, "driver set FAILED; only a reset is accepted");
+            return;
+        }
         if v & old != old {
             self.ignore(
                 regs::STATUS,

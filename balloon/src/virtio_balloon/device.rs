@@ -300,7 +300,7 @@ impl VirtioDevice for Balloon {
         let (kind, queue) = queues.get_mut(qi).ok_or(DeviceError::NoSuchQueue(index))?;
         let kind = *kind;
         if !queue.ready() {
-            warn!("virtio-balloon: notify of queue {index} that was never made ready, ignored");
+            debug!("virtio-balloon: notify of queue {index} that was never made ready, ignored");
             return Ok(());
         }
         let broken = |source: ChainError| DeviceError::BrokenRing {
@@ -311,8 +311,11 @@ impl VirtioDevice for Balloon {
             let c = match popped {
                 Popped::Chain(c) => c,
                 Popped::Rejected { head, error } => {
-                    warn!("virtio-balloon: queue {index}: chain {head} rejected: {error}");
                     counters.rejected_chains += 1;
+                    guest_warn!(
+                        counters.rejected_chains,
+                        "virtio-balloon: queue {index}: chain {head} rejected: {error}"
+                    );
                     chain::add_used(queue, mem, head, 0).map_err(broken)?;
                     continue;
                 }
@@ -380,19 +383,21 @@ fn read_pfns(
         None
     };
     if let Some(why) = why {
-        warn!(
+        counters.malformed_chains += 1;
+        guest_warn!(
+            counters.malformed_chains,
             "virtio-balloon: queue {queue}: chain {} ({total} bytes): {why}",
             c.head
         );
-        counters.malformed_chains += 1;
         return None;
     }
     if !total.is_multiple_of(4) {
-        warn!(
-            "virtio-balloon: queue {queue}: chain {}: {total} bytes is not whole PFNs; tail ignored",
+        counters.malformed_chains += 1;
+        guest_warn!(
+            counters.malformed_chains,
+            "virtio-balloon: queue {queue}: chain {}: {total} bytes is not whole PFNs",
             c.head
         );
-        counters.malformed_chains += 1;
     }
     let mut bytes = Vec::with_capacity(total as usize);
     for d in c.readable() {
@@ -427,7 +432,9 @@ fn locate(regions: &[RegionPages], pfn: u32) -> Option<(usize, u64)> {
 fn count_out_of_range(pfns: &[u32], bad: u64, first: Option<u32>, counters: &mut BalloonCounters) {
     if bad > 0 {
         counters.pfn_out_of_range += bad;
-        warn!(
+        counters.chains_with_bad_pfns += 1;
+        guest_warn!(
+            counters.chains_with_bad_pfns,
             "virtio-balloon: {bad} of {} PFNs outside guest memory ignored (first {:#x})",
             pfns.len(),
             first.unwrap_or(0)
@@ -508,8 +515,8 @@ fn release_counted(mem: &GuestMemoryMmap, gpa: u64, len: u64, counters: &mut Bal
     match memory_release::release(mem, gpa, len) {
         Ok(_) => counters.released_bytes += len,
         Err(e) => {
-            warn!("virtio-balloon: {e}");
             counters.release_errors += 1;
+            guest_warn!(counters.release_errors, "virtio-balloon: {e}");
         }
     }
 }
@@ -541,11 +548,12 @@ fn parse_stats(
     counters: &mut BalloonCounters,
 ) -> bool {
     if c.writable().next().is_some() {
-        warn!(
+        counters.malformed_chains += 1;
+        guest_warn!(
+            counters.malformed_chains,
             "virtio-balloon: stats chain {} has device-writable buffers",
             c.head
         );
-        counters.malformed_chains += 1;
         return false;
     }
     // More than a page of stats is nonsense (16 tags are 160 bytes); read at most that.
@@ -561,7 +569,8 @@ fn parse_stats(
     }
     if bytes.len() % STAT_ENTRY_LEN != 0 {
         counters.malformed_chains += 1;
-        warn!(
+        guest_warn!(
+            counters.malformed_chains,
             "virtio-balloon: stats buffer of {} bytes is not whole entries",
             bytes.len()
         );
@@ -587,11 +596,12 @@ fn report_free(
     counters: &mut BalloonCounters,
 ) {
     if c.readable().next().is_some() {
-        warn!(
+        counters.malformed_chains += 1;
+        guest_warn!(
+            counters.malformed_chains,
             "virtio-balloon: report chain {} has device-readable buffers; they are ignored",
             c.head
         );
-        counters.malformed_chains += 1;
     }
     for d in c.writable() {
         counters.reported_bytes += u64::from(d.len);

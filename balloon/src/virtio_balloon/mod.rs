@@ -149,6 +149,8 @@ pub struct BalloonCounters {
     pub deflates_not_inflated: u64,
     /// PFNs outside guest memory (ignored).
     pub pfn_out_of_range: u64,
+    /// Inflate/deflate chains that carried at least one PFN outside guest memory.
+    pub chains_with_bad_pfns: u64,
     /// Bytes of host memory released (inflate and reporting).
     pub released_bytes: u64,
     /// Failed release calls.
