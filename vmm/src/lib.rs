@@ -26,8 +26,10 @@
 
 pub mod abi;
 pub mod bus;
+pub mod control;
 pub mod devices;
 mod error;
+pub mod http;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
