@@ -12,9 +12,9 @@
 //! # Structure
 //! * Free blocks: an AVL tree in an arena (`Vec` of nodes linked by `u32` indices; no `unsafe`),
 //!   ordered by start. Each node stores `max_len`, the largest `len` in its subtree.
-//! * Allocated blocks: a `BTreeMap` from start to length, so that [`RangeAllocator::free`] can
+//! * Allocated blocks: a hash map from start to length, so that [`RangeAllocator::free`] can
 //!   validate its argument (double frees, frees of unknown or interior addresses are errors, not
-//!   silent corruption).
+//!   silent corruption) in O(1); an ordered map here cost as much as the whole tree search.
 //!
 //! Cutting a request out of a free block follows vmalloc's four fit types: the whole block (FL:
 //! remove the node), the left edge (LE: move the node's start), the right edge (RE: shrink the node),
@@ -24,11 +24,15 @@
 //! Alignment is absolute (`start % align == 0`), not relative to the span's base.
 //!
 //! # Cost
-//! `alloc`, `alloc_top_down`, `reserve` and `free` are O(log n) in the number of free and allocated
-//! blocks when `align` is 1. With larger alignments and windows the search is exact (it never misses
-//! a block that fits, unlike a search for `len + align - 1`) and costs O(log n + k), where k counts
-//! the free blocks at or above `len` long that still cannot hold the aligned request and lie below
-//! the one returned.
+//! `alloc`, `alloc_in`, `reserve` and `free` are O(log n) in the number of free blocks. With an
+//! alignment above 1 a free block can be long enough and still unable to hold an aligned start; the
+//! search skips such blocks and returns the exact lowest fit as long as it skips at most
+//! [`SEARCH_BUDGET`] of them. Past that it takes the lowest block of at least `len + align - 1`
+//! (vmalloc's rule: always fits, one more O(log n) descent), and only if no such block exists does
+//! it go on skipping until it finds the exact fit. So an allocation never fails when some free
+//! block can hold it, and the cost stays O(log n) except when nothing but tight, misaligned holes
+//! is left. `alloc_top_down` always returns the exact highest fit, O(log n + k) with k the skipped
+//! blocks.
 //!
 //! # Example
 //! ```
@@ -43,7 +47,8 @@
 //! assert_eq!(a.free_bytes(), 0x10000 - 0x100);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 /// Errors of the range allocator. Every error leaves the allocator unchanged.
@@ -104,6 +109,18 @@ pub enum RangeError {
 
 const NIL: u32 = u32::MAX;
 
+/// How many free blocks an aligned search may reject (long enough, but no aligned start fits)
+/// before it falls back to vmalloc's `len + align - 1` rule. See [`RangeAllocator::alloc`].
+pub const SEARCH_BUDGET: u32 = 64;
+
+/// Outcome of [`RangeAllocator::first_fit`].
+enum Search {
+    Found(u32, u64),
+    NotFound,
+    /// The budget ran out at the block starting here; every block below it was rejected.
+    GaveUp(u64),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Node {
     start: u64,
@@ -142,7 +159,7 @@ pub struct RangeAllocator {
     nodes: Vec<Node>,
     spare: Vec<u32>,
     root: u32,
-    allocated: BTreeMap<u64, u64>,
+    allocated: HashMap<u64, u64, BuildHasherDefault<StartHasher>>,
     free_bytes: u64,
     nr_free_blocks: usize,
 }
@@ -163,7 +180,7 @@ impl RangeAllocator {
             nodes: Vec::new(),
             spare: Vec::new(),
             root: NIL,
-            allocated: BTreeMap::new(),
+            allocated: HashMap::default(),
             free_bytes: 0,
             nr_free_blocks: 0,
         };
@@ -181,7 +198,10 @@ impl RangeAllocator {
         self.span_len
     }
 
-    /// Allocates `len` units at the lowest address aligned to `align` (a power of two).
+    /// Allocates `len` units at the lowest address aligned to `align` (a power of two). Succeeds
+    /// whenever some free block can hold the aligned range; the address is the lowest possible one
+    /// unless more than [`SEARCH_BUDGET`] free blocks below it were too misaligned (see the module
+    /// documentation).
     pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
         self.alloc_window(len, align, 0, 1u128 << 64)
     }
@@ -204,17 +224,38 @@ impl RangeAllocator {
         }
         // The search visits blocks starting at or after `from`: the block holding `lo`, if any, and
         // every block above it.
-        let from = match self.floor(lo) {
-            Some(n)
-                if end(self.nodes[n as usize].start, self.nodes[n as usize].len) > lo as u128 =>
-            {
-                self.nodes[n as usize].start
+        let from = if lo <= self.base {
+            0
+        } else {
+            match self.floor(lo) {
+                Some(n) if self.block_end(n) > lo as u128 => self.nodes[n as usize].start,
+                _ => lo,
             }
-            _ => lo,
         };
-        let found = self.first_fit(self.root, from, hi, len, &|s, l| {
-            fit_low(s.max(lo), end(s, l).min(hi), len, align)
-        });
+        let fit = |s: u64, l: u64| fit_low(s.max(lo), end(s, l).min(hi), len, align);
+        let mut budget = SEARCH_BUDGET;
+        let found = match self.first_fit(self.root, from, hi, len, &fit, &mut budget) {
+            Search::Found(n, s) => Some((n, s)),
+            Search::NotFound => None,
+            Search::GaveUp(at) => {
+                // Many blocks were long enough yet could not hold the aligned range. A block of
+                // `len + align - 1` always can: take the lowest such block (vmalloc's rule, one
+                // O(log n) descent), and only when there is none keep searching exactly.
+                let mut unlimited = u32::MAX;
+                let guaranteed = len.checked_add(align - 1).and_then(|l2| {
+                    match self.first_fit(self.root, at, hi, l2, &fit, &mut unlimited) {
+                        Search::Found(n, s) => Some((n, s)),
+                        _ => None,
+                    }
+                });
+                guaranteed.or_else(|| {
+                    match self.first_fit(self.root, at, hi, len, &fit, &mut unlimited) {
+                        Search::Found(n, s) => Some((n, s)),
+                        _ => None,
+                    }
+                })
+            }
+        };
         match found {
             Some((node, start)) => {
                 self.cut(node, start, len);
@@ -264,9 +305,9 @@ impl RangeAllocator {
 
     /// Frees the allocated block that starts at `start`; returns its length.
     pub fn free(&mut self, start: u64) -> Result<u64, RangeError> {
-        let len = *self
+        let len = self
             .allocated
-            .get(&start)
+            .remove(&start)
             .ok_or(RangeError::NotAllocated(start))?;
         let (prev, next) = self.neighbours(start);
         let e = end(start, len);
@@ -274,6 +315,7 @@ impl RangeAllocator {
             Some(p) => {
                 let pe = end(self.nodes[p as usize].start, self.nodes[p as usize].len);
                 if pe > start as u128 {
+                    self.allocated.insert(start, len);
                     return Err(RangeError::Overlap { start, len });
                 }
                 pe == start as u128
@@ -284,13 +326,13 @@ impl RangeAllocator {
             Some(n) => {
                 let ns = self.nodes[n as usize].start as u128;
                 if ns < e {
+                    self.allocated.insert(start, len);
                     return Err(RangeError::Overlap { start, len });
                 }
                 ns == e
             }
             None => false,
         };
-        self.allocated.remove(&start);
         match (prev, next, prev_touch, next_touch) {
             (Some(p), Some(n), true, true) => {
                 // Unlink "next" first, then grow "prev" over the freed block and next.
@@ -362,9 +404,11 @@ impl RangeAllocator {
         }
     }
 
-    /// Allocated blocks in address order, as `(start, len)`.
-    pub fn iter_allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.allocated.iter().map(|(&s, &l)| (s, l))
+    /// Allocated blocks in address order, as `(start, len)`. O(n log n): for diagnostics.
+    pub fn iter_allocated(&self) -> impl Iterator<Item = (u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.allocated.iter().map(|(&s, &l)| (s, l)).collect();
+        v.sort_unstable();
+        v.into_iter()
     }
 
     /// Checks every internal invariant: tree order and balance, the augmented maximum of every node,
@@ -442,6 +486,10 @@ impl RangeAllocator {
         Ok((max, node.height))
     }
 
+    fn block_end(&self, n: u32) -> u128 {
+        end(self.nodes[n as usize].start, self.nodes[n as usize].len)
+    }
+
     fn span_end(&self) -> u128 {
         end(self.base, self.span_len)
     }
@@ -487,44 +535,52 @@ impl RangeAllocator {
     }
 
     /// Lowest-addressed block among those starting at or after `from` and below `hi` for which `fit`
-    /// finds a start; subtrees whose largest block is shorter than `len` are skipped.
-    fn first_fit(
+    /// finds a start; subtrees whose largest block is shorter than `len` are skipped. Each block that
+    /// is long enough but rejected by `fit` costs one unit of `budget`; at zero the search gives up
+    /// and says where.
+    fn first_fit<F: Fn(u64, u64) -> Option<u64>>(
         &self,
         n: u32,
         from: u64,
         hi: u128,
         len: u64,
-        fit: &dyn Fn(u64, u64) -> Option<u64>,
-    ) -> Option<(u32, u64)> {
+        fit: &F,
+        budget: &mut u32,
+    ) -> Search {
         if n == NIL {
-            return None;
+            return Search::NotFound;
         }
         let node = &self.nodes[n as usize];
         if node.max_len < len {
-            return None;
+            return Search::NotFound;
         }
         if node.start > from {
-            if let Some(r) = self.first_fit(node.left, from, hi, len, fit) {
-                return Some(r);
+            match self.first_fit(node.left, from, hi, len, fit, budget) {
+                Search::NotFound => {}
+                r => return r,
             }
         }
         if (node.start as u128) >= hi {
-            return None;
+            return Search::NotFound;
         }
         if node.start >= from && node.len >= len {
             if let Some(s) = fit(node.start, node.len) {
-                return Some((n, s));
+                return Search::Found(n, s);
+            }
+            *budget = budget.saturating_sub(1);
+            if *budget == 0 {
+                return Search::GaveUp(node.start);
             }
         }
-        self.first_fit(node.right, from, hi, len, fit)
+        self.first_fit(node.right, from, hi, len, fit, budget)
     }
 
     /// Highest-addressed block for which `fit` finds a start.
-    fn last_fit(
+    fn last_fit<F: Fn(u64, u64) -> Option<u64>>(
         &self,
         n: u32,
         len: u64,
-        fit: &dyn Fn(u64, u64) -> Option<u64>,
+        fit: &F,
     ) -> Option<(u32, u64)> {
         if n == NIL {
             return None;
@@ -746,6 +802,29 @@ impl RangeAllocator {
         let (new_left, min) = self.remove_min(left);
         self.nodes[n as usize].left = new_left;
         (self.balance(n), min)
+    }
+}
+
+/// Hasher for block starts: one multiply and a fold of the high half into the low half, so that
+/// aligned starts (many low zero bits) still spread over the table. Starts are not attacker-chosen
+/// keys in a way that matters here: a collision costs time, never correctness.
+#[derive(Default)]
+struct StartHasher(u64);
+
+impl Hasher for StartHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, k: u64) {
+        let h = (k ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
     }
 }
 

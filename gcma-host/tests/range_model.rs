@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gcma_host::range::{RangeAllocator, RangeError};
+use gcma_host::range::{RangeAllocator, RangeError, SEARCH_BUDGET};
 use proptest::prelude::*;
 
 const TOP: u128 = 1 << 64;
@@ -44,20 +44,64 @@ impl Model {
         self.allocated.insert(s as u64, len as u64);
     }
 
-    fn alloc_in(&mut self, len: u64, align: u64, lo: u128, hi: u128) -> Result<u64, RangeError> {
-        check(len, align)?;
+    /// Lowest aligned start that fits in a free range and in `[lo, hi)`, and how many free ranges
+    /// below it were long enough but could not hold the aligned request.
+    fn lowest_fit(&self, len: u64, align: u64, lo: u128, hi: u128) -> (Option<u64>, Vec<u64>) {
         let (len_w, al) = (len as u128, align as u128);
-        let found = self.free.iter().find_map(|&(a, b)| {
-            let s = a.max(lo).div_ceil(al) * al;
-            (s + len_w <= b.min(hi)).then_some(s)
-        });
-        match found {
-            Some(s) => {
-                self.take(s, len_w);
-                Ok(s as u64)
+        let mut rejected = Vec::new();
+        for &(a, b) in &self.free {
+            let (a2, b2) = (a.max(lo), b.min(hi));
+            if a2 >= b2 {
+                continue;
             }
-            None => Err(RangeError::NoSpace { len, align }),
+            let s = a2.div_ceil(al) * al;
+            if s + len_w <= b2 {
+                return (Some(s as u64), rejected);
+            }
+            if b - a >= len_w {
+                rejected.push(a as u64);
+            }
         }
+        (None, rejected)
+    }
+
+    /// Checks `got` against the model's lowest fit and, if valid, applies it to the model. The
+    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks.
+    fn alloc_in(
+        &mut self,
+        got: &Result<u64, RangeError>,
+        len: u64,
+        align: u64,
+        lo: u128,
+        hi: u128,
+    ) -> Result<u64, RangeError> {
+        check(len, align)?;
+        if lo >= hi {
+            return Err(RangeError::NoSpace { len, align });
+        }
+        let (want, rejected) = self.lowest_fit(len, align, lo, hi);
+        let Some(w) = want else {
+            return Err(RangeError::NoSpace { len, align });
+        };
+        let chosen = match got {
+            Ok(g) if *g != w => {
+                let (g, len_w, al) = (*g as u128, len as u128, align as u128);
+                let fits = g % al == 0
+                    && g >= lo
+                    && g + len_w <= hi
+                    && self.free.iter().any(|&(a, b)| a <= g && g + len_w <= b);
+                let skipped = rejected.iter().filter(|&&r| (r as u128) < g).count();
+                assert!(fits, "allocator returned {g:#x}, which does not fit");
+                assert!(
+                    g > w as u128 && skipped as u32 >= SEARCH_BUDGET,
+                    "allocator returned {g:#x}, lowest fit is {w:#x}, only {skipped} blocks skipped"
+                );
+                g as u64
+            }
+            _ => w,
+        };
+        self.take(chosen as u128, len as u128);
+        Ok(chosen)
     }
 
     fn top_down(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
@@ -229,9 +273,15 @@ proptest! {
         let mut m = Model::new(base, len);
         for op in ops {
             let (got, want) = match op {
-                Op::Alloc { len, align } => (a.alloc(len, align), m.alloc_in(len, align, 0, TOP)),
+                Op::Alloc { len, align } => {
+                    let got = a.alloc(len, align);
+                    let want = m.alloc_in(&got, len, align, 0, TOP);
+                    (got, want)
+                }
                 Op::AllocIn { len, align, lo, hi } => {
-                    (a.alloc_in(len, align, lo..hi), m.alloc_in(len, align, lo as u128, hi as u128))
+                    let got = a.alloc_in(len, align, lo..hi);
+                    let want = m.alloc_in(&got, len, align, lo as u128, hi as u128);
+                    (got, want)
                 }
                 Op::TopDown { len, align } => (a.alloc_top_down(len, align), m.top_down(len, align)),
                 Op::Reserve { at, len } => (
@@ -366,6 +416,37 @@ fn aligned_search_is_exact() {
     a.reserve(0x2000, 0xe000).unwrap();
     assert_eq!(a.alloc(0x1000, 0x1000), Ok(0x1000));
     assert_eq!(a.alloc(1, 1), Err(RangeError::NoSpace { len: 1, align: 1 }));
+}
+
+#[test]
+fn misaligned_holes_fall_back_without_failing() {
+    // Many 3-unit holes [8i+1, 8i+4): long enough for 2 units, but no 4-aligned start fits in one.
+    let n = 3 * SEARCH_BUDGET as u64;
+    let mut a = RangeAllocator::new(0, 8 * n + 64).unwrap();
+    for i in 0..n {
+        a.reserve(8 * i, 1).unwrap();
+        a.reserve(8 * i + 4, 4).unwrap();
+    }
+    // Free space: [8i+1, 8i+4) for every i, then the tail [8n, 8n+64).
+    a.check_invariants().unwrap();
+    let x = a.alloc(2, 4).unwrap();
+    assert_eq!(
+        x,
+        8 * n,
+        "must fall back to the first block that surely fits"
+    );
+    // With only misaligned holes left below and nothing else, an exact search still finds the
+    // tight fit rather than failing.
+    let mut b = RangeAllocator::new(0, 8 * n + 8).unwrap();
+    for i in 0..n {
+        b.reserve(8 * i, 1).unwrap();
+        b.reserve(8 * i + 4, 4).unwrap();
+    }
+    b.reserve(8 * n, 4).unwrap();
+    b.reserve(8 * n + 6, 2).unwrap();
+    // The only aligned fit: [8n+4, 8n+6).
+    assert_eq!(b.alloc(2, 4), Ok(8 * n + 4));
+    b.check_invariants().unwrap();
 }
 
 #[test]
