@@ -37,35 +37,42 @@ impl Inner {
         pages.len() as u64
     }
 
-    fn cc_lookup(&self, client: ClientId, key: &CleancacheKey) -> Result<Option<u32>, PoolError> {
+    /// The object slot of `key`'s object, if it has pages; checks client and pool.
+    fn cc_object(&self, client: ClientId, key: &CleancacheKey) -> Result<Option<u32>, PoolError> {
         let c = self.client(client)?;
-        if !c.cc_pools.contains(&key.pool) {
+        if !c.has_cc_pool(key.pool) {
             return Err(PoolError::UnknownPool(key.pool));
         }
-        Ok(c.cc_objects
-            .get(&(key.pool, key.object))
-            .and_then(|&o| self.cc_objs[o as usize].pages.get(&key.index).copied()))
+        Ok(c.cc_objects.get(&(key.pool, key.object)).copied())
     }
 
-    fn cc_object_slot(&mut self, client: ClientId, pool: u32, object: [u64; 3]) -> u32 {
-        if let Ok(c) = self.client(client) {
-            if let Some(&o) = c.cc_objects.get(&(pool, object)) {
-                return o;
-            }
-        }
-        let slot = CcObject {
-            client: client.0,
-            pool,
-            object,
-            pages: Default::default(),
+    /// Removes `key`'s entry and returns its page (left for the caller to free).
+    fn cc_take(&mut self, client: ClientId, key: &CleancacheKey) -> Result<Option<u32>, PoolError> {
+        let Some(obj) = self.cc_object(client, key)? else {
+            return Ok(None);
         };
+        Ok(self.cc_remove_index(obj, key.index))
+    }
+
+    /// Creates an (empty) object slot for an object that has none.
+    fn cc_new_object(&mut self, client: ClientId, pool: u32, object: [u64; 3]) -> u32 {
         let o = match self.cc_free_objs.pop() {
             Some(o) => {
-                self.cc_objs[o as usize] = slot;
+                // Reuse the slot's map and its capacity: objects come and go all the time.
+                let s = &mut self.cc_objs[o as usize];
+                s.client = client.0;
+                s.pool = pool;
+                s.object = object;
+                s.pages.clear();
                 o
             }
             None => {
-                self.cc_objs.push(slot);
+                self.cc_objs.push(CcObject {
+                    client: client.0,
+                    pool,
+                    object,
+                    pages: Default::default(),
+                });
                 (self.cc_objs.len() - 1) as u32
             }
         };
@@ -85,8 +92,9 @@ impl Pool {
     ) -> Result<bool, PoolError> {
         let mut g = self.lock();
         let g = &mut *g;
-        let existing = g.cc_lookup(client, &key)?;
+        let mut obj = g.cc_object(client, &key)?;
         Counters::add(&self.counters.cc_puts, 1);
+        let existing = obj.and_then(|o| g.cc_objs[o as usize].pages.get(&key.index).copied());
         if let Some(p) = existing {
             // SAFETY: `p` is a cleancache page of this key; the lock is held.
             unsafe { self.res.write_page(p as u64, data) };
@@ -101,6 +109,8 @@ impl Pool {
                     let mut none = Vec::new();
                     g.evict_page(p, &self.res, &mut none, &self.counters, false);
                     self.counters.evicted(EvictReason::Pressure, false, 1);
+                    // Evicting may have dropped this very object.
+                    obj = g.cc_object(client, &key)?;
                     p
                 }
                 None => {
@@ -109,8 +119,10 @@ impl Pool {
                 }
             },
         };
-        // Looked up after eviction: evicting may have dropped this very object.
-        let obj = g.cc_object_slot(client, key.pool, key.object);
+        let obj = match obj {
+            Some(o) => o,
+            None => g.cc_new_object(client, key.pool, key.object),
+        };
         g.cc_objs[obj as usize].pages.insert(key.index, page);
         // SAFETY: `page` was free or just evicted, and the lock is held.
         unsafe { self.res.write_page(page as u64, data) };
@@ -133,17 +145,15 @@ impl Pool {
     ) -> Result<bool, PoolError> {
         let mut g = self.lock();
         let g = &mut *g;
-        let Some(page) = g.cc_lookup(client, &key)? else {
+        let Some(page) = g.cc_take(client, &key)? else {
             Counters::add(&self.counters.cc_misses, 1);
             return Ok(false);
         };
-        // SAFETY: `page` holds this key's data; the lock is held.
-        unsafe { self.res.read_page(page as u64, out) };
-        if let Tenant::Cleancache { obj, index } = g.pages.tenant(page) {
-            g.cc_remove_index(obj, index);
-        }
-        g.pages.set(page, PageState::FreeDirty, Tenant::None);
         Counters::add(&self.counters.cc_hits, 1);
+        g.pages.set(page, PageState::FreeDirty, Tenant::None);
+        // SAFETY: `page` held this key's data and is free now, but no one can take it before the
+        // lock is released.
+        unsafe { self.res.read_page(page as u64, out) };
         Ok(true)
     }
 
@@ -153,12 +163,9 @@ impl Pool {
         key: CleancacheKey,
     ) -> Result<bool, PoolError> {
         let mut g = self.lock();
-        let Some(page) = g.cc_lookup(client, &key)? else {
+        let Some(page) = g.cc_take(client, &key)? else {
             return Ok(false);
         };
-        if let Tenant::Cleancache { obj, index } = g.pages.tenant(page) {
-            g.cc_remove_index(obj, index);
-        }
         g.pages.set(page, PageState::FreeDirty, Tenant::None);
         Counters::add(&self.counters.cc_flushes, 1);
         Ok(true)
@@ -172,7 +179,7 @@ impl Pool {
     ) -> Result<u64, PoolError> {
         let mut g = self.lock();
         let c = g.client_mut(client)?;
-        if !c.cc_pools.contains(&pool) {
+        if !c.has_cc_pool(pool) {
             return Err(PoolError::UnknownPool(pool));
         }
         let Some(obj) = c.cc_objects.remove(&(pool, object)) else {
@@ -186,9 +193,10 @@ impl Pool {
     pub(super) fn cc_destroy_pool(&self, client: ClientId, pool: u32) -> Result<(), PoolError> {
         let mut g = self.lock();
         let c = g.client_mut(client)?;
-        if !c.cc_pools.remove(&pool) {
+        if !c.has_cc_pool(pool) {
             return Err(PoolError::UnknownPool(pool));
         }
+        c.cc_pools[pool as usize] = false;
         let keys: Vec<(u32, [u64; 3])> = c
             .cc_objects
             .keys()

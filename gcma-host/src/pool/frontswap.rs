@@ -158,23 +158,27 @@ impl Pool {
             if let FsLoc::Pool(p) = e.loc {
                 let old_slot = std::mem::replace(&mut e.slot, slot);
                 e.gen = gen;
-                // SAFETY: `p` holds this entry's data; the lock is held.
-                unsafe { self.res.write_page(p as u64, data) };
                 g.pages.touch(p);
                 if let Some(s) = old_slot {
                     g.slots.release(s);
                 }
                 Counters::add(&self.counters.fs_stores, 1);
+                // SAFETY: `p` holds this entry's data; the lock is held.
+                unsafe { self.res.write_page(p as u64, data) };
                 return Ok(());
             }
         }
-        let is_new = !c.fs.contains_key(&key);
+        // The old copy (outside the pool) goes in any case: replaced, or invalidated by a refusal.
+        let old = c.fs.remove(&key);
         let client_count = c.fs.len() as u64;
+        let is_new = old.is_none();
+        if let Some(old) = old {
+            g.fs_drop_entry(old);
+        }
         let refuse = |g: &mut Inner, r: RejectReason| {
             if let Some(s) = slot {
                 g.slots.release(s);
             }
-            g.fs_remove(client, &key);
             Err(self.reject(r))
         };
         if is_new {
@@ -187,12 +191,6 @@ impl Pool {
             }
             if policy == FrontswapPolicy::PutBack && g.fs_stored >= self.cfg.put_back_limit_pages {
                 return refuse(g, RejectReason::PutBackLimit);
-            }
-        }
-        // The old copy (outside the pool) goes; the new one needs a pool page.
-        if let Ok(c) = g.client_mut(client) {
-            if let Some(old) = c.fs.remove(&key) {
-                g.fs_drop_entry(old);
             }
         }
         let page = match g.take_free_page() {
@@ -213,6 +211,7 @@ impl Pool {
         };
         let loc = match page {
             Some(p) => {
+                Counters::add(&self.counters.fs_stores, 1);
                 // SAFETY: `p` is free or was just evicted; the lock is held.
                 unsafe { self.res.write_page(p as u64, data) };
                 g.pages.set(
@@ -227,6 +226,7 @@ impl Pool {
             }
             // Every page is granted; a write-through store is durable in the backing file anyway.
             None if slot.is_some() => {
+                Counters::add(&self.counters.fs_stores, 1);
                 g.fs_backing_only += 1;
                 FsLoc::Backing
             }
@@ -236,7 +236,6 @@ impl Pool {
         if let Ok(c) = g.client_mut(client) {
             c.fs.insert(key, FsEntry { gen, loc, slot });
         }
-        Counters::add(&self.counters.fs_stores, 1);
         Ok(())
     }
 
@@ -256,10 +255,12 @@ impl Pool {
             match &e.loc {
                 FsLoc::Pool(p) => {
                     let p = *p;
+                    g.pages.touch(p);
+                    // Counted before the copy: an atomic right after it would wait for the
+                    // copy's stores to drain.
+                    Counters::add(&self.counters.fs_loads_pool, 1);
                     // SAFETY: `p` holds this entry's data; the lock is held.
                     unsafe { self.res.read_page(p as u64, out) };
-                    g.pages.touch(p);
-                    Counters::add(&self.counters.fs_loads_pool, 1);
                     return Ok(true);
                 }
                 FsLoc::Host { data, .. } => {

@@ -53,11 +53,12 @@
 mod cleancache;
 mod frontswap;
 mod grant;
+mod hash;
 pub mod metrics;
 pub mod pages;
 pub mod reservation;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
@@ -69,6 +70,7 @@ use crate::api::{
 };
 use crate::range::RangeAllocator;
 
+use hash::{FastMap, FastSet};
 use metrics::{Counters, PoolCollector};
 pub use metrics::{EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
 use pages::{PageState, PageTable, Tenant};
@@ -80,6 +82,9 @@ pub const ZERO_UNDER_LOCK_MAX_PAGES: u64 = 16;
 
 /// Largest pool: page numbers must fit the page table's `u32` links.
 pub const MAX_POOL_PAGES: u64 = u32::MAX as u64 - 1;
+
+/// Most cleancache pools one client may have at once (Linux makes one per mounted filesystem).
+pub const MAX_CLEANCACHE_POOLS: usize = 1024;
 
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
@@ -150,12 +155,12 @@ struct FsEntry {
 #[derive(Debug, Default)]
 struct Client {
     name: String,
-    grants: HashMap<u64, GrantRec>,
-    cc_pools: HashSet<u32>,
-    next_cc_pool: u32,
+    grants: FastMap<u64, GrantRec>,
+    /// Live cleancache pools, by id.
+    cc_pools: Vec<bool>,
     /// (cleancache pool, object) → object slot.
-    cc_objects: HashMap<(u32, [u64; 3]), u32>,
-    fs: HashMap<FrontswapKey, FsEntry>,
+    cc_objects: FastMap<(u32, [u64; 3]), u32>,
+    fs: FastMap<FrontswapKey, FsEntry>,
 }
 
 /// A cleancache object: its pages by index.
@@ -164,7 +169,7 @@ struct CcObject {
     client: u32,
     pool: u32,
     object: [u64; 3],
-    pages: HashMap<u32, u32>,
+    pages: FastMap<u32, u32>,
 }
 
 /// Slots (pages) of the backing file.
@@ -173,9 +178,9 @@ struct BackingSlots {
     next: u64,
     free: Vec<u64>,
     /// Slots being read outside the lock, with reader counts.
-    pins: HashMap<u64, u32>,
+    pins: FastMap<u64, u32>,
     /// Released slots still pinned: freed by their last reader.
-    zombies: HashSet<u64>,
+    zombies: FastSet<u64>,
 }
 
 impl BackingSlots {
@@ -235,6 +240,12 @@ pub(crate) struct Inner {
     fs_stored: u64,
     live_grants: u64,
     next_gen: u64,
+}
+
+impl Client {
+    fn has_cc_pool(&self, pool: u32) -> bool {
+        self.cc_pools.get(pool as usize).copied().unwrap_or(false)
+    }
 }
 
 impl Inner {
@@ -500,7 +511,7 @@ impl Pool {
                 if o.client != ci as u32 || o.pool != pool || o.object != object {
                     return Err(format!("object slot {obj} names another object"));
                 }
-                if !c.cc_pools.contains(&pool) {
+                if !c.has_cc_pool(pool) {
                     return Err(format!("object in destroyed pool {pool}"));
                 }
                 if o.pages.is_empty() {
@@ -646,12 +657,17 @@ impl GcmaBackend for Pool {
     fn cleancache_new_pool(&self, client: ClientId) -> Result<u32, PoolError> {
         let mut g = self.lock();
         let c = g.client_mut(client)?;
-        let id = c.next_cc_pool;
-        c.next_cc_pool = id
-            .checked_add(1)
-            .ok_or(PoolError::Invalid("cleancache pool ids exhausted"))?;
-        c.cc_pools.insert(id);
-        Ok(id)
+        // The lowest free id, as Linux numbers its cleancache pools.
+        let id = match c.cc_pools.iter().position(|&live| !live) {
+            Some(i) => i,
+            None if c.cc_pools.len() < MAX_CLEANCACHE_POOLS => {
+                c.cc_pools.push(false);
+                c.cc_pools.len() - 1
+            }
+            None => return Err(PoolError::Invalid("too many cleancache pools")),
+        };
+        c.cc_pools[id] = true;
+        Ok(id as u32)
     }
 
     fn cleancache_put(
