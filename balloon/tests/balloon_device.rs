@@ -339,3 +339,45 @@ fn reset_empties_the_balloon_and_keeps_the_target() {
     assert_eq!(g.d.config_read_u32(CONFIG_NUM_PAGES), 10);
     assert_eq!(g.d.status() & STATUS_DEVICE_NEEDS_RESET, 0);
 }
+
+#[test]
+fn per_queue_reset_and_reenable() {
+    use balloon::transport::VIRTIO_F_RING_RESET;
+    let mut g = memfd_guest(16 * MIB);
+    assert_ne!(g.d.device_features() & VIRTIO_F_RING_RESET, 0);
+    g.d.init(ALL | VIRTIO_F_RING_RESET, 64).unwrap();
+    let bufs = g.pfn_bufs(1);
+    g.send_pfns(INFLATE, &[1], &bufs);
+    // Hold a stats buffer, then reset the stats queue: the device drops it.
+    let stats_q = 2;
+    let sb = g.d.alloc(64, 8).unwrap();
+    g.d.add_chain(stats_q, &[(sb, 10, false)]).unwrap();
+    g.d.kick(stats_q);
+    assert!(g.status().stats_buffer_held);
+    assert_eq!(g.d.reset_queue(stats_q), 1);
+    assert!(!g.status().stats_buffer_held);
+    assert_eq!(g.d.mmio_read(regs::QUEUE_READY), 0);
+
+    // Reset the inflate queue; a stale notification is ignored.
+    assert_eq!(g.d.reset_queue(INFLATE), 1);
+    g.d.kick(INFLATE);
+    assert_eq!(g.d.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    // Deflate keeps running meanwhile.
+    g.send_pfns(DEFLATE, &[1], &bufs);
+    assert_eq!(g.status().inflated_pages, 0);
+    // Re-enable on fresh rings: QueueReset reads 0 again and inflate works.
+    g.d.setup_queue(INFLATE, 32).unwrap();
+    assert_eq!(g.d.mmio_read(regs::QUEUE_RESET), 0);
+    g.send_pfns(INFLATE, &[2, 3], &bufs);
+    assert_eq!(g.status().inflated_pages, 2);
+}
+
+#[test]
+fn queue_reset_without_the_feature_is_ignored() {
+    let mut g = memfd_guest(16 * MIB);
+    g.d.init(0, 64).unwrap();
+    let before = g.t.lock().unwrap().counters().ignored_writes;
+    assert_eq!(g.d.reset_queue(INFLATE), 0);
+    assert_eq!(g.t.lock().unwrap().counters().ignored_writes, before + 1);
+    assert_eq!(g.d.mmio_read(regs::QUEUE_READY), 1, "queue untouched");
+}

@@ -65,9 +65,13 @@ proptest! {
         let broken = d.status() & STATUS_DEVICE_NEEDS_RESET != 0;
         let used = d.drain_used(queue).unwrap().len();
         if !broken && avail_idx.is_none() {
-            // Every chain came back, except the one stats buffer the device keeps.
-            let held = usize::from(queue == 2 && published > 0);
-            prop_assert_eq!(used + held, published);
+            if queue == 2 {
+                // The device may keep (at most) one usable stats buffer.
+                prop_assert!(used <= published && used + 1 >= published);
+            } else {
+                // Every chain came back.
+                prop_assert_eq!(used, published);
+            }
         }
         // The host side stays usable: a reset and a clean inflate work.
         let _ = t.lock().unwrap().device_mut().request_stats();

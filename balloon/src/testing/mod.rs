@@ -446,6 +446,16 @@ impl<B: MmioBus> Driver<B> {
         self.mmio_write(regs::QUEUE_READY, 1);
     }
 
+    /// Reset queue `index` of a running device (`QueueReset`, needs `VIRTIO_F_RING_RESET`) and
+    /// forget it; set it up again with [`setup_queue`](Self::setup_queue). Returns what
+    /// `QueueReset` reads back afterwards (1: reset done).
+    pub fn reset_queue(&mut self, index: u16) -> u32 {
+        self.mmio_write(regs::QUEUE_SEL, u32::from(index));
+        self.mmio_write(regs::QUEUE_RESET, 1);
+        self.queues.remove(&index);
+        self.mmio_read(regs::QUEUE_RESET)
+    }
+
     /// Set `DRIVER_OK`.
     pub fn driver_ok(&mut self) {
         let s = self.status();

@@ -126,6 +126,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
+    /// Per queue: reset through `QueueReset` while the device runs, not yet re-enabled.
+    queue_resetting: Vec<bool>,
     shm_sel: u32,
     queues: Vec<Queue>,
     activated: bool,
@@ -156,6 +158,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features: 0,
             queue_sel: 0,
             shm_sel: 0,
+            queue_resetting: Vec::new(),
             queues: Vec::new(),
             activated: false,
             counters: MmioCounters::default(),
@@ -198,7 +201,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// All features offered: the device's plus the transport's own.
     pub fn offered_features(&self) -> u64 {
-        self.device.device_features() | VIRTIO_F_VERSION_1
+        let mut f = self.device.device_features() | VIRTIO_F_VERSION_1;
+        if self.device.supports_queue_reset() {
+            f |= VIRTIO_F_RING_RESET;
+        }
+        f
     }
 
     /// Deliver a notification for queue `index` to the device, as a `QueueNotify` write or an
@@ -299,8 +306,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             regs::SHM_BASE_HIGH => self
                 .selected_shm()
                 .map_or(u32::MAX, |r| (r.gpa >> 32) as u32),
-            // Reads 0 once a reset of the selected queue completed (resets complete at once).
-            regs::QUEUE_RESET => 0,
+            // 1 from a completed per-queue reset until the queue is re-enabled (resets are
+            // synchronous, so there is no "in progress" state to show).
+            regs::QUEUE_RESET => u32::from(self.resetting(self.queue_sel)),
             regs::CONFIG_GENERATION => self
                 .interrupt
                 .shared()
@@ -374,10 +382,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             regs::STATUS => self.write_status(v),
             regs::SHM_SEL => self.shm_sel = v,
-            regs::QUEUE_RESET => self.ignore(
-                offset,
-                "VIRTIO_F_RING_RESET is not offered; per-queue reset unsupported",
-            ),
+            regs::QUEUE_RESET => self.write_queue_reset(v),
             _ => {
                 self.counters.bad_accesses += 1;
                 self.ignore(offset, "read-only or unknown register");
@@ -415,9 +420,50 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    fn resetting(&self, sel: u32) -> bool {
+        self.queue_resetting
+            .get(sel as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    fn write_queue_reset(&mut self, v: u32) {
+        let offset = regs::QUEUE_RESET;
+        if self.driver_features & VIRTIO_F_RING_RESET == 0 {
+            self.ignore(offset, "VIRTIO_F_RING_RESET was not negotiated");
+            return;
+        }
+        if v != 1 {
+            self.ignore(offset, "QueueReset takes 1");
+            return;
+        }
+        if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            self.ignore(offset, "per-queue reset of a device that is not running");
+            return;
+        }
+        let sel = self.queue_sel as usize;
+        let Some(max) = self.queues.get(sel).map(|q| q.max_size()) else {
+            self.ignore(offset, "selected queue does not exist");
+            return;
+        };
+        self.device.queue_reset(sel as u16);
+        if let (Some(slot), Ok(fresh)) = (self.queues.get_mut(sel), Queue::new(max)) {
+            *slot = fresh;
+        }
+        if let Some(r) = self.queue_resetting.get_mut(sel) {
+            *r = true;
+        }
+        debug!(
+            "virtio-mmio device {}: queue {sel} reset",
+            self.device.device_id()
+        );
+    }
+
     fn write_queue_reg(&mut self, offset: u64, v: u32) {
-        if self.status & STATUS_FEATURES_OK == 0
-            || self.status & (STATUS_DRIVER_OK | STATUS_FAILED) != 0
+        let reenabling = self.resetting(self.queue_sel);
+        if !reenabling
+            && (self.status & STATUS_FEATURES_OK == 0
+                || self.status & (STATUS_DRIVER_OK | STATUS_FAILED) != 0)
         {
             self.ignore(
                 offset,
@@ -478,6 +524,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
                         offset,
                         &format!("queue {sel}: rings misaligned or outside guest memory"),
                     );
+                } else if reenabling {
+                    self.reenable_queue();
                 }
             }
             _ => self.ignore(offset, "QueueReady takes 0 or 1"),
@@ -542,8 +590,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             Some("driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported)")
         } else if f & !self.offered_features() != 0 {
             Some("driver accepted features that were not offered")
-        } else if f & VIRTIO_F_RING_RESET != 0 {
-            Some("VIRTIO_F_RING_RESET accepted but unsupported")
         } else if !self.device.features_negotiated(f) {
             Some("device refused the feature combination")
         } else {
@@ -573,6 +619,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             })
             .collect();
+        self.queue_resetting = vec![false; self.queues.len()];
     }
 
     fn activate(&mut self) {
@@ -596,6 +643,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.counters.activations += 1;
             }
             Err(e) => self.set_needs_reset(&format!("activation failed: {e}")),
+        }
+    }
+
+    fn reenable_queue(&mut self) {
+        let sel = self.queue_sel as usize;
+        let Some(q) = self.queues.get(sel) else {
+            return;
+        };
+        let mut q = clone_queue(q);
+        q.set_event_idx(self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0);
+        if let Some(r) = self.queue_resetting.get_mut(sel) {
+            *r = false;
+        }
+        if let Err(e) = self.device.queue_enable(sel as u16, q) {
+            self.set_needs_reset(&format!("re-enabling queue {sel} failed: {e}"));
         }
     }
 

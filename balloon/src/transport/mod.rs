@@ -28,7 +28,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit: indirect descriptors (never offered by the devices here).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// Feature bit: per-queue reset through the `QueueReset` register.
+/// Feature bit: per-queue reset through the `QueueReset` register (offered when the device
+/// [supports it](VirtioDevice::supports_queue_reset)).
 pub const VIRTIO_F_RING_RESET: u64 = 1 << 40;
 
 /// Device status bit: the guest noticed the device.
@@ -191,6 +192,26 @@ pub trait VirtioDevice: Send {
 
     /// Return to the pre-negotiation state, dropping queues and in-flight buffers.
     fn reset(&mut self);
+
+    /// Whether the device supports per-queue reset; if so the transport offers
+    /// [`VIRTIO_F_RING_RESET`] and calls [`queue_reset`](Self::queue_reset) and
+    /// [`queue_enable`](Self::queue_enable).
+    fn supports_queue_reset(&self) -> bool {
+        false
+    }
+
+    /// The driver reset queue `index` of the running device (`QueueReset`): drop that queue and
+    /// any buffers of it the device holds. Other queues keep running.
+    fn queue_reset(&mut self, index: u16) {
+        let _ = index;
+    }
+
+    /// The driver re-enabled queue `index` after a [`queue_reset`](Self::queue_reset), with a
+    /// freshly configured `queue`.
+    fn queue_enable(&mut self, index: u16, queue: Queue) -> Result<(), DeviceError> {
+        let _ = queue;
+        Err(DeviceError::NoSuchQueue(index))
+    }
 
     /// Shared-memory regions the device exposes (none by default).
     fn shm_regions(&self) -> Vec<ShmRegion> {

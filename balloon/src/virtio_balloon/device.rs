@@ -197,6 +197,7 @@ impl VirtioDevice for Balloon {
     fn device_features(&self) -> u64 {
         let mut f = VIRTIO_RING_F_EVENT_IDX;
         let c = &self.cfg;
+        // VIRTIO_F_RING_RESET is added by the transport (see `supports_queue_reset`).
         for (on, bit) in [
             (c.stats, VIRTIO_BALLOON_F_STATS_VQ),
             (c.deflate_on_oom, VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
@@ -354,6 +355,36 @@ impl VirtioDevice for Balloon {
             chain::add_used(queue, mem, head, 0).map_err(broken)?;
         }
         chain::notify_used(queue, mem, interrupt).map_err(broken)?;
+        Ok(())
+    }
+
+    fn supports_queue_reset(&self) -> bool {
+        true
+    }
+
+    fn queue_reset(&mut self, index: u16) {
+        let Some(run) = self.running.as_mut() else {
+            return;
+        };
+        let qi = usize::from(index);
+        if let Some((_, q)) = run.queues.get_mut(qi) {
+            // A fresh, not-ready queue: notifications are ignored until it is re-enabled.
+            if let Ok(fresh) = Queue::new(q.max_size()) {
+                *q = fresh;
+            }
+        }
+        if run.stats_head.is_some_and(|(i, _)| i == qi) {
+            run.stats_head = None;
+        }
+    }
+
+    fn queue_enable(&mut self, index: u16, queue: Queue) -> Result<(), DeviceError> {
+        let run = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
+        let (_, q) = run
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(DeviceError::NoSuchQueue(index))?;
+        *q = queue;
         Ok(())
     }
 
