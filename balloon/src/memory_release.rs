@@ -138,6 +138,26 @@ mod tests {
         assert_eq!(b, [0xab, 0xab], "the next page is untouched");
     }
 
+    /// Whether the host page behind `gpa` is resident (mincore).
+    fn resident(mem: &GuestMemoryMmap, gpa: u64) -> bool {
+        let host = mem.get_host_address(GuestAddress(gpa)).unwrap();
+        let mut vec = [0u8; 1];
+        // SAFETY: `host` is page-aligned inside a live mapping; `vec` has room for one page.
+        let rc = unsafe { libc::mincore(host.cast(), 4096, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        vec[0] & 1 != 0
+    }
+
+    #[test]
+    fn released_pages_leave_rss() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(&[1u8; 0x4000], GuestAddress(0x8000))
+            .unwrap();
+        assert!(resident(&mem, 0x8000));
+        release(&mem, 0x8000, 0x4000).unwrap();
+        assert!((0..4).all(|i| !resident(&mem, 0x8000 + i * 4096)));
+    }
+
     #[test]
     fn out_of_range_is_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();

@@ -103,8 +103,10 @@ impl std::fmt::Debug for Balloon {
 }
 
 impl Balloon {
-    /// A balloon offering the features in `cfg`.
-    pub fn new(cfg: BalloonConfig) -> Self {
+    /// A balloon offering the features in `cfg`. A `queue_size` that is not a power of two in
+    /// 32..=32768 is rounded up into that range (reporting needs at least 32 entries).
+    pub fn new(mut cfg: BalloonConfig) -> Self {
+        cfg.queue_size = cfg.queue_size.clamp(32, 32768).next_power_of_two();
         Balloon {
             target_pages: cfg.target_pages,
             cfg,
