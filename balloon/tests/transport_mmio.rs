@@ -410,3 +410,22 @@ fn failed_driver_needs_a_reset() {
     d.init(0, 16).unwrap();
     assert!(t.lock().unwrap().is_activated());
 }
+
+#[test]
+fn transport_can_move_between_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<MmioTransport<Echo>>();
+    assert_send::<MmioTransport<balloon::virtio_balloon::Balloon>>();
+    let (mut d, t, _) = setup();
+    d.init(0, 16).unwrap();
+    assert_eq!(t.lock().unwrap().interrupt_status(), 0);
+    // A notification delivered from another thread (as an ioeventfd handler would).
+    let b = d.alloc(8, 8).unwrap();
+    d.add_chain(0, &[(b, 1, false), (b + 4, 1, true)]).unwrap();
+    let t2 = t.clone();
+    std::thread::spawn(move || t2.lock().unwrap().process_queue(0))
+        .join()
+        .unwrap();
+    assert!(d.pop_used(0).unwrap().is_some());
+    assert_eq!(t.lock().unwrap().interrupt_status(), INT_USED_BUFFER);
+}

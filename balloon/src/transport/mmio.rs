@@ -686,6 +686,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.device.shm_regions().into_iter().find(|r| r.id == id)
     }
 
+    /// The `InterruptStatus` register (for VMMs that model a level-triggered line: the line is
+    /// asserted while this is non-zero).
+    pub fn interrupt_status(&self) -> u32 {
+        self.interrupt.shared().status.load(Ordering::SeqCst)
+    }
+
     /// Whether a config-change interrupt is pending (for VMMs that poll rather than use irqfd).
     pub fn config_change_pending(&self) -> bool {
         self.interrupt.shared().status.load(Ordering::SeqCst) & INT_CONFIG_CHANGE != 0
