@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use clap::{Parser, Subcommand};
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
@@ -26,7 +27,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Payload to run: a built-in name (hello, exit, crash) or the path of a static x86-64 ELF
+    /// Payload to run: a built-in name (hello, exit, crash, balloon) or the path of a static x86-64 ELF
     /// linked at 0x400000 (see vmm/payloads for how to build one).
     #[arg(long)]
     payload: String,
@@ -39,6 +40,10 @@ struct RunArgs {
     /// Write the guest's serial console to this file instead of standard output.
     #[arg(long)]
     serial_file: Option<PathBuf>,
+    /// Add a virtio-balloon device with this initial target, in 4 KiB pages (the `balloon`
+    /// payload inflates to it).
+    #[arg(long)]
+    balloon_pages: Option<u32>,
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -56,9 +61,33 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             .map_or(SerialOutput::Stdout, SerialOutput::File),
     };
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
+    let balloon = match args.balloon_pages {
+        Some(target_pages) => Some(
+            vm.add_virtio_device(Balloon::new(BalloonConfig {
+                target_pages,
+                ..BalloonConfig::default()
+            }))
+            .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
     let outcome = vm.run().map_err(|e| e.to_string())?;
     log::info!("exit counts: {:?}", vm.stats());
+    if let Some(slot) = balloon {
+        let status = slot
+            .transport
+            .lock()
+            .map_err(|_| "balloon device lock poisoned".to_string())?
+            .device()
+            .status();
+        log::info!(
+            "balloon: target {} pages, actual {}, inflated {}",
+            status.target_pages,
+            status.actual_pages,
+            status.inflated_pages
+        );
+    }
     Ok(match outcome {
         VmOutcome::Exited { code } => {
             log::info!("payload exited with code {code}");

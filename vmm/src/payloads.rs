@@ -9,6 +9,7 @@ use std::str::FromStr;
 static HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/hello"));
 static EXIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/exit"));
 static CRASH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/crash"));
+static BALLOON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/balloon"));
 
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,11 +20,14 @@ pub enum BuiltinPayload {
     Exit,
     /// Prints `crash: faulting at <addr>` and executes `ud2` at that address.
     Crash,
+    /// Drives the virtio balloon from the guest: inflates to the target the host set
+    /// (`num_pages`), reports `actual`, prints `balloon: inflated <n> pages at <addr>`.
+    Balloon,
 }
 
 impl BuiltinPayload {
     /// Every built-in payload.
-    pub const ALL: [BuiltinPayload; 3] = [Self::Hello, Self::Exit, Self::Crash];
+    pub const ALL: [BuiltinPayload; 4] = [Self::Hello, Self::Exit, Self::Crash, Self::Balloon];
 
     /// The payload's name (as accepted by `FromStr`).
     pub fn name(self) -> &'static str {
@@ -31,6 +35,7 @@ impl BuiltinPayload {
             Self::Hello => "hello",
             Self::Exit => "exit",
             Self::Crash => "crash",
+            Self::Balloon => "balloon",
         }
     }
 
@@ -40,6 +45,7 @@ impl BuiltinPayload {
             Self::Hello => HELLO,
             Self::Exit => EXIT,
             Self::Crash => CRASH,
+            Self::Balloon => BALLOON,
         }
     }
 }
@@ -52,7 +58,7 @@ impl fmt::Display for BuiltinPayload {
 
 /// The name is not one of [`BuiltinPayload::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown built-in payload {0:?} (known: hello, exit, crash)")]
+#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon)")]
 pub struct UnknownPayload(pub String);
 
 impl FromStr for BuiltinPayload {

@@ -8,11 +8,15 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use balloon::transport::mmio::MmioTransport;
+use balloon::transport::VirtioDevice;
+
 use crate::abi::{
     EXIT_BASE, EXIT_SIZE, MMIO_BASE, MMIO_SIZE, PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::bus::{MmioBus, SharedMmioDevice};
-use crate::devices::{ExitDevice, ExitLatch, SerialDevice};
+use crate::devices::{ExitDevice, ExitLatch, PolledIrq, SerialDevice, VirtioSlot};
 use crate::error::{Error, Result};
 use crate::kvm::Hypervisor;
 use crate::loader::{load_elf, LoadedImage};
@@ -25,6 +29,11 @@ pub const MIN_MEM_BYTES: u64 = 8 << 20;
 pub const STACK_RESERVE_BYTES: u64 = 1 << 20;
 /// Memory slot used for guest RAM.
 const RAM_SLOT: u32 = 0;
+/// How many virtio-mmio devices one microVM can have.
+pub const MAX_VIRTIO_DEVICES: u32 = 32;
+/// Interrupt number of the first virtio device (the next ones count up), clear of the legacy ISA
+/// lines a PC guest expects.
+pub const FIRST_VIRTIO_GSI: u32 = 5;
 
 /// Where the guest's serial console output goes.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +144,7 @@ pub struct MicroVm {
     image: Option<LoadedImage>,
     payload_arg: u64,
     stats: ExitStats,
+    virtio_devices: u32,
 }
 
 impl std::fmt::Debug for MicroVm {
@@ -209,6 +219,7 @@ impl MicroVm {
             image: None,
             payload_arg: config.payload_arg,
             stats: ExitStats::default(),
+            virtio_devices: 0,
         })
     }
 
@@ -251,6 +262,34 @@ impl MicroVm {
     /// The MMIO bus, to place more devices on it before running.
     pub fn bus_mut(&mut self) -> &mut MmioBus {
         &mut self.bus
+    }
+
+    /// Places a virtio device behind a virtio-mmio transport in the next free slot: slot `n` has
+    /// its registers at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE` and interrupt
+    /// `FIRST_VIRTIO_GSI + n`. Guests find devices by probing the slots for the magic value.
+    pub fn add_virtio_device<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<VirtioSlot<D>> {
+        let n = self.virtio_devices;
+        if n >= MAX_VIRTIO_DEVICES {
+            return Err(Error::Config(format!(
+                "at most {MAX_VIRTIO_DEVICES} virtio devices per microVM"
+            )));
+        }
+        let base = VIRTIO_MMIO_BASE + u64::from(n) * VIRTIO_MMIO_SIZE;
+        let irq = Arc::new(PolledIrq::new(FIRST_VIRTIO_GSI + n));
+        let mem = Arc::new(self.ram.memory().clone());
+        let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem, irq.clone())));
+        let shared: SharedMmioDevice = transport.clone();
+        self.bus.insert(base, VIRTIO_MMIO_SIZE, shared)?;
+        self.virtio_devices += 1;
+        log::debug!("virtio device in slot {n} at {base:#x}, gsi {}", irq.gsi());
+        Ok(VirtioSlot {
+            base,
+            irq,
+            transport,
+        })
     }
 
     /// Exit counts so far.

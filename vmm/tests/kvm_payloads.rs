@@ -122,3 +122,69 @@ fn bad_configurations_and_images_are_typed_errors() {
     vm.load_payload(BuiltinPayload::Exit.elf()).unwrap();
     assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
 }
+
+#[test]
+fn balloon_payload_inflates_and_the_host_releases_its_pages() {
+    use balloon::virtio_balloon::{Balloon, BalloonConfig};
+    use vm_memory::{Bytes, GuestAddress};
+
+    let Some(hv) = support::hypervisor_or_skip("balloon") else {
+        return;
+    };
+    const TARGET: u32 = 600; // more than two batches of 256 PFNs
+    let out = SharedBuffer::default();
+    let mut vm = MicroVm::new(&hv, &config(64, 0, &out)).unwrap();
+    let slot = vm
+        .add_virtio_device(Balloon::new(BalloonConfig {
+            deflate_on_oom: false,
+            stats: false,
+            free_page_reporting: false,
+            page_poison: false,
+            queue_size: 256,
+            target_pages: TARGET,
+        }))
+        .unwrap();
+    vm.load_payload(BuiltinPayload::Balloon.elf()).unwrap();
+    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+
+    let text = String::from_utf8(out.contents()).unwrap();
+    let first = text
+        .trim()
+        .strip_prefix(&format!("balloon: inflated {TARGET} pages at 0x"))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("unexpected console output {text:?}"));
+    let status = slot.transport.lock().unwrap().device().status();
+    assert!(status.activated);
+    assert_eq!(status.actual_pages, TARGET);
+    assert_eq!(status.inflated_pages, u64::from(TARGET));
+    // The memfd holds far less than the inflated pages would take (checked before reading them
+    // back below: a read fault on a tmpfs hole allocates a page again).
+    let meta = vm.ram().memfd().metadata().unwrap();
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(
+        allocated < u64::from(TARGET) * 4096 / 4,
+        "{allocated} bytes still allocated"
+    );
+    // The guest filled every page with 0xa5 before giving it up; the host punched the memfd
+    // there, so the host now reads zeros.
+    let mut page = vec![0xffu8; 4096];
+    for i in 0..u64::from(TARGET) {
+        vm.ram()
+            .memory()
+            .read_slice(&mut page, GuestAddress(first + i * 4096))
+            .unwrap();
+        assert!(page.iter().all(|&b| b == 0), "page {i} still holds data");
+    }
+}
+
+#[test]
+fn balloon_payload_without_a_device_says_so() {
+    let Some(hv) = support::hypervisor_or_skip("balloon without device") else {
+        return;
+    };
+    let out = SharedBuffer::default();
+    let mut vm = MicroVm::new(&hv, &config(16, 0, &out)).unwrap();
+    vm.load_payload(BuiltinPayload::Balloon.elf()).unwrap();
+    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 2 });
+    assert!(String::from_utf8_lossy(&out.contents()).starts_with("balloon: no device"));
+}

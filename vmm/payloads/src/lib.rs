@@ -11,6 +11,18 @@ use core::fmt;
 
 #[path = "../../src/abi.rs"]
 pub mod abi;
+pub mod virtio;
+
+extern "C" {
+    /// End of the image's last segment, defined by the linker.
+    static _end: u8;
+}
+
+/// First page-aligned address past the payload image: free RAM up to the stack.
+pub fn free_memory_start() -> u64 {
+    let end = core::ptr::addr_of!(_end) as u64;
+    (end + abi::PAGE_SIZE - 1) & !(abi::PAGE_SIZE - 1)
+}
 
 /// Writes one byte to the UART's transmit register.
 pub fn putc(byte: u8) {

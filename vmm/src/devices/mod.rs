@@ -2,9 +2,12 @@
 //!
 //! * [`serial`]: a 16550 UART (`vm-superio`) reached by MMIO.
 //! * [`exit`]: a one-register device the payload writes its exit code to.
+//! * [`virtio`]: virtio-mmio devices from the `balloon` crate, reachable on the bus.
 
 pub mod exit;
 pub mod serial;
+pub mod virtio;
 
 pub use exit::{ExitDevice, ExitLatch};
 pub use serial::SerialDevice;
+pub use virtio::{PolledIrq, VirtioSlot};
