@@ -14,3 +14,13 @@ rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install "$(sed 
 if [ -e /dev/kvm ] && [ ! -w /dev/kvm ]; then
     echo "setup: /dev/kvm exists but is not writable by $(id -un); add yourself to group kvm or run as root" >&2
 fi
+
+# The metrics test checks /metrics output with the official Prometheus Python client's parser.
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -m pip install --quiet --disable-pip-version-check "prometheus-client==0.26.0" \
+            || echo "setup: could not install prometheus-client; the metrics parser test will fail under CI" >&2
+    else
+        echo "setup: python3 not found; the metrics parser test needs it (apt-get install python3 python3-pip)" >&2
+    fi
+fi

@@ -33,6 +33,7 @@ pub mod http;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod metrics;
 pub mod payloads;
 pub mod vm;
 pub mod x86;
