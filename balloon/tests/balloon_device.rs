@@ -381,3 +381,25 @@ fn queue_reset_without_the_feature_is_ignored() {
     assert_eq!(g.t.lock().unwrap().counters().ignored_writes, before + 1);
     assert_eq!(g.d.mmio_read(regs::QUEUE_READY), 1, "queue untouched");
 }
+
+#[test]
+fn stats_buffer_kicked_before_driver_ok_is_picked_up() {
+    // Linux's probe adds the first stats buffer and kicks before setting DRIVER_OK.
+    let mut g = memfd_guest(16 * MIB);
+    g.d.negotiate(VIRTIO_BALLOON_F_STATS_VQ).unwrap();
+    for q in 0..3 {
+        g.d.setup_queue(q, 64).unwrap();
+    }
+    let buf = g.d.alloc(64, 8).unwrap();
+    let e = stats_entries(&[(6, 1234)]);
+    g.d.write_mem(buf, &e).unwrap();
+    g.d.add_chain(2, &[(buf, e.len() as u32, false)]).unwrap();
+    g.d.kick(2);
+    assert_eq!(g.t.lock().unwrap().counters().early_notifications, 1);
+    assert_eq!(g.status().stats.generation, 0);
+    g.d.driver_ok();
+    let s = g.status();
+    assert_eq!(s.stats.get("available_memory"), Some(1234));
+    assert!(s.stats_buffer_held);
+    assert_eq!(g.t.lock().unwrap().counters().ignored_writes, 0);
+}

@@ -72,6 +72,7 @@ impl VirtioDevice for Echo {
             queue: index,
             source,
         };
+        let mut returned = 0;
         while let Some(p) = chain::pop_chain(q, mem).map_err(broken)? {
             let (head, written) = match p {
                 Popped::Rejected { head, .. } => {
@@ -95,8 +96,11 @@ impl VirtioDevice for Echo {
                 }
             };
             chain::add_used(q, mem, head, written).map_err(broken)?;
+            returned += 1;
         }
-        chain::notify_used(q, mem, irq).map_err(broken)?;
+        if returned > 0 {
+            chain::notify_used(q, mem, irq).map_err(broken)?;
+        }
         Ok(())
     }
     fn reset(&mut self) {

@@ -165,7 +165,9 @@ pub fn add_used(
     Ok(())
 }
 
-/// Signal used buffers if the driver wants to hear about them (honours `EVENT_IDX`).
+/// Signal used buffers if the driver wants to hear about them (honours `EVENT_IDX`). Call it
+/// only after adding at least one used element: without `EVENT_IDX` it always signals, and
+/// interrupts with nothing to report make Linux disable a shared line as spurious.
 pub fn notify_used(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,

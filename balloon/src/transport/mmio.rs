@@ -98,6 +98,8 @@ pub struct MmioCounters {
     pub writes: u64,
     /// Queue notifications delivered to the device.
     pub notifications: u64,
+    /// Notifications between `FEATURES_OK` and `DRIVER_OK`, deferred to activation.
+    pub early_notifications: u64,
     /// Writes ignored because they broke the spec (wrong state, bad value, bad size).
     pub ignored_writes: u64,
     /// Accesses with a bad size or to an unknown register.
@@ -128,6 +130,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     queue_sel: u32,
     /// Per queue: reset through `QueueReset` while the device runs, not yet re-enabled.
     queue_resetting: Vec<bool>,
+    /// Per queue: notified between `FEATURES_OK` and `DRIVER_OK`, replayed on activation.
+    early_notified: Vec<bool>,
     shm_sel: u32,
     queues: Vec<Queue>,
     activated: bool,
@@ -159,6 +163,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             shm_sel: 0,
             queue_resetting: Vec::new(),
+            early_notified: Vec::new(),
             queues: Vec::new(),
             activated: false,
             counters: MmioCounters::default(),
@@ -371,7 +376,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
                 match u16::try_from(v) {
                     Ok(index) if self.activated => self.process_queue(index),
-                    _ => self.ignore(offset, "notify before DRIVER_OK or bad queue index"),
+                    // Linux kicks queues it filled during probe (the balloon's stats buffer)
+                    // before DRIVER_OK; every ready queue is processed on activation.
+                    Ok(index) if self.status & STATUS_FEATURES_OK != 0 && !self.activated => {
+                        self.counters.early_notifications += 1;
+                        if let Some(n) = self.early_notified.get_mut(usize::from(index)) {
+                            *n = true;
+                        }
+                        debug!("virtio-mmio: notify of queue {index} before DRIVER_OK, deferred");
+                    }
+                    _ => self.ignore(offset, "notify before FEATURES_OK or bad queue index"),
                 }
             }
             regs::INTERRUPT_ACK => {
@@ -620,6 +634,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             })
             .collect();
         self.queue_resetting = vec![false; self.queues.len()];
+        self.early_notified = vec![false; self.queues.len()];
     }
 
     fn activate(&mut self) {
@@ -641,6 +656,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
             Ok(()) => {
                 self.activated = true;
                 self.counters.activations += 1;
+                // Replay notifications that arrived before DRIVER_OK.
+                let early = std::mem::take(&mut self.early_notified);
+                self.early_notified = vec![false; early.len()];
+                for (index, _) in early.iter().enumerate().filter(|(_, &n)| n) {
+                    if self.queues[index].ready() && self.status & STATUS_DEVICE_NEEDS_RESET == 0 {
+                        self.counters.notifications += 1;
+                        if let Err(e) = self.device.process_queue(index as u16) {
+                            self.set_needs_reset(&format!("queue {index}: {e}"));
+                        }
+                    }
+                }
             }
             Err(e) => self.set_needs_reset(&format!("activation failed: {e}")),
         }

@@ -310,6 +310,7 @@ impl VirtioDevice for Balloon {
             queue: index,
             source,
         };
+        let mut returned = 0u32;
         while let Some(popped) = chain::pop_chain(queue, mem).map_err(broken)? {
             let c = match popped {
                 Popped::Chain(c) => c,
@@ -320,6 +321,7 @@ impl VirtioDevice for Balloon {
                         "virtio-balloon: queue {index}: chain {head} rejected: {error}"
                     );
                     chain::add_used(queue, mem, head, 0).map_err(broken)?;
+                    returned += 1;
                     continue;
                 }
             };
@@ -340,11 +342,13 @@ impl VirtioDevice for Balloon {
                 QueueKind::Stats => {
                     if !parse_stats(mem, &c, stats, counters) {
                         chain::add_used(queue, mem, head, 0).map_err(broken)?;
+                        returned += 1;
                         continue;
                     }
                     // Keep the newest buffer; give an older one back.
                     if let Some((_, old)) = stats_head.replace((qi, head)) {
                         chain::add_used(queue, mem, old, 0).map_err(broken)?;
+                        returned += 1;
                     }
                     continue;
                 }
@@ -355,8 +359,11 @@ impl VirtioDevice for Balloon {
                 }
             }
             chain::add_used(queue, mem, head, 0).map_err(broken)?;
+            returned += 1;
         }
-        chain::notify_used(queue, mem, interrupt).map_err(broken)?;
+        if returned > 0 {
+            chain::notify_used(queue, mem, interrupt).map_err(broken)?;
+        }
         Ok(())
     }
 
