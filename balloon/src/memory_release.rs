@@ -46,7 +46,13 @@ pub fn host_page_size(mem: &GuestMemoryMmap, gpa: u64) -> Option<u64> {
     // `st` is a valid, writable `statfs`.
     let rc = unsafe { libc::fstatfs(fo.file().as_raw_fd(), &mut st) };
     if rc == 0 && st.f_type == libc::HUGETLBFS_MAGIC {
-        Some(u64::try_from(st.f_bsize).unwrap_or(GUEST_PAGE_SIZE))
+        // Anything but a power of two ≥ 4 KiB would be a kernel surprise; fall back to 4 KiB.
+        Some(
+            u64::try_from(st.f_bsize)
+                .ok()
+                .filter(|b| b.is_power_of_two() && *b >= GUEST_PAGE_SIZE)
+                .unwrap_or(GUEST_PAGE_SIZE),
+        )
     } else {
         Some(GUEST_PAGE_SIZE)
     }

@@ -350,6 +350,7 @@ impl<B: MmioBus> Driver<B> {
 
     /// Allocate `len` bytes of scratch guest memory aligned to `align` (a power of two).
     pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, HarnessError> {
+        let align = align.max(1).next_power_of_two();
         let start = self
             .next_free
             .checked_add(align - 1)
