@@ -474,7 +474,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn write_queue_reg(&mut self, offset: u64, v: u32) {
-        let reenabling = self.resetting(self.queue_sel);
+        let reenabling = self.resetting(self.queue_sel) && self.status & STATUS_FAILED == 0;
         if !reenabling
             && (self.status & STATUS_FEATURES_OK == 0
                 || self.status & (STATUS_DRIVER_OK | STATUS_FAILED) != 0)
