@@ -38,6 +38,7 @@ fn snapshot(hv: &Hypervisor) -> Snapshot {
         mem_bytes: MEM_BYTES,
         payload_arg: 0,
         serial: SerialOutput::Sink,
+        ..VmConfig::default()
     };
     let mut vm = MicroVm::new(hv, &config).expect("create reference VM");
     let entry = vm
@@ -66,6 +67,7 @@ fn launch_vmm(hv: &Hypervisor) -> (Duration, Duration) {
         mem_bytes: MEM_BYTES,
         payload_arg: 0,
         serial: SerialOutput::Sink,
+        ..VmConfig::default()
     };
     let mut vm = MicroVm::new(hv, &config).expect("create VM");
     vm.load_payload(BuiltinPayload::Exit.elf()).expect("load");

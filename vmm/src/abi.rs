@@ -35,6 +35,10 @@ pub const EXIT_SIZE: u64 = 0x10;
 /// Offset of the exit-code register in the exit device.
 pub const EXIT_REG_CODE: u64 = 0;
 
+/// Start of the grant window: where the VMM maps contiguous pool grants (when the VM has a
+/// window; its size is part of the VM's configuration). Identity-mapped like RAM.
+pub const GRANT_WINDOW_BASE: u64 = 0x1_0000_0000;
+
 /// First virtio-mmio device slot; device `n` sits at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE`.
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 /// Size of one virtio-mmio register block.

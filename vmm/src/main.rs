@@ -59,6 +59,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         serial: args
             .serial_file
             .map_or(SerialOutput::Stdout, SerialOutput::File),
+        ..VmConfig::default()
     };
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
     let balloon = match args.balloon_pages {

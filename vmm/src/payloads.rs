@@ -10,6 +10,7 @@ static HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/hello")
 static EXIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/exit"));
 static CRASH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/crash"));
 static BALLOON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/balloon"));
+static FILL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/fill"));
 
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,11 +24,23 @@ pub enum BuiltinPayload {
     /// Drives the virtio balloon from the guest: inflates to the target the host set
     /// (`num_pages`), reports `actual`, prints `balloon: inflated <n> pages at <addr>`.
     Balloon,
+    /// Writes `a ^ FILL_KEY` to every 8-byte word `a` of `[gpa, gpa + nr_pages * 4096)` where
+    /// `arg = gpa | nr_pages`, checks it, prints `fill: wrote <n> pages at <gpa>`.
+    Fill,
 }
+
+/// The key of the [`BuiltinPayload::Fill`] pattern: the word at guest address `a` holds `a ^ FILL_KEY`.
+pub const FILL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl BuiltinPayload {
     /// Every built-in payload.
-    pub const ALL: [BuiltinPayload; 4] = [Self::Hello, Self::Exit, Self::Crash, Self::Balloon];
+    pub const ALL: [BuiltinPayload; 5] = [
+        Self::Hello,
+        Self::Exit,
+        Self::Crash,
+        Self::Balloon,
+        Self::Fill,
+    ];
 
     /// The payload's name (as accepted by `FromStr`).
     pub fn name(self) -> &'static str {
@@ -36,6 +49,7 @@ impl BuiltinPayload {
             Self::Exit => "exit",
             Self::Crash => "crash",
             Self::Balloon => "balloon",
+            Self::Fill => "fill",
         }
     }
 
@@ -46,6 +60,7 @@ impl BuiltinPayload {
             Self::Exit => EXIT,
             Self::Crash => CRASH,
             Self::Balloon => BALLOON,
+            Self::Fill => FILL,
         }
     }
 }
@@ -58,7 +73,7 @@ impl fmt::Display for BuiltinPayload {
 
 /// The name is not one of [`BuiltinPayload::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon)")]
+#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill)")]
 pub struct UnknownPayload(pub String);
 
 impl FromStr for BuiltinPayload {

@@ -8,16 +8,18 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use balloon::gcma::GrantWindow;
 use balloon::transport::mmio::MmioTransport;
 use balloon::transport::VirtioDevice;
 
 use crate::abi::{
-    EXIT_BASE, EXIT_SIZE, MMIO_BASE, MMIO_SIZE, PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE,
-    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    EXIT_BASE, EXIT_SIZE, GRANT_WINDOW_BASE, MMIO_BASE, MMIO_SIZE, PAYLOAD_LOAD_ADDR, SERIAL_BASE,
+    SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::bus::{MmioBus, SharedMmioDevice};
 use crate::devices::{ExitDevice, ExitLatch, PolledIrq, SerialDevice, VirtioSlot};
 use crate::error::{Error, Result};
+use crate::grant::KvmGrantMapper;
 use crate::kvm::Hypervisor;
 use crate::loader::{load_elf, LoadedImage};
 use crate::memory::GuestRam;
@@ -84,6 +86,9 @@ pub struct VmConfig {
     pub payload_arg: u64,
     /// Where serial console output goes.
     pub serial: SerialOutput,
+    /// Size of the grant window at [`GRANT_WINDOW_BASE`] in bytes (a multiple of 2 MiB; 0 for
+    /// none). Grants are mapped there by [`MicroVm::grant_mapper`].
+    pub grant_window_bytes: u64,
 }
 
 impl Default for VmConfig {
@@ -92,6 +97,7 @@ impl Default for VmConfig {
             mem_bytes: 64 << 20,
             payload_arg: 0,
             serial: SerialOutput::Stdout,
+            grant_window_bytes: 0,
         }
     }
 }
@@ -135,11 +141,13 @@ pub struct ExitStats {
 ///
 /// Dropping it releases everything: vCPU, VM, guest memory and its memfd.
 pub struct MicroVm {
-    // Field order is drop order: the vCPU before the VM, the VM before the memory it maps.
+    // Field order is drop order: the vCPU first; then devices and grants (which may remove memory
+    // slots); then the VM; the memory it maps last.
     vcpu: VcpuFd,
-    vm: VmFd,
-    ram: GuestRam,
     bus: MmioBus,
+    grants: Option<Arc<KvmGrantMapper>>,
+    vm: Arc<VmFd>,
+    ram: GuestRam,
     exit_latch: Arc<ExitLatch>,
     image: Option<LoadedImage>,
     payload_arg: u64,
@@ -179,7 +187,14 @@ impl MicroVm {
                 "guest RAM of {mem_bytes} bytes is outside [{MIN_MEM_BYTES}, {MMIO_BASE}]"
             )));
         }
-        let vm = hv.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let window = config.grant_window_bytes;
+        let max_window = x86::MAPPABLE_LIMIT - GRANT_WINDOW_BASE;
+        if !window.is_multiple_of(2 << 20) || window > max_window {
+            return Err(Error::Config(format!(
+                "grant window of {window} bytes is not a multiple of 2 MiB up to {max_window}"
+            )));
+        }
+        let vm = Arc::new(hv.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         let ram = GuestRam::new(mem_bytes)?;
         let region = kvm_userspace_memory_region {
             slot: RAM_SLOT,
@@ -194,8 +209,26 @@ impl MicroVm {
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         x86::write_boot_structures(
             ram.memory(),
-            &[0..mem_bytes, MMIO_BASE..MMIO_BASE + MMIO_SIZE],
+            &[
+                0..mem_bytes,
+                MMIO_BASE..MMIO_BASE + MMIO_SIZE,
+                GRANT_WINDOW_BASE..GRANT_WINDOW_BASE + window,
+            ],
         )?;
+        let grants = if window > 0 {
+            let slot_limit = u32::try_from(hv.max_memslots()).unwrap_or(u32::MAX);
+            Some(Arc::new(KvmGrantMapper::new(
+                vm.clone(),
+                GrantWindow {
+                    gpa: GRANT_WINDOW_BASE,
+                    len_bytes: window,
+                },
+                RAM_SLOT + 1,
+                slot_limit,
+            )?))
+        } else {
+            None
+        };
         let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
         let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&x86::long_mode_sregs(sregs))
@@ -212,9 +245,10 @@ impl MicroVm {
 
         Ok(MicroVm {
             vcpu,
+            bus,
+            grants,
             vm,
             ram,
-            bus,
             exit_latch,
             image: None,
             payload_arg: config.payload_arg,
@@ -244,6 +278,12 @@ impl MicroVm {
         Ok(self.image.insert(image))
     }
 
+    /// Changes the argument handed to the payload in `rsi` by the next [`Self::load_payload`]
+    /// (e.g. an address known only after mapping a grant).
+    pub fn set_payload_arg(&mut self, arg: u64) {
+        self.payload_arg = arg;
+    }
+
     /// The loaded payload, if any.
     pub fn image(&self) -> Option<&LoadedImage> {
         self.image.as_ref()
@@ -257,6 +297,11 @@ impl MicroVm {
     /// The KVM VM handle (for adding memory slots, ioeventfds, irqfds).
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm
+    }
+
+    /// The grant window's mapper, if the VM has a window (hand it to a virtio-gcma device).
+    pub fn grant_mapper(&self) -> Option<Arc<KvmGrantMapper>> {
+        self.grants.clone()
     }
 
     /// The MMIO bus, to place more devices on it before running.

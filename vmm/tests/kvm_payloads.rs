@@ -12,6 +12,7 @@ fn config(mem_mib: u64, arg: u64, out: &SharedBuffer) -> VmConfig {
         mem_bytes: mem_mib << 20,
         payload_arg: arg,
         serial: SerialOutput::Buffer(out.clone()),
+        ..VmConfig::default()
     }
 }
 

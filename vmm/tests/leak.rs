@@ -38,6 +38,7 @@ fn one_vm(hv: &vmm::Hypervisor) {
         mem_bytes: 32 << 20,
         payload_arg: 0,
         serial: SerialOutput::Buffer(out.clone()),
+        ..VmConfig::default()
     };
     let mut vm = MicroVm::new(hv, &config).unwrap();
     vm.load_payload(BuiltinPayload::Hello.elf()).unwrap();
