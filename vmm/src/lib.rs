@@ -37,6 +37,7 @@ pub mod loader;
 pub mod memory;
 pub mod metrics;
 pub mod payloads;
+pub mod report;
 pub mod vm;
 pub mod x86;
 
