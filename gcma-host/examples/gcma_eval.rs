@@ -14,10 +14,17 @@
 //! The CMA-style baseline is a lower bound on real CMA: it has no page-table walks, no TLB
 //! shootdowns, no pinned pages to retry, and never waits for writeback.
 //!
+//! The background's throughput is measured in alternating 200 ms windows: alone, during
+//! back-to-back grants, and during memsets of the same sizes (what zeroing alone costs it).
+//!
 //! Environment: `GCMA_EVAL_REPS` (default 32) and `GCMA_EVAL_BG_SECS` (default 3, the length of
-//! the background-only phase) shorten or lengthen a run. Ends with the `RESULT` lines.
+//! the alternating-window phase) shorten or lengthen a run. Ends with the `RESULT` lines.
+//!
+//! This machine is shared: other load shows up as outliers in max and average. The table also
+//! gives the ratio of medians, which such outliers barely move.
 
 use std::hint::black_box;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +110,45 @@ impl Drop for Region {
     }
 }
 
+/// A second mapping of the pool's memfd, as a VMM would have; used only on granted pages.
+struct PoolView {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl PoolView {
+    fn new(pool: &Pool) -> PoolView {
+        let len = pool.nr_pages() as usize * PAGE_SIZE;
+        // SAFETY: a fresh shared mapping of the pool's memfd.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                pool.memfd().as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap of the pool memfd");
+        PoolView { ptr: p.cast(), len }
+    }
+
+    fn fill(&self, first: u64, nr: u64, byte: u8) {
+        let (off, len) = (first as usize * PAGE_SIZE, nr as usize * PAGE_SIZE);
+        assert!(off + len <= self.len);
+        // SAFETY: inside the mapping; callers pass a grant they hold.
+        unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, len) };
+    }
+}
+
+impl Drop for PoolView {
+    fn drop(&mut self) {
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 /// CMA-style baseline: `movable` holds first-class data owned through `owner_map` (page → where
 /// its data lives); a contiguous request migrates each page of the range to a page taken from a
 /// free list in `spare`, updates the owner's map, then zeroes the range.
@@ -149,12 +195,13 @@ impl CmaBaseline {
     }
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Lat {
     min: f64,
     sum: f64,
     max: f64,
     n: u32,
+    samples: Vec<f64>,
 }
 
 impl Lat {
@@ -166,6 +213,12 @@ impl Lat {
         self.max = self.max.max(us);
         self.sum += us;
         self.n += 1;
+        self.samples.push(us);
+    }
+    fn median(&self) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
     }
     fn avg(&self) -> f64 {
         self.sum / self.n.max(1) as f64
@@ -284,11 +337,18 @@ fn main() {
 
     // Phase 0: no background, the largest grant against memset, to show the intrinsic cost.
     let before = pool.stats();
-    let (mut quiet_grant, mut quiet_memset) = (Lat::default(), Lat::default());
+    let pool_view = PoolView::new(&pool);
+    let (mut quiet_grant, mut quiet_memset, mut quiet_own) =
+        (Lat::default(), Lat::default(), Lat::default());
     for r in 0..8u8 {
         let t = Instant::now();
         let g = pool.alloc_contig(fg_client, largest, 1).expect("grant");
         quiet_grant.add(t.elapsed());
+        // The same pages, memset directly while we hold the grant: the pool memory's own speed.
+        pool_view.fill(g.first_page, g.nr_pages, r | 1);
+        let t = Instant::now();
+        pool_view.fill(g.first_page, g.nr_pages, 0);
+        quiet_own.add(t.elapsed());
         pool.free_contig(fg_client, g.first_page).expect("free");
         let t = Instant::now();
         memset_region.memset(0, largest, 0);
@@ -298,13 +358,16 @@ fn main() {
     let quiet = pool.stats();
     println!(
         "quiet (no background), {largest} pages x8: grant min/avg {:.0}/{:.0} µs (lock held {:.0} µs avg, \
-         zeroing unlocked {:.0} µs avg), memset min/avg {:.0}/{:.0} µs",
+         zeroing unlocked {:.0} µs avg), memset min/avg {:.0}/{:.0} µs, memset of the granted \
+         pages themselves min/avg {:.0}/{:.0} µs",
         quiet_grant.min,
         quiet_grant.avg(),
         (quiet.grant_locked_ns - before.grant_locked_ns) as f64 / 8e3,
         (quiet.grant_zero_unlocked_ns - before.grant_zero_unlocked_ns) as f64 / 8e3,
         quiet_memset.min,
-        quiet_memset.avg()
+        quiet_memset.avg(),
+        quiet_own.min,
+        quiet_own.avg()
     );
     // Refill what the quiet grants evicted.
     fill(&pool, bg_client, cc_pool);
@@ -322,53 +385,85 @@ fn main() {
         ((ops.load(Ordering::Relaxed) - o) as f64 / secs, secs)
     };
 
-    // Phase 1: background alone.
     std::thread::sleep(Duration::from_millis(300));
-    let (bg_alone, _) = rate(&mut || std::thread::sleep(Duration::from_secs(bg_secs)));
 
     // Phase 2: latencies, background running. Grant, memset and CMA-style are interleaved per
     // repetition so that all three see the same machine noise.
-    let mut grant = [Lat::default(); SIZES.len()];
-    let mut memset = [Lat::default(); SIZES.len()];
-    let mut cma_lat = [Lat::default(); SIZES.len()];
+    let mut grant: [Lat; SIZES.len()] = Default::default();
+    let mut memset: [Lat; SIZES.len()] = Default::default();
+    let mut cma_lat: [Lat; SIZES.len()] = Default::default();
+    let mut own: [Lat; SIZES.len()] = Default::default();
     for (si, &n) in SIZES.iter().enumerate() {
         for r in 0..reps {
+            // Dirty the memset region first, so that by its turn it is as far out of the caches
+            // as the pages a grant zeroes (grant and CMA-style run in between).
+            memset_region.memset(0, n, r as u8 | 1);
             let t = Instant::now();
             let g = pool.alloc_contig(fg_client, n, 1).expect("grant");
             grant[si].add(t.elapsed());
-            pool.free_contig(fg_client, g.first_page).expect("free");
+            // The very pages just granted, memset again while we hold them.
             let t = Instant::now();
-            memset_region.memset(0, n, 0);
-            memset[si].add(t.elapsed());
-            black_box(memset_region.page(0));
-            memset_region.memset(0, n, r as u8 | 1);
+            pool_view.fill(g.first_page, g.nr_pages, 0);
+            own[si].add(t.elapsed());
+            pool.free_contig(fg_client, g.first_page).expect("free");
             let t = Instant::now();
             cma.alloc(n);
             cma_lat[si].add(t.elapsed());
             cma.reset(n);
+            let t = Instant::now();
+            memset_region.memset(0, n, 0);
+            memset[si].add(t.elapsed());
+            black_box(memset_region.page(0));
         }
     }
 
-    // Phase 3: background throughput while grants run back to back (the RESULT), and while the
-    // same bytes are only memset (what zeroing alone costs the background).
+    // Phase 3: background throughput alone, while grants run back to back (the RESULT), and
+    // while the same bytes are only memset (what zeroing alone costs the background). The three
+    // kinds of window alternate, so that other load on the machine hits them alike.
+    let window = Duration::from_millis(200);
+    let rounds = (bg_secs * 1000 / 600).max(1);
+    let (mut alone, mut with, mut with_memset) = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
+    let add = |acc: &mut (f64, f64), (r, secs): (f64, f64)| {
+        acc.0 += r * secs;
+        acc.1 += secs;
+    };
     let s3 = pool.stats();
-    let (bg_with, grant_secs) = rate(&mut || {
-        for &n in &SIZES {
-            for _ in 0..reps {
-                let g = pool.alloc_contig(fg_client, n, 1).expect("grant");
-                pool.free_contig(fg_client, g.first_page).expect("free");
-            }
-        }
-    });
+    let mut next = 0usize;
+    for _ in 0..rounds {
+        add(&mut alone, rate(&mut || std::thread::sleep(window)));
+        add(
+            &mut with,
+            rate(&mut || {
+                let t = Instant::now();
+                while t.elapsed() < window {
+                    let n = SIZES[next % SIZES.len()];
+                    next += 1;
+                    let g = pool.alloc_contig(fg_client, n, 1).expect("grant");
+                    pool.free_contig(fg_client, g.first_page).expect("free");
+                }
+            }),
+        );
+        let mut k = 0usize;
+        add(
+            &mut with_memset,
+            rate(&mut || {
+                let t = Instant::now();
+                while t.elapsed() < window {
+                    let n = SIZES[k % SIZES.len()];
+                    k += 1;
+                    memset_region.memset(0, n, k as u8);
+                    black_box(memset_region.page(0));
+                }
+            }),
+        );
+    }
     let s4 = pool.stats();
-    let (bg_memset, memset_secs) = rate(&mut || {
-        for &n in &SIZES {
-            for r in 0..reps {
-                memset_region.memset(0, n, r as u8);
-                black_box(memset_region.page(0));
-            }
-        }
-    });
+    let (bg_alone, bg_with, bg_memset) = (
+        alone.0 / alone.1,
+        with.0 / with.1,
+        with_memset.0 / with_memset.1,
+    );
+    let (grant_secs, memset_secs) = (with.1, with_memset.1);
     stop.store(true, Ordering::Relaxed);
     bg.join().expect("background thread");
     if let Err(e) = pool.check_consistency() {
@@ -378,18 +473,22 @@ fn main() {
 
     println!();
     println!(
+        "same pgs: avg µs of memset of the very pages just granted, while held (the pool memory's \
+         own speed at that moment)"
+    );
+    println!(
         "Contiguous grant latency, µs (min / avg / max), {reps} per size, background running, \
          load average {}",
         loadavg()
     );
     println!(
-        "{:>6} | {:>26} | {:>26} | {:>26} | {:>8} | {:>8} | {:>8} | paper (ARMv7 1 GHz, other hw): CMA avg / GCMA avg",
-        "pages", "this pool", "memset (physical limit)", "CMA-style (migrate+zero)", "avg/ms", "min/ms", "cma/pool"
+        "{:>6} | {:>26} | {:>26} | {:>9} | {:>26} | {:>7} | {:>7} | {:>8} | {:>8} | paper (other hw): CMA / GCMA avg",
+        "pages", "this pool", "memset (physical limit)", "same pgs", "CMA-style (migrate+zero)", "avg/ms", "med/ms", "avg/same", "cma/pool"
     );
     let mut worst_over_memset = 0f64;
     let mut worst_max_over_avg = 0f64;
     for (si, &n) in SIZES.iter().enumerate() {
-        let (g, m, c) = (grant[si], memset[si], cma_lat[si]);
+        let (g, m, c, o) = (&grant[si], &memset[si], &cma_lat[si], &own[si]);
         let over = g.avg() / m.avg();
         worst_over_memset = worst_over_memset.max(over);
         worst_max_over_avg = worst_max_over_avg.max(g.max / g.avg());
@@ -398,9 +497,9 @@ fn main() {
             .find(|p| p.0 == n)
             .map_or("-".to_string(), |p| format!("{} / {}", p.1, p.2));
         println!(
-            "{n:>6} | {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} | {:>7.2}x | {:>7.2}x | {:>7.2}x | {paper}",
-            g.min, g.avg(), g.max, m.min, m.avg(), m.max, c.min, c.avg(), c.max, over,
-            g.min / m.min, c.avg() / g.avg()
+            "{n:>6} | {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} | {:>9.1} | {:>8.1} {:>8.1} {:>8.1} | {:>6.2}x | {:>6.2}x | {:>7.2}x | {:>7.2}x | {paper}",
+            g.min, g.avg(), g.max, m.min, m.avg(), m.max, o.avg(), c.min, c.avg(), c.max, over,
+            g.median() / m.median(), g.avg() / o.avg(), c.avg() / g.avg()
         );
     }
     let slowdown = (1.0 - bg_with / bg_alone) * 100.0;
@@ -412,7 +511,9 @@ fn main() {
          {bg_memset:.0} it/s during memset of the same bytes ({memset_secs:.2} s, slowdown {slowdown_memset:.1}%)"
     );
     println!(
-        "grant time split during that phase: lock held {:.0} ms, zeroing unlocked {:.0} ms, of {:.0} ms",
+        "grant time split during that phase: waiting for the lock {:.0} ms, lock held {:.0} ms, \
+         zeroing unlocked {:.0} ms, of {:.0} ms",
+        (s4.grant_lock_wait_ns - s3.grant_lock_wait_ns) as f64 / 1e6,
         (s4.grant_locked_ns - s3.grant_locked_ns) as f64 / 1e6,
         (s4.grant_zero_unlocked_ns - s3.grant_zero_unlocked_ns) as f64 / 1e6,
         grant_secs * 1e3

@@ -39,8 +39,11 @@ impl Inner {
     pub(super) fn release_grant_pages(&mut self, first: u64, nr_pages: u64) {
         // The allocator recorded exactly this run when it was granted.
         let _ = self.alloc.free(first);
-        for p in first..first + nr_pages {
-            self.pages.set(p as u32, PageState::FreeDirty, Tenant::None);
+        // To the far end of the free list, highest page first: puts take these last, and the
+        // top of the run first, so that second-class data settles away from where the next
+        // lowest-fit grant will look (and the grant's pages stay out of the tenants' caches).
+        for p in (first..first + nr_pages).rev() {
+            self.pages.set_free_head(p as u32, PageState::FreeDirty);
         }
         self.live_grants -= 1;
     }
@@ -70,6 +73,10 @@ impl Pool {
         {
             let mut g = self.lock();
             t_locked = Instant::now();
+            Counters::add(
+                &self.counters.grant_lock_wait_ns,
+                (t_locked - t0).as_nanos() as u64,
+            );
             let g = &mut *g;
             g.client(client)?;
             let granted = g.pages.count(PageState::Granted);
@@ -143,11 +150,16 @@ impl Pool {
             // The run is granted and not ready: nobody else touches these pages.
             let t_zero = Instant::now();
             self.zero_runs(&dirty);
+            let t_relock = Instant::now();
             Counters::add(
                 &self.counters.grant_zero_ns,
-                t_zero.elapsed().as_nanos() as u64,
+                (t_relock - t_zero).as_nanos() as u64,
             );
             let mut g = self.lock();
+            Counters::add(
+                &self.counters.grant_lock_wait_ns,
+                t_relock.elapsed().as_nanos() as u64,
+            );
             let ready = match g.client_mut(client) {
                 Ok(c) => c.grants.get_mut(&first).map(|r| r.ready = true).is_some(),
                 Err(_) => false,

@@ -60,6 +60,7 @@ pub(crate) struct Counters {
     pub grant_latency_sum_ns: AtomicU64,
     pub grant_latency_max_ns: AtomicU64,
     pub grant_locked_ns: AtomicU64,
+    pub grant_lock_wait_ns: AtomicU64,
     pub grant_zero_ns: AtomicU64,
 }
 
@@ -180,6 +181,8 @@ pub struct PoolStats {
     pub grant_latency_max_ns: u64,
     /// Time grants spent holding the pool lock (range choice, eviction, small zeroing), in ns.
     pub grant_locked_ns: u64,
+    /// Time grants spent waiting for the pool lock, in ns.
+    pub grant_lock_wait_ns: u64,
     /// Time grants spent zeroing with the lock released, in ns.
     pub grant_zero_unlocked_ns: u64,
 }
@@ -215,6 +218,7 @@ impl PoolStats {
         self.grant_latency_sum_ns = g(&c.grant_latency_sum_ns);
         self.grant_latency_max_ns = g(&c.grant_latency_max_ns);
         self.grant_locked_ns = g(&c.grant_locked_ns);
+        self.grant_lock_wait_ns = g(&c.grant_lock_wait_ns);
         self.grant_zero_unlocked_ns = g(&c.grant_zero_ns);
     }
 }

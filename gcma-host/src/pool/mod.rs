@@ -30,12 +30,12 @@
 //! * **Put-back**: eviction copies the page to host memory outside the pool. The number of
 //!   accepted frontswap pages is bounded by `put_back_limit_pages`, so that evicting all of them
 //!   always fits the limit and grants never fail because of put-back pages; stores of new keys
-//!   beyond it are rejected ([`RejectReason::PutBackLimit`]).
+//!   beyond it are rejected ([`crate::api::RejectReason::PutBackLimit`]).
 //!
 //! A rejected store invalidates any old copy of its key, so stale data is never returned.
 //!
 //! # Locking
-//! One mutex guards all bookkeeping ([`Inner`]): page states, the range allocator, clients,
+//! One mutex guards all bookkeeping: page states, the range allocator, clients,
 //! store indexes, backing-file slots. Page copies of cleancache/frontswap data (4 KiB each) are
 //! done under it, which is what makes a page's state and contents change together. Three things
 //! are done outside it:

@@ -194,6 +194,32 @@ impl PageTable {
         m.state = state;
     }
 
+    fn push_head(&mut self, page: u32, state: PageState) {
+        debug_assert!(state != PageState::Granted);
+        let l = &mut self.lists[state as usize];
+        let old_head = l.head;
+        l.head = page;
+        if old_head == NIL {
+            l.tail = page;
+        }
+        l.len += 1;
+        if old_head != NIL {
+            self.meta[old_head as usize].prev = page;
+        }
+        let m = &mut self.meta[page as usize];
+        m.prev = NIL;
+        m.next = old_head;
+        m.state = state;
+    }
+
+    /// Moves `page` to the head (oldest end) of a free list, so that it is the last one taken.
+    pub fn set_free_head(&mut self, page: u32, state: PageState) {
+        debug_assert!(matches!(state, PageState::FreeZero | PageState::FreeDirty));
+        self.unlink(page);
+        self.push_head(page, state);
+        self.meta[page as usize].tenant = Tenant::None;
+    }
+
     /// Moves `page` to the tail (newest end) of the list for `state`, setting its tenant.
     pub fn set(&mut self, page: u32, state: PageState, tenant: Tenant) {
         self.unlink(page);

@@ -132,38 +132,15 @@ impl Reservation {
 
     /// Faults every page in for writing, so that the pool's memory is held from the start and the
     /// first grant does not pay for page faults.
+    ///
+    /// This writes zeroes over the whole mapping rather than calling
+    /// `madvise(MADV_POPULATE_WRITE)`: on the host we measured (a KVM guest), 125 MiB of memfd
+    /// memory populated that way took 7–12 ms to memset afterwards, every time, against about 2 ms
+    /// for memory faulted in by ordinary stores. The memfd is fresh, so every page reads zero and
+    /// writing zero keeps it so.
     fn prefault(&mut self) -> Result<(), PoolError> {
-        // SAFETY: the range is exactly our mapping.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().cast(),
-                self.len_bytes,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(PoolError::Io(format!(
-                "pre-faulting the pool ({} bytes): {err}",
-                self.len_bytes
-            )));
-        }
-        // Kernels before 5.14 lack MADV_POPULATE_WRITE: touch one byte per page. The memfd is
-        // fresh, so every page reads zero and writing zero keeps it so.
-        let step = if self.hugetlb {
-            PAGE_SIZE * PAGES_PER_HUGE_PAGE as usize
-        } else {
-            PAGE_SIZE
-        };
-        let mut off = 0;
-        while off < self.len_bytes {
-            // SAFETY: `off < len_bytes`, inside our mapping; no other thread exists yet.
-            unsafe { self.base.as_ptr().add(off).write_volatile(0) };
-            off += step;
-        }
+        // SAFETY: the range is exactly our mapping and no other thread can see it yet.
+        unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, self.len_bytes) };
         Ok(())
     }
 
