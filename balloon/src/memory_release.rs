@@ -165,6 +165,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_anonymous_memory_uses_remove() {
+        let region = vm_memory::mmap::MmapRegionBuilder::new(1 << 20)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .unwrap();
+        let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        mem.write_slice(&[9u8; 4096], GuestAddress(0x5000)).unwrap();
+        assert_eq!(
+            release(&mem, 0x5000, 0x1000).unwrap(),
+            ReleaseMethod::MadviseRemove
+        );
+        // Check residency first: a read fault on shmem allocates the page again.
+        assert!(!resident(&mem, 0x5000));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x5000)).unwrap(), 0);
+    }
+
+    #[test]
     fn out_of_range_is_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         assert!(release(&mem, 0xff000, 0x2000).is_err());
