@@ -162,6 +162,9 @@ enum Op {
     Reregister {
         c: usize,
     },
+    ZeroIdle {
+        max: u64,
+    },
     Bad {
         kind: u8,
     },
@@ -189,6 +192,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (c.clone(), 0..2u32, 0..12u64).prop_map(|(c, area, off)| Op::FsInvalidate { c, area, off }),
         1 => (c.clone(), 0..2u32).prop_map(|(c, area)| Op::FsInvalidateArea { c, area }),
         1 => c.prop_map(|c| Op::Reregister { c }),
+        1 => (0..20u64).prop_map(|max| Op::ZeroIdle { max }),
         1 => (0..8u8).prop_map(|kind| Op::Bad { kind }),
     ]
 }
@@ -510,6 +514,13 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                     pool.frontswap_load(old, key, &mut out),
                     Err(PoolError::UnknownClient(old))
                 );
+            }
+            Op::ZeroIdle { max } => {
+                let before = pool.stats();
+                let n = pool.zero_idle_pages(max);
+                assert_eq!(n, max.min(before.free_dirty_pages));
+                let after = pool.stats();
+                assert_eq!(after.free_zero_pages, before.free_zero_pages + n);
             }
             Op::Bad { kind } => {
                 let before = pool.stats();

@@ -265,3 +265,21 @@ fn hugetlb_without_huge_pages_says_so() {
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
+
+#[test]
+fn idle_zeroing_makes_grants_skip_zeroing() {
+    let p = pool(64, FrontswapPolicy::WriteThrough);
+    let c = p.register_client("vm");
+    let g = p.alloc_contig(c, 64, 1).unwrap();
+    assert_eq!(p.stats().zeroed_pages, 0, "a fresh pool is known zero");
+    p.free_contig(c, g.first_page).unwrap();
+    assert_eq!(p.stats().free_dirty_pages, 64);
+    assert_eq!(p.zero_idle_pages(40), 40);
+    assert_eq!(p.zero_idle_pages(1000), 24);
+    assert_eq!(p.zero_idle_pages(1000), 0);
+    let s = p.stats();
+    assert_eq!((s.free_zero_pages, s.idle_zeroed_pages), (64, 64));
+    p.alloc_contig(c, 64, 1).unwrap();
+    assert_eq!(p.stats().zeroed_pages, 0);
+    p.check_consistency().unwrap();
+}

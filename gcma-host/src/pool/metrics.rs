@@ -38,6 +38,7 @@ pub(crate) struct Counters {
     pub grant_fail_fragmented: AtomicU64,
     pub frees: AtomicU64,
     pub zeroed_pages: AtomicU64,
+    pub idle_zeroed_pages: AtomicU64,
     pub cc_puts: AtomicU64,
     pub cc_puts_dropped: AtomicU64,
     pub cc_hits: AtomicU64,
@@ -137,6 +138,8 @@ pub struct PoolStats {
     pub frees: u64,
     /// Pages zeroed before being granted.
     pub zeroed_pages: u64,
+    /// Free pages zeroed ahead of time by [`super::Pool::zero_idle_pages`].
+    pub idle_zeroed_pages: u64,
     /// Cleancache puts (kept or not).
     pub cleancache_puts: u64,
     /// Cleancache puts that were dropped (no page could be had).
@@ -196,6 +199,7 @@ impl PoolStats {
         self.grant_failures_fragmented = g(&c.grant_fail_fragmented);
         self.frees = g(&c.frees);
         self.zeroed_pages = g(&c.zeroed_pages);
+        self.idle_zeroed_pages = g(&c.idle_zeroed_pages);
         self.cleancache_puts = g(&c.cc_puts);
         self.cleancache_puts_dropped = g(&c.cc_puts_dropped);
         self.cleancache_hits = g(&c.cc_hits);
@@ -319,6 +323,12 @@ impl Collector for PoolCollector {
             "gcma_zeroed_pages",
             "Pages zeroed before a grant.",
             s.zeroed_pages,
+        )?;
+        counter(
+            e,
+            "gcma_idle_zeroed_pages",
+            "Free pages zeroed ahead of time.",
+            s.idle_zeroed_pages,
         )?;
         counter(
             e,

@@ -80,6 +80,9 @@ use reservation::Reservation;
 /// and retaking it); larger ones are zeroed with the lock released.
 pub const ZERO_UNDER_LOCK_MAX_PAGES: u64 = 16;
 
+/// Pages [`Pool::zero_idle_pages`] zeroes per lock hold.
+pub const ZERO_IDLE_BATCH_PAGES: u64 = 32;
+
 /// Largest pool: page numbers must fit the page table's `u32` links.
 pub const MAX_POOL_PAGES: u64 = u32::MAX as u64 - 1;
 
@@ -460,6 +463,36 @@ impl Pool {
     /// The name a client registered with.
     pub fn client_name(&self, client: ClientId) -> Result<String, PoolError> {
         Ok(self.lock().client(client)?.name.clone())
+    }
+
+    /// Zeroes up to `max_pages` free pages that may hold old bytes, so that later grants find
+    /// them known-zero and skip them. Meant for idle time (a daemon's housekeeping tick): each
+    /// batch of [`ZERO_IDLE_BATCH_PAGES`] pages is zeroed under the lock (a few microseconds),
+    /// and the lock is released between batches. Returns the number of pages zeroed.
+    pub fn zero_idle_pages(&self, max_pages: u64) -> u64 {
+        let mut done = 0;
+        while done < max_pages {
+            let mut g = self.lock();
+            let mut n = 0;
+            while n < ZERO_IDLE_BATCH_PAGES && done + n < max_pages {
+                // The oldest dirty pages: those puts would take last.
+                let Some(p) = g.pages.head(PageState::FreeDirty) else {
+                    break;
+                };
+                // SAFETY: `p` is free (holds no data, granted to no one) and the lock is held,
+                // so no one else reads or writes it.
+                unsafe { self.res.zero_pages(p as u64, 1) };
+                g.pages.set(p, PageState::FreeZero, Tenant::None);
+                n += 1;
+            }
+            drop(g);
+            done += n;
+            if n < ZERO_IDLE_BATCH_PAGES {
+                break;
+            }
+        }
+        Counters::add(&self.counters.idle_zeroed_pages, done);
+        done
     }
 
     /// Checks every internal invariant (page lists, allocator against page states, store indexes
