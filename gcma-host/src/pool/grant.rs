@@ -71,7 +71,7 @@ impl Pool {
         let first;
         let t_locked;
         {
-            let mut g = self.lock();
+            let mut g = self.lock_for_grant();
             t_locked = Instant::now();
             Counters::add(
                 &self.counters.grant_lock_wait_ns,
@@ -155,7 +155,7 @@ impl Pool {
                 &self.counters.grant_zero_ns,
                 (t_relock - t_zero).as_nanos() as u64,
             );
-            let mut g = self.lock();
+            let mut g = self.lock_for_grant();
             Counters::add(
                 &self.counters.grant_lock_wait_ns,
                 t_relock.elapsed().as_nanos() as u64,
@@ -194,7 +194,7 @@ impl Pool {
     }
 
     pub(super) fn release(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError> {
-        let mut g = self.lock();
+        let mut g = self.lock_for_grant();
         let c = g.client_mut(client)?;
         match c.grants.get(&first_page) {
             Some(r) if r.ready => {}
