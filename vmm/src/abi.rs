@@ -43,3 +43,11 @@ pub const GRANT_WINDOW_BASE: u64 = 0x1_0000_0000;
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 /// Size of one virtio-mmio register block.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+
+/// The `fill` payload's argument is `gpa | (nr_pages << FILL_PAGES_SHIFT) | flags`: `gpa`
+/// page-aligned and below 1 TiB, `nr_pages` below 2^24.
+pub const FILL_PAGES_SHIFT: u32 = 40;
+/// `fill` flag: write only the first word of every page, quietly (measures first-touch latency).
+pub const FILL_TOUCH_ONLY: u64 = 1;
+/// The `fill` pattern: the 8-byte word at guest address `a` gets `a ^ FILL_KEY`.
+pub const FILL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;

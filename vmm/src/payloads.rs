@@ -24,13 +24,19 @@ pub enum BuiltinPayload {
     /// Drives the virtio balloon from the guest: inflates to the target the host set
     /// (`num_pages`), reports `actual`, prints `balloon: inflated <n> pages at <addr>`.
     Balloon,
-    /// Writes `a ^ FILL_KEY` to every 8-byte word `a` of `[gpa, gpa + nr_pages * 4096)` where
-    /// `arg = gpa | nr_pages`, checks it, prints `fill: wrote <n> pages at <gpa>`.
+    /// Writes `a ^ FILL_KEY` to every 8-byte word `a` of `[gpa, gpa + nr_pages * 4096)` (the
+    /// argument is made by [`fill_arg`]), checks it, prints `fill: wrote <n> pages at <gpa>`.
     Fill,
 }
 
-/// The key of the [`BuiltinPayload::Fill`] pattern: the word at guest address `a` holds `a ^ FILL_KEY`.
-pub const FILL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
+pub use crate::abi::FILL_KEY;
+
+/// The argument that makes [`BuiltinPayload::Fill`] write `nr_pages` pages at `gpa` (page-aligned,
+/// below 1 TiB; `nr_pages` below 2^24), or only the first word of each page with `touch_only`.
+pub fn fill_arg(gpa: u64, nr_pages: u64, touch_only: bool) -> u64 {
+    use crate::abi::{FILL_PAGES_SHIFT, FILL_TOUCH_ONLY};
+    gpa | (nr_pages << FILL_PAGES_SHIFT) | if touch_only { FILL_TOUCH_ONLY } else { 0 }
+}
 
 impl BuiltinPayload {
     /// Every built-in payload.

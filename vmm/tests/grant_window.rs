@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use balloon::gcma::{GrantMapper, MapError};
 use gcma_host::api::{ClientId, ContigGrant};
 use vmm::abi::{GRANT_WINDOW_BASE, PAGE_SIZE};
-use vmm::payloads::{BuiltinPayload, FILL_KEY};
+use vmm::payloads::{fill_arg, BuiltinPayload, FILL_KEY};
 use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
 
@@ -59,7 +59,7 @@ fn guest_writes_to_a_grant_land_in_pool_memory_at_the_grant_offset() {
     let gpa = mapper.map(pool.as_fd(), &g, 4).unwrap();
     assert_eq!(gpa % (4 * PAGE_SIZE), 0, "alignment in pages is honoured");
     assert_eq!(gpa, GRANT_WINDOW_BASE + 4 * PAGE_SIZE);
-    vm.set_payload_arg(gpa | g.nr_pages);
+    vm.set_payload_arg(fill_arg(gpa, g.nr_pages, false));
     vm.load_payload(BuiltinPayload::Fill.elf()).unwrap();
     assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
     assert_eq!(
