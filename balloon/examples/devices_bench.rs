@@ -167,6 +167,370 @@ fn send(
 // virtio-gcma queues against calling the pool directly in the same run, and prints
 // `RESULT virtio_overhead_ratio=<queue path time / direct time>`.
 
-fn gcma_section(_args: &Args) {
-    println!("gcma virtqueue-vs-direct section: not implemented yet (no RESULT printed)");
+fn gcma_section(args: &Args) {
+    // Rounds here take tens of milliseconds: take a few more than the inflate section does.
+    if let Err(e) = gcma::run(args.rounds.max(7)) {
+        eprintln!("error: gcma benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+mod gcma {
+    //! Each round: `KEYS` cleancache puts then `KEYS` gets (every get must hit), and `KEYS`
+    //! frontswap stores then `KEYS` loads, once through the virtqueue path (harness driver →
+    //! virtio-mmio transport → `GcmaDevice` → `Pool`) and once as direct `Pool` calls from the
+    //! same thread. The guest's pages already sit in guest memory (a real driver passes their
+    //! addresses; it does not copy them), so the queue path pays for headers, descriptors, the
+    //! notification, the device's copies and the used ring.
+
+    use std::error::Error;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use balloon::gcma::proto::{
+        status, PageKey, Request, Response, SwapKey, PAGE_SIZE, REQUEST_HEADER_LEN, RESPONSE_LEN,
+        VIRTIO_GCMA_F_CLEANCACHE, VIRTIO_GCMA_F_FRONTSWAP,
+    };
+    use balloon::gcma::testing::MemfdGrantMapper;
+    use balloon::gcma::GcmaDevice;
+    use balloon::testing::{memfd_guest_memory, CountingIrq, Driver};
+    use balloon::transport::chain::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+    use balloon::transport::MmioTransport;
+    use gcma_host::api::{CleancacheKey, FrontswapKey, GcmaBackend};
+    use gcma_host::pool::{Pool, PoolConfig};
+
+    use super::median;
+
+    /// Keys per operation kind per round.
+    const KEYS: usize = 4096;
+    /// Requests per notification (three descriptors each in a 256-entry queue).
+    const BATCH: usize = 64;
+    /// Pool size: room for both paths' cleancache and frontswap pages.
+    const POOL_PAGES: u64 = 8 * KEYS as u64;
+
+    type Dev = Driver<MmioTransport<GcmaDevice>>;
+
+    /// A guest driver with fixed request slots (the way `guest-agent` drives the device): slot
+    /// `s` owns descriptors `3s..3s+3` and a header/response area; a batch is written with a few
+    /// guest-memory writes, published, notified once, and collected from the used ring.
+    struct Guest {
+        d: Dev,
+        /// The guest's data pages, one per key.
+        pages: u64,
+        /// Per batch slot: header at +0, response at +64.
+        small: u64,
+        /// Next available-ring index per queue (every batch completes before the next).
+        idx: [u16; 3],
+    }
+
+    fn page_bytes(i: usize) -> Vec<u8> {
+        let mut v = vec![(i % 251) as u8; PAGE_SIZE];
+        v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        v
+    }
+
+    fn guest(pool: Arc<Pool>) -> Result<Guest, Box<dyn Error>> {
+        let mem_len = (KEYS + 1024) * PAGE_SIZE;
+        let mem = Arc::new(memfd_guest_memory(&[(0, mem_len)])?);
+        let mapper = Arc::new(MemfdGrantMapper::new(1 << 40, 1 << 30));
+        let dev = GcmaDevice::new(pool, mapper, "bench-vm");
+        let t = MmioTransport::new(dev, mem.clone(), Arc::new(CountingIrq::default()));
+        let mut d = Driver::new(t, mem, 0..mem_len as u64);
+        d.init(VIRTIO_GCMA_F_CLEANCACHE | VIRTIO_GCMA_F_FRONTSWAP, 256)?;
+        let pages = d.alloc((KEYS * PAGE_SIZE) as u64, PAGE_SIZE as u64)?;
+        for i in 0..KEYS {
+            d.write_mem(pages + (i * PAGE_SIZE) as u64, &page_bytes(i))?;
+        }
+        let small = d.alloc((BATCH * 128) as u64, 128)?;
+        Ok(Guest {
+            d,
+            pages,
+            small,
+            idx: [0; 3],
+        })
+    }
+
+    /// Writes `bytes` at ring position `pos` of a ring of `size` entries of `entry` bytes
+    /// starting at `base` (splitting at the wrap).
+    fn ring_write(
+        g: &Guest,
+        base: u64,
+        size: u16,
+        entry: usize,
+        pos: u16,
+        bytes: &[u8],
+    ) -> Result<(), Box<dyn Error>> {
+        let first = (usize::from(size - pos % size) * entry).min(bytes.len());
+        let at = base + (usize::from(pos % size) * entry) as u64;
+        g.d.write_mem(at, &bytes[..first])?;
+        if first < bytes.len() {
+            g.d.write_mem(base, &bytes[first..])?;
+        }
+        Ok(())
+    }
+
+    fn ring_read(
+        g: &Guest,
+        base: u64,
+        size: u16,
+        entry: usize,
+        pos: u16,
+        len: usize,
+    ) -> Result<Vec<u8>, Box<dyn Error>> {
+        let first = (usize::from(size - pos % size) * entry).min(len);
+        let at = base + (usize::from(pos % size) * entry) as u64;
+        let mut v = g.d.read_mem(at, first)?;
+        if first < len {
+            v.extend(g.d.read_mem(base, len - first)?);
+        }
+        Ok(v)
+    }
+
+    /// Sends `reqs` (all on one queue) in batches of `BATCH`, one notification per batch; the
+    /// data page of request `i` is guest page `i`. Fails unless every status is `want`; returns
+    /// the last response.
+    fn send_all(g: &mut Guest, reqs: &[Request], want: u32) -> Result<Response, Box<dyn Error>> {
+        let queue = reqs[0].queue();
+        let l = g.d.queue_layout(queue).ok_or("queue not set up")?;
+        let mut small = vec![0u8; BATCH * 128];
+        let mut descs = vec![0u8; BATCH * 3 * 16];
+        let mut last = Response::default();
+        for (b, batch) in reqs.chunks(BATCH).enumerate() {
+            let n = batch.len();
+            let mut avail = Vec::with_capacity(2 * n);
+            for (s, r) in batch.iter().enumerate() {
+                small[s * 128..s * 128 + REQUEST_HEADER_LEN].copy_from_slice(&r.encode());
+                let hdr = g.small + (s * 128) as u64;
+                let page = g.pages + ((b * BATCH + s) * PAGE_SIZE) as u64;
+                let base = (3 * s) as u16;
+                let (data, data_flags) = match r {
+                    Request::Put(_) | Request::Store(_) => (Some(page), 0),
+                    Request::Get(_) | Request::Load(_) => (Some(page), VIRTQ_DESC_F_WRITE),
+                    _ => (None, 0),
+                };
+                let mut put = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
+                    let d = &mut descs[usize::from(i) * 16..][..16];
+                    d[0..8].copy_from_slice(&addr.to_le_bytes());
+                    d[8..12].copy_from_slice(&len.to_le_bytes());
+                    d[12..14].copy_from_slice(&flags.to_le_bytes());
+                    d[14..16].copy_from_slice(&next.to_le_bytes());
+                };
+                let resp_next = base + 2;
+                match data {
+                    Some(p) => {
+                        put(
+                            base,
+                            hdr,
+                            REQUEST_HEADER_LEN as u32,
+                            VIRTQ_DESC_F_NEXT,
+                            base + 1,
+                        );
+                        put(
+                            base + 1,
+                            p,
+                            PAGE_SIZE as u32,
+                            data_flags | VIRTQ_DESC_F_NEXT,
+                            resp_next,
+                        );
+                    }
+                    None => put(
+                        base,
+                        hdr,
+                        REQUEST_HEADER_LEN as u32,
+                        VIRTQ_DESC_F_NEXT,
+                        resp_next,
+                    ),
+                }
+                put(
+                    resp_next,
+                    hdr + 64,
+                    RESPONSE_LEN as u32,
+                    VIRTQ_DESC_F_WRITE,
+                    0,
+                );
+                avail.extend_from_slice(&base.to_le_bytes());
+            }
+            let idx = g.idx[usize::from(queue)];
+            g.d.write_mem(g.small, &small[..n * 128])?;
+            g.d.write_mem(l.desc, &descs[..n * 3 * 16])?;
+            ring_write(g, l.avail + 4, l.size, 2, idx, &avail)?;
+            let next = idx.wrapping_add(n as u16);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            g.d.write_mem(l.avail + 2, &next.to_le_bytes())?;
+            g.idx[usize::from(queue)] = next;
+            g.d.kick(queue);
+            let used_idx = g.d.read_mem(l.used + 2, 2)?;
+            if u16::from_le_bytes([used_idx[0], used_idx[1]]) != next {
+                return Err("device did not return the whole batch".into());
+            }
+            let used = ring_read(g, l.used + 4, l.size, 8, idx, 8 * n)?;
+            let answers = g.d.read_mem(g.small, n * 128)?;
+            for e in used.chunks(8) {
+                let head = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize;
+                let s = head / 3;
+                if !head.is_multiple_of(3) || s >= n {
+                    return Err(format!("used ring names descriptor {head}").into());
+                }
+                let at = s * 128 + 64;
+                last = Response::decode(answers[at..at + RESPONSE_LEN].try_into()?);
+                if last.status != want {
+                    return Err(
+                        format!("{:?}: status {}", batch[s], status::name(last.status)).into(),
+                    );
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    struct Times {
+        cc: Vec<Duration>,
+        fs: Vec<Duration>,
+    }
+
+    fn run_rounds(rounds: usize) -> Result<(Times, Times), Box<dyn Error>> {
+        let pool = Pool::new(PoolConfig::new(POOL_PAGES))?;
+        let mut g = guest(pool.clone())?;
+        let direct_client = pool.register_client("bench-direct");
+        let pool_id = pool.cleancache_new_pool(direct_client)?;
+
+        // Queue-path cleancache pool.
+        let queue_pool = send_all(&mut g, &[Request::NewPool], status::OK)?.value0 as u32;
+
+        let ckey = |pool, i: usize| PageKey {
+            pool,
+            object: [1, 2, 3],
+            index: i as u32,
+        };
+        let puts: Vec<Request> = (0..KEYS)
+            .map(|i| Request::Put(ckey(queue_pool, i)))
+            .collect();
+        let gets: Vec<Request> = (0..KEYS)
+            .map(|i| Request::Get(ckey(queue_pool, i)))
+            .collect();
+        let skey = |i: usize| SwapKey {
+            area: 0,
+            offset: i as u64,
+        };
+        let stores: Vec<Request> = (0..KEYS).map(|i| Request::Store(skey(i))).collect();
+        let loads: Vec<Request> = (0..KEYS).map(|i| Request::Load(skey(i))).collect();
+        let mut host_pages: Vec<Vec<u8>> = (0..KEYS).map(page_bytes).collect();
+
+        let mut queue = Times {
+            cc: vec![],
+            fs: vec![],
+        };
+        let mut direct = Times {
+            cc: vec![],
+            fs: vec![],
+        };
+        let queue_round = |g: &mut Guest| -> Result<(Duration, Duration), Box<dyn Error>> {
+            let t = Instant::now();
+            send_all(g, &puts, status::OK)?;
+            send_all(g, &gets, status::OK)?;
+            let cc = t.elapsed();
+            let t = Instant::now();
+            send_all(g, &stores, status::OK)?;
+            send_all(g, &loads, status::OK)?;
+            Ok((cc, t.elapsed()))
+        };
+        let direct_round = |pages: &mut [Vec<u8>]| -> Result<(Duration, Duration), Box<dyn Error>> {
+            let t = Instant::now();
+            for (i, p) in pages.iter().enumerate() {
+                let k = CleancacheKey {
+                    pool: pool_id,
+                    object: [1, 2, 3],
+                    index: i as u32,
+                };
+                if !pool.cleancache_put(direct_client, k, p)? {
+                    return Err("direct cleancache put dropped".into());
+                }
+            }
+            for (i, p) in pages.iter_mut().enumerate() {
+                let k = CleancacheKey {
+                    pool: pool_id,
+                    object: [1, 2, 3],
+                    index: i as u32,
+                };
+                if !pool.cleancache_get(direct_client, k, p)? {
+                    return Err("direct cleancache get missed".into());
+                }
+            }
+            let cc = t.elapsed();
+            let t = Instant::now();
+            for (i, p) in pages.iter().enumerate() {
+                let k = FrontswapKey {
+                    area: 0,
+                    offset: i as u64,
+                };
+                pool.frontswap_store(direct_client, k, p)?;
+            }
+            for (i, p) in pages.iter_mut().enumerate() {
+                let k = FrontswapKey {
+                    area: 0,
+                    offset: i as u64,
+                };
+                if !pool.frontswap_load(direct_client, k, p)? {
+                    return Err("direct frontswap load missed".into());
+                }
+            }
+            Ok((cc, t.elapsed()))
+        };
+        // Round 0 warms both paths up and is not counted; the order alternates so neither path
+        // always runs on the caches the other left behind.
+        for round in 0..=rounds {
+            let (q, d) = if round % 2 == 0 {
+                let q = queue_round(&mut g)?;
+                (q, direct_round(&mut host_pages)?)
+            } else {
+                let d = direct_round(&mut host_pages)?;
+                (queue_round(&mut g)?, d)
+            };
+            if round > 0 {
+                queue.cc.push(q.0);
+                queue.fs.push(q.1);
+                direct.cc.push(d.0);
+                direct.fs.push(d.1);
+            }
+        }
+        // The queue path moved real data: the last loads left every page in place.
+        for i in [0, KEYS / 2, KEYS - 1] {
+            let got = g.d.read_mem(g.pages + (i * PAGE_SIZE) as u64, PAGE_SIZE)?;
+            if got != host_pages[i] || got != page_bytes(i) {
+                return Err(format!("queue path corrupted page {i}").into());
+            }
+        }
+        Ok((queue, direct))
+    }
+
+    pub fn run(rounds: usize) -> Result<(), Box<dyn Error>> {
+        let (queue, direct) = run_rounds(rounds)?;
+        let (qc, qf) = (median(queue.cc), median(queue.fs));
+        let (dc, df) = (median(direct.cc), median(direct.fs));
+        let ops = (2 * KEYS) as f64;
+        println!();
+        println!(
+            "gcma: {KEYS} puts+gets / stores+loads per round, batches of {BATCH} per notification, median of {rounds} rounds"
+        );
+        println!("{:<40} {:>10} {:>12}", "path", "ms", "ops/s");
+        let row = |name: &str, t: Duration| {
+            println!(
+                "{name:<40} {:>10.2} {:>12.0}",
+                t.as_secs_f64() * 1e3,
+                ops / t.as_secs_f64()
+            )
+        };
+        row("cleancache put+get, virtqueue", qc);
+        row("cleancache put+get, direct pool", dc);
+        row("frontswap store+load, virtqueue", qf);
+        row("frontswap store+load, direct pool", df);
+        println!(
+            "cleancache queue/direct: {:.2}x, frontswap queue/direct: {:.2}x",
+            qc.as_secs_f64() / dc.as_secs_f64(),
+            qf.as_secs_f64() / df.as_secs_f64()
+        );
+        let ratio = (qc + qf).as_secs_f64() / (dc + df).as_secs_f64();
+        println!("RESULT virtio_overhead_ratio={ratio:.2}");
+        Ok(())
+    }
 }

@@ -215,7 +215,7 @@ pub fn grants_through_the_window(backend: Arc<dyn GcmaBackend>) {
     let (gpa, n) = (a.resp.value0, a.resp.value1);
     assert_eq!(n, 16);
     assert!(
-        gpa >= WINDOW_GPA && gpa % (16 * PAGE_SIZE as u64) == 0,
+        gpa >= WINDOW_GPA && gpa.is_multiple_of(16 * PAGE_SIZE as u64),
         "gpa {gpa:#x}"
     );
     let mapped = rig.mapper.mapped();

@@ -186,6 +186,27 @@ fn any_layout_split_buffers_work() {
     assert_eq!((len, r.status), (24, status::OK));
     let a = rig.call(Request::Load(SwapKey { area: 3, offset: 4 }), None);
     assert!(a.data == pattern(9), "split store corrupted the page");
+    // A load into a page split over two writable descriptors (the device's bounce-buffer path).
+    rig.driver
+        .write_mem(
+            s.hdr,
+            &Request::Load(SwapKey { area: 3, offset: 4 }).encode(),
+        )
+        .unwrap();
+    rig.driver.write_mem(s.page, &[0u8; PAGE_SIZE]).unwrap();
+    let bufs = [
+        (s.hdr, REQUEST_HEADER_LEN as u32, false),
+        (s.page, 100, true),
+        (s.page + 100, PAGE_SIZE as u32 - 100, true),
+        (s.resp, RESPONSE_LEN as u32, true),
+    ];
+    let (len, r) = send(&mut rig, FS, &bufs, s.resp);
+    assert_eq!(
+        (len as usize, r.status),
+        (PAGE_SIZE + RESPONSE_LEN, status::OK)
+    );
+    let got = rig.driver.read_mem(s.page, PAGE_SIZE).unwrap();
+    assert!(got == pattern(9), "split load corrupted the page");
 }
 
 #[test]

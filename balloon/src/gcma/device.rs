@@ -11,7 +11,7 @@ use gcma_host::api::{
     CleancacheKey, ClientId, ContigGrant, FrontswapKey, GcmaBackend, PoolError, RejectReason,
 };
 use log::{debug, error, info, warn};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::mapper::{GrantMapper, MapError};
 use super::metrics::{GcmaMetrics, Tmem};
@@ -52,7 +52,8 @@ pub struct GcmaDevice {
     granted_pages: u64,
     running: Option<Running>,
     metrics: Arc<GcmaMetrics>,
-    page: Box<[u8; PAGE_SIZE]>,
+    /// Bounce buffer for data pages split over descriptors (taken while a request runs).
+    page: Option<Box<[u8; PAGE_SIZE]>>,
 }
 
 impl std::fmt::Debug for GcmaDevice {
@@ -89,7 +90,7 @@ impl GcmaDevice {
             granted_pages: 0,
             running: None,
             metrics: Arc::new(GcmaMetrics::default()),
-            page: Box::new([0u8; PAGE_SIZE]),
+            page: Some(Box::new([0u8; PAGE_SIZE])),
         }
     }
 
@@ -293,20 +294,68 @@ impl GcmaDevice {
         if req.feature() & !self.features != 0 {
             return (Response::status(status::UNSUPPORTED), 0);
         }
-        if req.data() == DataDir::ToDevice
-            && !read_stream(mem, descs, REQUEST_HEADER_LEN as u64, &mut self.page[..])
-        {
-            return bad;
-        }
-        let resp = self.run(req, data_len);
-        let written = match (req.data(), resp.status) {
-            (DataDir::FromDevice, status::OK) => {
-                if !write_stream(mem, descs, 0, &self.page[..]) {
-                    return bad;
-                }
-                PAGE_SIZE as u32
+        let mut bounce = self
+            .page
+            .take()
+            .unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
+        let r = self.execute_valid(mem, descs, req, data_len, &mut bounce);
+        self.page = Some(bounce);
+        r.unwrap_or(bad)
+    }
+
+    /// Runs a request whose chain has the right shape; `None` means guest memory could not be
+    /// read or written after all (answered `BAD_REQUEST`).
+    fn execute_valid(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        descs: &[Desc],
+        req: Request,
+        data_len: usize,
+        bounce: &mut [u8; PAGE_SIZE],
+    ) -> Option<(Response, u32)> {
+        let direct = guest_page(mem, descs, req.data());
+        match req.data() {
+            DataDir::ToDevice => {
+                let page: &[u8] = match direct {
+                    // SAFETY: `guest_page` checked that `p..p+PAGE_SIZE` is host memory backing
+                    // one guest region, mapped while `mem` lives (the caller holds it). The guest
+                    // may write it concurrently (it is memory shared with the guest, like a
+                    // MAP_SHARED file); the bytes are only copied and any value is a valid `u8`.
+                    Some(p) => unsafe { std::slice::from_raw_parts(p, PAGE_SIZE) },
+                    None => {
+                        if !read_stream(mem, descs, REQUEST_HEADER_LEN as u64, &mut bounce[..]) {
+                            return None;
+                        }
+                        &bounce[..]
+                    }
+                };
+                Some((self.run(req, data_len, PageArg::In(page)), 0))
             }
-            (DataDir::Stats, status::OK) => {
+            DataDir::FromDevice => {
+                let resp = match direct {
+                    Some(p) => {
+                        // SAFETY: as above; the device-writable guest page is the destination of
+                        // a plain copy, and no other host code holds a reference to it.
+                        let out = unsafe { std::slice::from_raw_parts_mut(p, PAGE_SIZE) };
+                        self.run(req, data_len, PageArg::Out(out))
+                    }
+                    None => {
+                        let resp = self.run(req, data_len, PageArg::Out(&mut bounce[..]));
+                        if resp.status == status::OK && !write_stream(mem, descs, 0, &bounce[..]) {
+                            return None;
+                        }
+                        resp
+                    }
+                };
+                let written = if resp.status == status::OK {
+                    PAGE_SIZE as u32
+                } else {
+                    0
+                };
+                Some((resp, written))
+            }
+            DataDir::Stats => {
+                let resp = self.run(req, data_len, PageArg::None);
                 let entries = self
                     .metrics
                     .stat_entries(self.backend.nr_pages(), self.config().window_nr_pages);
@@ -316,21 +365,21 @@ impl GcmaDevice {
                     buf.extend_from_slice(&e.encode());
                 }
                 if !write_stream(mem, descs, 0, &buf) {
-                    return bad;
+                    return None;
                 }
-                buf.len() as u32
+                Some((resp, buf.len() as u32))
             }
-            _ => 0,
-        };
-        (resp, written)
+            DataDir::None => Some((self.run(req, data_len, PageArg::None), 0)),
+        }
     }
 
-    /// Performs a validated request against the pool. Data pages move through `self.page`.
-    fn run(&mut self, req: Request, data_len: usize) -> Response {
-        let b = Arc::clone(&self.backend);
+    /// Performs a validated request against the pool.
+    fn run(&mut self, req: Request, data_len: usize, page: PageArg<'_>) -> Response {
+        let b: &dyn GcmaBackend = &*self.backend;
         let c = self.client;
         let ok = Response::status(status::OK);
         let ok_or_miss = |hit: bool| Response::status(if hit { status::OK } else { status::MISS });
+        let mut page = page;
         match req {
             Request::AllocContig {
                 nr_pages,
@@ -349,7 +398,7 @@ impl GcmaDevice {
                 },
                 Err(e) => self.pool_error(e),
             },
-            Request::Put(k) => match b.cleancache_put(c, cc_key(k), &self.page[..]) {
+            Request::Put(k) => match b.cleancache_put(c, cc_key(k), page.input()) {
                 Ok(true) => {
                     self.metrics.tmem(Tmem::Put);
                     ok
@@ -357,7 +406,7 @@ impl GcmaDevice {
                 Ok(false) => Response::status(status::NOT_STORED),
                 Err(e) => self.pool_error(e),
             },
-            Request::Get(k) => match b.cleancache_get(c, cc_key(k), &mut self.page[..]) {
+            Request::Get(k) => match b.cleancache_get(c, cc_key(k), page.output()) {
                 Ok(hit) => {
                     self.metrics
                         .tmem(if hit { Tmem::SuccGet } else { Tmem::FailedGet });
@@ -388,7 +437,7 @@ impl GcmaDevice {
                 }
                 Err(e) => self.pool_error(e),
             },
-            Request::Store(k) => match b.frontswap_store(c, fs_key(k), &self.page[..]) {
+            Request::Store(k) => match b.frontswap_store(c, fs_key(k), page.input()) {
                 Ok(()) => {
                     self.metrics.tmem(Tmem::SuccStore);
                     ok
@@ -400,7 +449,7 @@ impl GcmaDevice {
                     self.pool_error(e)
                 }
             },
-            Request::Load(k) => match b.frontswap_load(c, fs_key(k), &mut self.page[..]) {
+            Request::Load(k) => match b.frontswap_load(c, fs_key(k), page.output()) {
                 Ok(hit) => {
                     if hit {
                         self.metrics.tmem(Tmem::Load);
@@ -619,6 +668,65 @@ impl VirtioDevice for GcmaDevice {
             len: w.len_bytes,
         }]
     }
+}
+
+/// The data page of a request as the pool sees it.
+enum PageArg<'a> {
+    None,
+    In(&'a [u8]),
+    Out(&'a mut [u8]),
+}
+
+impl PageArg<'_> {
+    /// The page to read; empty (which the pool refuses as invalid) if there is none.
+    fn input(&self) -> &[u8] {
+        match self {
+            PageArg::In(p) => p,
+            _ => &[],
+        }
+    }
+
+    /// The page to fill; empty (refused as invalid) if there is none.
+    fn output(&mut self) -> &mut [u8] {
+        match self {
+            PageArg::Out(p) => p,
+            _ => &mut [],
+        }
+    }
+}
+
+/// The host address of a request's data page when the chain carries it as one descriptor of
+/// exactly one page right after the header (`ToDevice`) or right before the response
+/// (`FromDevice`) inside one guest memory region: then the pool copies straight from or to guest
+/// memory. Anything else goes through the bounce buffer. (Guest memory here has no dirty bitmap;
+/// with one, direct writes would have to mark it.)
+fn guest_page(mem: &GuestMemoryMmap, descs: &[Desc], dir: DataDir) -> Option<*mut u8> {
+    let d = match dir {
+        DataDir::ToDevice => {
+            let mut r = descs.iter().filter(|d| !d.writable);
+            let header = r.next()?;
+            let page = r.next()?;
+            if header.len as usize != REQUEST_HEADER_LEN || r.next().is_some() {
+                return None;
+            }
+            page
+        }
+        DataDir::FromDevice => {
+            let mut w = descs.iter().filter(|d| d.writable);
+            let page = w.next()?;
+            let resp = w.next()?;
+            if resp.len as usize != RESPONSE_LEN || w.next().is_some() {
+                return None;
+            }
+            page
+        }
+        _ => return None,
+    };
+    if d.len as usize != PAGE_SIZE {
+        return None;
+    }
+    let slice = mem.get_slice(d.addr, PAGE_SIZE).ok()?;
+    Some(slice.ptr_guard_mut().as_ptr())
 }
 
 fn cc_key(k: PageKey) -> CleancacheKey {

@@ -634,8 +634,8 @@ impl StatEntry {
     }
 }
 
-/// Stats tags, in the order the device writes them. All counters count this device (this VM)
-/// since the last reset, except the pool and window sizes.
+/// Stats tags, in the order the device writes them. Counters cover this device (this VM) since it
+/// was created, across resets; the pool and window sizes and the grant gauges are current values.
 pub mod stat {
     /// Pages in the host pool.
     pub const POOL_NR_PAGES: u32 = 0;
