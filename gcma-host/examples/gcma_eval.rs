@@ -535,8 +535,9 @@ fn main() {
          {slowdown_duty:.1}%"
     );
     println!(
-        "grant time split during that phase: waiting for the lock {:.0} ms, lock held {:.0} ms, \
-         zeroing unlocked {:.0} ms, of {:.0} ms",
+        "grant time split over the background phase's grants (both kinds of window): waiting for \
+         the lock {:.0} ms, lock held (choosing, evicting, small zeroing) {:.0} ms, zeroing with \
+         the lock released {:.0} ms; {:.0} ms of back-to-back grant windows",
         (s4.grant_lock_wait_ns - s3.grant_lock_wait_ns) as f64 / 1e6,
         (s4.grant_locked_ns - s3.grant_locked_ns) as f64 / 1e6,
         (s4.grant_zero_unlocked_ns - s3.grant_zero_unlocked_ns) as f64 / 1e6,
