@@ -1,0 +1,111 @@
+//! The hardware abstraction the driver core runs on: register access to one virtio-mmio window and
+//! DMA memory (memory the device can reach, with both the driver's pointer and the guest-physical
+//! address the device uses).
+//!
+//! Three implementations exist or are planned: [`RawHal`] (kernel-less payloads: identity-mapped,
+//! registers through volatile pointers, a bump allocator over a fixed DMA area), the Linux
+//! userspace agent (`/dev/mem` + pagemap), and the host-side test HAL over `balloon`'s harness.
+
+use core::ptr::NonNull;
+
+use balloon::gcma::proto::PAGE_SIZE;
+
+/// A run of DMA pages handed out by a [`Hal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRegion {
+    /// Where the driver reads and writes the memory.
+    pub vaddr: NonNull<u8>,
+    /// Guest-physical address of the first byte (what the device is told).
+    pub gpa: u64,
+    /// Length in pages.
+    pub pages: usize,
+}
+
+/// Why a HAL could not provide DMA memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaExhausted {
+    /// Pages asked for.
+    pub pages: usize,
+}
+
+/// Register access and DMA memory for one virtio-mmio device.
+///
+/// # Safety
+///
+/// Implementors promise that every [`DmaRegion`] returned by [`dma_alloc`](Self::dma_alloc) is
+/// zeroed, page-aligned, valid for reads and writes of `pages * 4096` bytes at `vaddr` for as long
+/// as the HAL lives, not handed out twice, and seen by the device at `gpa` (contiguously).
+pub unsafe trait Hal {
+    /// 32-bit read of the register at `offset` in the device's MMIO window.
+    fn mmio_read32(&mut self, offset: u64) -> u32;
+    /// 32-bit write of the register at `offset` in the device's MMIO window.
+    fn mmio_write32(&mut self, offset: u64, value: u32);
+    /// `pages` zeroed, physically contiguous pages of DMA memory.
+    fn dma_alloc(&mut self, pages: usize) -> Result<DmaRegion, DmaExhausted>;
+    /// Called while the driver polls for used buffers (a spin hint by default). A HAL whose
+    /// device runs elsewhere may yield here.
+    fn wait_hint(&mut self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// A HAL for identity-mapped, kernel-less guests: registers are read and written with volatile
+/// accesses at `mmio_base + offset`; DMA pages come from a bump allocator over a fixed area whose
+/// guest-physical address equals its address (nothing is ever freed; the driver allocates once).
+#[derive(Debug)]
+pub struct RawHal {
+    mmio_base: usize,
+    next: usize,
+    end: usize,
+}
+
+impl RawHal {
+    /// A HAL for the device whose registers start at `mmio_base`, taking DMA pages from
+    /// `dma_start..dma_end`.
+    ///
+    /// # Safety
+    ///
+    /// `mmio_base` must be the (identity-mapped) base of a virtio-mmio register window, and
+    /// `dma_start..dma_end` identity-mapped guest RAM, zeroed, that nothing else uses while the
+    /// HAL lives.
+    pub unsafe fn new(mmio_base: usize, dma_start: usize, dma_end: usize) -> Self {
+        RawHal {
+            mmio_base,
+            next: dma_start.next_multiple_of(PAGE_SIZE),
+            end: dma_end,
+        }
+    }
+}
+
+// SAFETY: pages come from the caller-guaranteed exclusive, zeroed, identity-mapped area, each
+// handed out once by the bump pointer.
+unsafe impl Hal for RawHal {
+    fn mmio_read32(&mut self, offset: u64) -> u32 {
+        let p = (self.mmio_base + offset as usize) as *const u32;
+        // SAFETY: `new`'s contract: the window is a mapped register file; offsets come from the
+        // driver's register constants (4-byte aligned).
+        unsafe { core::ptr::read_volatile(p) }
+    }
+
+    fn mmio_write32(&mut self, offset: u64, value: u32) {
+        let p = (self.mmio_base + offset as usize) as *mut u32;
+        // SAFETY: as for `mmio_read32`.
+        unsafe { core::ptr::write_volatile(p, value) }
+    }
+
+    fn dma_alloc(&mut self, pages: usize) -> Result<DmaRegion, DmaExhausted> {
+        let len = pages.checked_mul(PAGE_SIZE).ok_or(DmaExhausted { pages })?;
+        let end = self.next.checked_add(len).ok_or(DmaExhausted { pages })?;
+        if end > self.end {
+            return Err(DmaExhausted { pages });
+        }
+        let vaddr = NonNull::new(self.next as *mut u8).ok_or(DmaExhausted { pages })?;
+        let r = DmaRegion {
+            vaddr,
+            gpa: self.next as u64,
+            pages,
+        };
+        self.next = end;
+        Ok(r)
+    }
+}
