@@ -45,4 +45,4 @@ pub use bus::{MmioBus, MmioDevice};
 pub use error::{Error, Result};
 pub use kvm::Hypervisor;
 pub use memory::GuestRam;
-pub use vm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
+pub use vm::{MicroVm, SerialOutput, StopHandle, VmConfig, VmOutcome};

@@ -27,7 +27,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Payload to run: a built-in name (hello, exit, crash, balloon) or the path of a static x86-64 ELF
+    /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin) or the path of a static x86-64 ELF
     /// linked at 0x400000 (see vmm/payloads for how to build one).
     #[arg(long)]
     payload: String,
@@ -101,6 +101,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 "outside the payload's code"
             };
             eprintln!("vmm: guest fault at rip {rip:#x} ({place})");
+            ExitCode::from(125)
+        }
+        VmOutcome::Stopped { rip } => {
+            eprintln!("vmm: stopped at rip {rip:#x}");
             ExitCode::from(125)
         }
         VmOutcome::Halted { rip } => {

@@ -11,6 +11,7 @@ static EXIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/exit"));
 static CRASH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/crash"));
 static BALLOON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/balloon"));
 static FILL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/fill"));
+static SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/spin"));
 
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +28,8 @@ pub enum BuiltinPayload {
     /// Writes `a ^ FILL_KEY` to every 8-byte word `a` of `[gpa, gpa + nr_pages * 4096)` (the
     /// argument is made by [`fill_arg`]), checks it, prints `fill: wrote <n> pages at <gpa>`.
     Fill,
+    /// Prints `spin: running` and loops forever (for stopping a VM from the host).
+    Spin,
 }
 
 pub use crate::abi::FILL_KEY;
@@ -40,12 +43,13 @@ pub fn fill_arg(gpa: u64, nr_pages: u64, touch_only: bool) -> u64 {
 
 impl BuiltinPayload {
     /// Every built-in payload.
-    pub const ALL: [BuiltinPayload; 5] = [
+    pub const ALL: [BuiltinPayload; 6] = [
         Self::Hello,
         Self::Exit,
         Self::Crash,
         Self::Balloon,
         Self::Fill,
+        Self::Spin,
     ];
 
     /// The payload's name (as accepted by `FromStr`).
@@ -56,6 +60,7 @@ impl BuiltinPayload {
             Self::Crash => "crash",
             Self::Balloon => "balloon",
             Self::Fill => "fill",
+            Self::Spin => "spin",
         }
     }
 
@@ -67,6 +72,7 @@ impl BuiltinPayload {
             Self::Crash => CRASH,
             Self::Balloon => BALLOON,
             Self::Fill => FILL,
+            Self::Spin => SPIN,
         }
     }
 }
@@ -79,7 +85,7 @@ impl fmt::Display for BuiltinPayload {
 
 /// The name is not one of [`BuiltinPayload::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill)")]
+#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill, spin)")]
 pub struct UnknownPayload(pub String);
 
 impl FromStr for BuiltinPayload {

@@ -1,9 +1,11 @@
 //! A microVM: guest RAM, one vCPU, the MMIO bus with the built-in devices, and the run loop.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -120,6 +122,11 @@ pub enum VmOutcome {
         /// Guest instruction pointer after the `hlt`.
         rip: u64,
     },
+    /// [`StopHandle::stop`] interrupted the vCPU; `run` may be called again to resume.
+    Stopped {
+        /// Guest instruction pointer where it stopped.
+        rip: u64,
+    },
 }
 
 /// Counts of vCPU exits by reason (for logs and metrics).
@@ -153,6 +160,7 @@ pub struct MicroVm {
     payload_arg: u64,
     stats: ExitStats,
     virtio_devices: u32,
+    run_state: Arc<RunState>,
 }
 
 impl std::fmt::Debug for MicroVm {
@@ -254,6 +262,7 @@ impl MicroVm {
             payload_arg: config.payload_arg,
             stats: ExitStats::default(),
             virtio_devices: 0,
+            run_state: Arc::new(RunState::default()),
         })
     }
 
@@ -342,12 +351,36 @@ impl MicroVm {
         self.stats
     }
 
-    /// Runs the vCPU on the calling thread until the guest exits, faults or halts.
+    /// A handle that stops [`Self::run`] from another thread (control API, timeouts).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            state: self.run_state.clone(),
+        }
+    }
+
+    /// Runs the vCPU on the calling thread until the guest exits, faults or halts, or a
+    /// [`StopHandle`] stops it.
     pub fn run(&mut self) -> Result<VmOutcome> {
         if self.image.is_none() {
             return Err(Error::NoPayload);
         }
+        install_kick_handler()?;
+        let immediate_exit: *mut u8 = &mut self.vcpu.get_kvm_run().immediate_exit;
+        KICK_TARGET.with(|t| t.set(immediate_exit));
+        // SAFETY: pthread_self has no preconditions.
+        *lock_state(&self.run_state) = Some(unsafe { libc::pthread_self() });
+        let result = self.run_loop();
+        *lock_state(&self.run_state) = None;
+        KICK_TARGET.with(|t| t.set(std::ptr::null_mut()));
+        self.vcpu.set_kvm_immediate_exit(0);
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<VmOutcome> {
         loop {
+            if self.run_state.stop.swap(false, Ordering::AcqRel) {
+                return Ok(VmOutcome::Stopped { rip: self.rip()? });
+            }
             let stop = {
                 let exit = self.vcpu.run();
                 match exit {
@@ -378,16 +411,12 @@ impl MicroVm {
                         self.stats.port_io += 1;
                         None
                     }
-                    Ok(VcpuExit::Intr) => {
-                        self.stats.interrupted += 1;
-                        None
-                    }
+                    Ok(VcpuExit::Intr) => Some(Stop::Interrupted),
                     Ok(VcpuExit::Hlt) => Some(Stop::Halt),
                     Ok(VcpuExit::Shutdown) => Some(Stop::Shutdown),
                     Ok(other) => Some(Stop::Unhandled(format!("{other:?}"))),
                     Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                        self.stats.interrupted += 1;
-                        None
+                        Some(Stop::Interrupted)
                     }
                     Err(source) => {
                         return Err(Error::Kvm {
@@ -398,6 +427,13 @@ impl MicroVm {
                 }
             };
             let Some(stop) = stop else { continue };
+            if let Stop::Interrupted = stop {
+                // A signal (the kick, or any other) ended KVM_RUN; the kick handler may have set
+                // immediate_exit, which must be cleared or every later KVM_RUN returns at once.
+                self.stats.interrupted += 1;
+                self.vcpu.set_kvm_immediate_exit(0);
+                continue;
+            }
             return match stop {
                 Stop::Outcome(outcome) => Ok(outcome),
                 Stop::Halt => Ok(VmOutcome::Halted { rip: self.rip()? }),
@@ -406,6 +442,7 @@ impl MicroVm {
                     log::info!("guest fault (triple fault / shutdown) at rip {rip:#x}");
                     Ok(VmOutcome::Shutdown { rip })
                 }
+                Stop::Interrupted => continue,
                 Stop::Unhandled(reason) => Err(Error::UnhandledExit {
                     reason,
                     rip: self.rip().unwrap_or(0),
@@ -425,7 +462,89 @@ impl MicroVm {
 
 enum Stop {
     Outcome(VmOutcome),
+    Interrupted,
     Halt,
     Shutdown,
     Unhandled(String),
+}
+
+/// Shared between a running [`MicroVm`] and its [`StopHandle`]s.
+#[derive(Debug, Default)]
+struct RunState {
+    /// A stop was requested and not yet reported by `run`.
+    stop: AtomicBool,
+    /// The thread inside `run`, if any. Held locked while signalling it, so the thread cannot
+    /// leave `run` (and possibly exit) in between.
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+fn lock_state(state: &RunState) -> MutexGuard<'_, Option<libc::pthread_t>> {
+    state.thread.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops a [`MicroVm`]'s `run` from another thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    state: Arc<RunState>,
+}
+
+impl StopHandle {
+    /// Asks the VM to stop: `run` returns [`VmOutcome::Stopped`] promptly (at once if the guest
+    /// is between exits, else after the kick signal interrupts `KVM_RUN`). When the VM is not
+    /// running, its next `run` returns `Stopped` without entering the guest.
+    pub fn stop(&self) {
+        self.state.stop.store(true, Ordering::Release);
+        let thread = lock_state(&self.state);
+        if let Some(tid) = *thread {
+            // SAFETY: `tid` is the thread inside `run`; it cannot leave `run` while we hold the
+            // lock, so it is alive. The kick signal's handler is installed before `run` records it.
+            unsafe { libc::pthread_kill(tid, kick_signal()) };
+        }
+    }
+}
+
+thread_local! {
+    /// `kvm_run.immediate_exit` of the vCPU this thread is running, for the kick handler.
+    static KICK_TARGET: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal used to kick a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Setting immediate_exit closes the race with a signal that lands just before KVM_RUN: the
+    // ioctl then returns EINTR at once instead of entering the guest.
+    KICK_TARGET.with(|t| {
+        let p = t.get();
+        if !p.is_null() {
+            // SAFETY: set by `run` on this thread to its vCPU's kvm_run mapping, which lives at
+            // least until `run` clears the pointer again.
+            unsafe { p.write_volatile(1) };
+        }
+    });
+}
+
+fn install_kick_handler() -> Result<()> {
+    static INSTALLED: OnceLock<i32> = OnceLock::new();
+    let rc = *INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is valid; we fill handler and flags. No SA_RESTART, so
+        // KVM_RUN returns EINTR. The handler only touches a const-initialised thread-local and
+        // the kvm_run byte, which is async-signal-safe.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = kick_handler as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(kick_signal(), &act, std::ptr::null_mut())
+        }
+    });
+    if rc != 0 {
+        return Err(Error::Io {
+            op: "installing the vCPU kick signal handler",
+            source: std::io::Error::other("sigaction failed"),
+        });
+    }
+    Ok(())
 }

@@ -189,3 +189,48 @@ fn balloon_payload_without_a_device_says_so() {
     assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 2 });
     assert!(String::from_utf8_lossy(&out.contents()).starts_with("balloon: no device"));
 }
+
+#[test]
+fn a_spinning_guest_is_stopped_from_another_thread_and_can_resume() {
+    let Some(hv) = support::hypervisor_or_skip("stop handle") else {
+        return;
+    };
+    let out = SharedBuffer::default();
+    let mut vm = MicroVm::new(&hv, &config(16, 0, &out)).unwrap();
+    vm.load_payload(BuiltinPayload::Spin.elf()).unwrap();
+    let stop = vm.stop_handle();
+    let stopper = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            // Stop only once the guest is provably running its loop.
+            while !String::from_utf8_lossy(&out.contents()).contains("spin: running") {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stop.stop();
+        })
+    };
+    let outcome = vm.run().unwrap();
+    stopper.join().unwrap();
+    let VmOutcome::Stopped { rip } = outcome else {
+        panic!("expected Stopped, got {outcome:?}");
+    };
+    assert!(vm.image().unwrap().code_contains(rip), "rip {rip:#x}");
+
+    // Resuming runs the same guest on; a stop requested while not running is reported by the
+    // next run before the guest is entered.
+    vm.stop_handle().stop();
+    assert!(matches!(vm.run().unwrap(), VmOutcome::Stopped { .. }));
+    let stop = vm.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stop.stop();
+    });
+    assert!(matches!(vm.run().unwrap(), VmOutcome::Stopped { .. }));
+    stopper.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.contents()),
+        "spin: running\n",
+        "the guest was resumed, not restarted"
+    );
+}
