@@ -8,8 +8,11 @@
 //!   which offsets the device accepted, so a miss on one of them is reported as
 //!   [`Error::FrontswapLost`], and a device reset (which drops every page) as
 //!   [`Error::FrontswapReset`] with the number of pages lost: never as a silent miss.
+//!
+//! Batch calls (`*_many`) take an output slice instead of returning a `Vec` and build their
+//! requests on the stack, so steady-state traffic allocates nothing (payloads may run on a bump
+//! allocator that never frees).
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use balloon::gcma::proto::{status, PageKey, Request, SwapKey};
@@ -17,6 +20,21 @@ use balloon::gcma::proto::{status, PageKey, Request, SwapKey};
 use crate::driver::{Data, GcmaDriver, Op};
 use crate::error::Error;
 use crate::hal::Hal;
+
+/// Requests a client puts on the stack per [`GcmaDriver::execute`] call.
+const CHUNK: usize = 32;
+
+/// Largest frontswap offset a [`FrontswapClient`] accepts (exclusive): 2²⁸ pages, 1 TiB of swap.
+/// The client keeps one bit per offset up to the highest one used.
+pub const MAX_SWAP_OFFSET: u64 = 1 << 28;
+
+fn placeholder<'a>() -> Op<'a> {
+    Op::new(Request::Stats, Data::None)
+}
+
+fn chunk_len<H: Hal>(d: &GcmaDriver<H>) -> usize {
+    d.batch_len().clamp(1, CHUNK)
+}
 
 /// Counters of a [`CleancacheClient`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +56,7 @@ pub struct CleancacheCounters {
 /// A cleancache client: one private ephemeral pool on the device.
 #[derive(Debug, Default)]
 pub struct CleancacheClient {
+    /// (pool id, driver epoch it belongs to).
     pool: Option<(u32, u32)>,
     counters: CleancacheCounters,
 }
@@ -69,6 +88,17 @@ impl CleancacheClient {
         Ok(pool)
     }
 
+    /// The pool, if it still exists in the driver's current epoch.
+    fn live_pool<H: Hal>(&mut self, d: &GcmaDriver<H>) -> Option<u32> {
+        match self.pool {
+            Some((pool, epoch)) if epoch == d.epoch() => Some(pool),
+            _ => {
+                self.pool = None;
+                None
+            }
+        }
+    }
+
     /// Turns a device failure into "nothing cached": recover the driver, forget the pool.
     fn absorb<H: Hal>(&mut self, d: &mut GcmaDriver<H>, e: Error) -> Result<(), Error> {
         if !e.needs_recovery() {
@@ -79,54 +109,58 @@ impl CleancacheClient {
         d.recover()
     }
 
-    /// Puts clean pages `(object, index, page)`; returns for each whether the device kept it.
+    /// Puts clean pages `(object, index, page)`; `kept[i]` says whether the device kept page
+    /// `i`. Returns how many were kept.
     pub fn put_many<H: Hal>(
         &mut self,
         d: &mut GcmaDriver<H>,
         pages: &[([u64; 3], u32, &[u8])],
-    ) -> Result<Vec<bool>, Error> {
-        let pool = match self.pool(d) {
-            Ok(p) => p,
-            Err(e) => {
-                self.absorb(d, e)?;
-                self.counters.dropped_puts += pages.len() as u64;
-                return Ok(alloc::vec![false; pages.len()]);
-            }
-        };
-        let mut ops: Vec<Op<'_>> = pages
-            .iter()
-            .map(|&(object, index, page)| {
-                Op::new(
-                    Request::Put(PageKey {
-                        pool,
-                        object,
-                        index,
-                    }),
-                    Data::In(page),
-                )
-            })
-            .collect();
-        if let Err(e) = d.execute(&mut ops) {
-            self.absorb(d, e)?;
-            self.counters.dropped_puts += pages.len() as u64;
-            return Ok(alloc::vec![false; pages.len()]);
-        }
-        let mut kept = Vec::with_capacity(ops.len());
-        for op in &ops {
-            match op.resp.status {
-                status::OK => kept.push(true),
-                status::NOT_STORED => kept.push(false),
-                status::UNKNOWN_POOL => {
-                    self.pool = None;
-                    kept.push(false);
+        kept: &mut [bool],
+    ) -> Result<usize, Error> {
+        let kept = kept.get_mut(..pages.len()).ok_or(Error::BadBuffer)?;
+        kept.fill(false);
+        let mut total = 0;
+        let per = chunk_len(d);
+        for (c, chunk) in pages.chunks(per).enumerate() {
+            let pool = match self.pool(d) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.absorb(d, e)?;
+                    self.counters.dropped_puts += chunk.len() as u64;
+                    continue;
                 }
-                _ => return Err(Error::Status(op.resp)),
+            };
+            let mut ops: [Op<'_>; CHUNK] = core::array::from_fn(|_| placeholder());
+            for (op, &(object, index, page)) in ops.iter_mut().zip(chunk) {
+                let key = PageKey {
+                    pool,
+                    object,
+                    index,
+                };
+                *op = Op::new(Request::Put(key), Data::In(page));
+            }
+            if let Err(e) = d.execute(&mut ops[..chunk.len()]) {
+                self.absorb(d, e)?;
+                self.counters.dropped_puts += chunk.len() as u64;
+                continue;
+            }
+            for (j, op) in ops[..chunk.len()].iter().enumerate() {
+                match op.resp.status {
+                    status::OK => {
+                        kept[c * per + j] = true;
+                        total += 1;
+                        self.counters.puts += 1;
+                    }
+                    status::NOT_STORED => self.counters.dropped_puts += 1,
+                    status::UNKNOWN_POOL => {
+                        self.pool = None;
+                        self.counters.dropped_puts += 1;
+                    }
+                    _ => return Err(Error::Status(op.resp)),
+                }
             }
         }
-        let n_kept = kept.iter().filter(|k| **k).count() as u64;
-        self.counters.puts += n_kept;
-        self.counters.dropped_puts += kept.len() as u64 - n_kept;
-        Ok(kept)
+        Ok(total)
     }
 
     /// Puts one clean page; returns whether the device kept it.
@@ -137,58 +171,60 @@ impl CleancacheClient {
         index: u32,
         page: &[u8],
     ) -> Result<bool, Error> {
-        Ok(self.put_many(d, &[(object, index, page)])?[0])
+        let mut kept = [false];
+        self.put_many(d, &[(object, index, page)], &mut kept)?;
+        Ok(kept[0])
     }
 
-    /// Gets pages `(object, index, out)`; returns for each whether it hit (a hit removes the page
-    /// from the device).
+    /// Gets pages `(object, index, out)`; `hits[i]` says whether page `i` was found (a hit
+    /// removes it from the device). Returns the number of hits.
     pub fn get_many<H: Hal>(
         &mut self,
         d: &mut GcmaDriver<H>,
         pages: &mut [([u64; 3], u32, &mut [u8])],
-    ) -> Result<Vec<bool>, Error> {
-        let Some((pool, epoch)) = self.pool else {
-            self.counters.misses += pages.len() as u64;
-            return Ok(alloc::vec![false; pages.len()]);
-        };
-        if epoch != d.epoch() {
-            self.pool = None;
-            self.counters.misses += pages.len() as u64;
-            return Ok(alloc::vec![false; pages.len()]);
-        }
-        let mut ops: Vec<Op<'_>> = pages
-            .iter_mut()
-            .map(|(object, index, out)| {
+        hits: &mut [bool],
+    ) -> Result<usize, Error> {
+        let hits = hits.get_mut(..pages.len()).ok_or(Error::BadBuffer)?;
+        hits.fill(false);
+        let mut total = 0;
+        let per = chunk_len(d);
+        for (c, chunk) in pages.chunks_mut(per).enumerate() {
+            let n = chunk.len();
+            let Some(pool) = self.live_pool(d) else {
+                self.counters.misses += n as u64;
+                continue;
+            };
+            let mut ops: [Op<'_>; CHUNK] = core::array::from_fn(|_| placeholder());
+            for (op, (object, index, out)) in ops.iter_mut().zip(chunk.iter_mut()) {
                 let key = PageKey {
                     pool,
                     object: *object,
                     index: *index,
                 };
-                Op::new(Request::Get(key), Data::Out(&mut out[..]))
-            })
-            .collect();
-        if let Err(e) = d.execute(&mut ops) {
-            drop(ops);
-            self.absorb(d, e)?;
-            self.counters.misses += pages.len() as u64;
-            return Ok(alloc::vec![false; pages.len()]);
-        }
-        let mut hits = Vec::with_capacity(ops.len());
-        for op in &ops {
-            match op.resp.status {
-                status::OK => hits.push(true),
-                status::MISS => hits.push(false),
-                status::UNKNOWN_POOL => {
-                    self.pool = None;
-                    hits.push(false);
+                *op = Op::new(Request::Get(key), Data::Out(&mut out[..]));
+            }
+            if let Err(e) = d.execute(&mut ops[..n]) {
+                self.absorb(d, e)?;
+                self.counters.misses += n as u64;
+                continue;
+            }
+            for (j, op) in ops[..n].iter().enumerate() {
+                match op.resp.status {
+                    status::OK => {
+                        hits[c * per + j] = true;
+                        total += 1;
+                        self.counters.hits += 1;
+                    }
+                    status::MISS => self.counters.misses += 1,
+                    status::UNKNOWN_POOL => {
+                        self.pool = None;
+                        self.counters.misses += 1;
+                    }
+                    _ => return Err(Error::Status(op.resp)),
                 }
-                _ => return Err(Error::Status(op.resp)),
             }
         }
-        let n_hit = hits.iter().filter(|h| **h).count() as u64;
-        self.counters.hits += n_hit;
-        self.counters.misses += hits.len() as u64 - n_hit;
-        Ok(hits)
+        Ok(total)
     }
 
     /// Gets one page; returns whether it hit.
@@ -199,7 +235,9 @@ impl CleancacheClient {
         index: u32,
         out: &mut [u8],
     ) -> Result<bool, Error> {
-        Ok(self.get_many(d, &mut [(object, index, out)])?[0])
+        let mut hit = [false];
+        self.get_many(d, &mut [(object, index, out)], &mut hit)?;
+        Ok(hit[0])
     }
 
     fn flush<H: Hal>(
@@ -207,13 +245,9 @@ impl CleancacheClient {
         d: &mut GcmaDriver<H>,
         req: impl Fn(u32) -> Request,
     ) -> Result<(), Error> {
-        let Some((pool, epoch)) = self.pool else {
+        let Some(pool) = self.live_pool(d) else {
             return Ok(());
         };
-        if epoch != d.epoch() {
-            self.pool = None;
-            return Ok(());
-        }
         match d.request(req(pool), Data::None) {
             Ok(r) if matches!(r.status, status::OK | status::MISS) => Ok(()),
             Ok(r) if r.status == status::UNKNOWN_POOL => {
@@ -271,12 +305,55 @@ pub struct FrontswapCounters {
     pub invalidates: u64,
 }
 
+/// Offsets the device holds: one bit per offset, grown to the highest one used and never
+/// shrunk (clearing keeps the memory, so churn does not allocate).
+#[derive(Debug, Default)]
+struct OffsetSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl OffsetSet {
+    fn contains(&self, off: u64) -> bool {
+        self.words
+            .get((off / 64) as usize)
+            .is_some_and(|w| w & (1 << (off % 64)) != 0)
+    }
+
+    fn insert(&mut self, off: u64) {
+        let i = (off / 64) as usize;
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        let bit = 1 << (off % 64);
+        if self.words[i] & bit == 0 {
+            self.words[i] |= bit;
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, off: u64) {
+        if let Some(w) = self.words.get_mut((off / 64) as usize) {
+            let bit = 1 << (off % 64);
+            if *w & bit != 0 {
+                *w &= !bit;
+                self.len -= 1;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.words.fill(0);
+        self.len = 0;
+    }
+}
+
 /// A frontswap client for one swap area.
 #[derive(Debug)]
 pub struct FrontswapClient {
     area: u32,
     epoch: u32,
-    stored: BTreeSet<u64>,
+    stored: OffsetSet,
     counters: FrontswapCounters,
 }
 
@@ -286,7 +363,7 @@ impl FrontswapClient {
         FrontswapClient {
             area,
             epoch: d.epoch(),
-            stored: BTreeSet::new(),
+            stored: OffsetSet::default(),
             counters: FrontswapCounters::default(),
         }
     }
@@ -298,12 +375,12 @@ impl FrontswapClient {
 
     /// Offsets the device currently holds for this client.
     pub fn stored_pages(&self) -> usize {
-        self.stored.len()
+        self.stored.len
     }
 
     /// Whether the device holds `offset`.
     pub fn holds(&self, offset: u64) -> bool {
-        self.stored.contains(&offset)
+        self.stored.contains(offset)
     }
 
     /// Reports pages lost to a reset (once), then continues in the new epoch.
@@ -312,7 +389,7 @@ impl FrontswapClient {
             return Ok(());
         }
         self.epoch = d.epoch();
-        let lost = self.stored.len() as u64;
+        let lost = self.stored.len as u64;
         self.stored.clear();
         if lost > 0 {
             return Err(Error::FrontswapReset { lost_pages: lost });
@@ -331,45 +408,59 @@ impl FrontswapClient {
         self.check_epoch(d).err().unwrap_or(e)
     }
 
-    /// Stores pages `(offset, page)`; returns for each whether the device accepted it. A rejected
-    /// store also drops any older copy of that offset.
+    fn check_offset(offset: u64) -> Result<(), Error> {
+        if offset >= MAX_SWAP_OFFSET {
+            return Err(Error::OffsetTooLarge(offset));
+        }
+        Ok(())
+    }
+
+    /// Stores pages `(offset, page)`; `accepted[i]` says whether the device took page `i`. A
+    /// rejected store also drops any older copy of that offset. Returns how many were accepted.
     pub fn store_many<H: Hal>(
         &mut self,
         d: &mut GcmaDriver<H>,
         pages: &[(u64, &[u8])],
-    ) -> Result<Vec<bool>, Error> {
+        accepted: &mut [bool],
+    ) -> Result<usize, Error> {
+        let accepted = accepted.get_mut(..pages.len()).ok_or(Error::BadBuffer)?;
+        accepted.fill(false);
+        for &(offset, _) in pages {
+            Self::check_offset(offset)?;
+        }
         self.check_epoch(d)?;
         let area = self.area;
-        let mut ops: Vec<Op<'_>> = pages
-            .iter()
-            .map(|&(offset, page)| {
-                Op::new(Request::Store(SwapKey { area, offset }), Data::In(page))
-            })
-            .collect();
-        if let Err(e) = d.execute(&mut ops) {
-            return Err(self.fail(d, e));
-        }
-        let mut accepted = Vec::with_capacity(ops.len());
-        for (op, &(offset, _)) in ops.iter().zip(pages) {
-            match op.resp.status {
-                status::OK => {
-                    self.stored.insert(offset);
-                    self.counters.succ_stores += 1;
-                    accepted.push(true);
-                }
-                status::REJECTED => {
-                    self.stored.remove(&offset);
-                    self.counters.failed_stores += 1;
-                    accepted.push(false);
-                }
-                _ => {
-                    // The old copy's fate is unknown: treat it as gone.
-                    self.stored.remove(&offset);
-                    return Err(Error::Status(op.resp));
+        let mut total = 0;
+        let per = chunk_len(d);
+        for (c, chunk) in pages.chunks(per).enumerate() {
+            let mut ops: [Op<'_>; CHUNK] = core::array::from_fn(|_| placeholder());
+            for (op, &(offset, page)) in ops.iter_mut().zip(chunk) {
+                *op = Op::new(Request::Store(SwapKey { area, offset }), Data::In(page));
+            }
+            if let Err(e) = d.execute(&mut ops[..chunk.len()]) {
+                return Err(self.fail(d, e));
+            }
+            for (j, (op, &(offset, _))) in ops.iter().zip(chunk).enumerate() {
+                match op.resp.status {
+                    status::OK => {
+                        self.stored.insert(offset);
+                        self.counters.succ_stores += 1;
+                        accepted[c * per + j] = true;
+                        total += 1;
+                    }
+                    status::REJECTED => {
+                        self.stored.remove(offset);
+                        self.counters.failed_stores += 1;
+                    }
+                    _ => {
+                        // The old copy's fate is unknown: treat it as gone.
+                        self.stored.remove(offset);
+                        return Err(Error::Status(op.resp));
+                    }
                 }
             }
         }
-        Ok(accepted)
+        Ok(total)
     }
 
     /// Stores one page; returns whether the device accepted it.
@@ -379,54 +470,58 @@ impl FrontswapClient {
         offset: u64,
         page: &[u8],
     ) -> Result<bool, Error> {
-        Ok(self.store_many(d, &[(offset, page)])?[0])
+        let mut accepted = [false];
+        self.store_many(d, &[(offset, page)], &mut accepted)?;
+        Ok(accepted[0])
     }
 
-    /// Loads pages `(offset, out)`; returns for each whether the device had it. A miss on an
-    /// offset the device accepted is [`Error::FrontswapLost`].
+    /// Loads pages `(offset, out)`; `hits[i]` says whether the device had page `i`. A miss on an
+    /// offset the device accepted is [`Error::FrontswapLost`]. Returns the number of hits.
     pub fn load_many<H: Hal>(
         &mut self,
         d: &mut GcmaDriver<H>,
         pages: &mut [(u64, &mut [u8])],
-    ) -> Result<Vec<bool>, Error> {
+        hits: &mut [bool],
+    ) -> Result<usize, Error> {
+        let hits = hits.get_mut(..pages.len()).ok_or(Error::BadBuffer)?;
+        hits.fill(false);
         self.check_epoch(d)?;
         let area = self.area;
-        let mut ops: Vec<Op<'_>> = pages
-            .iter_mut()
-            .map(|(offset, out)| {
-                Op::new(
-                    Request::Load(SwapKey {
-                        area,
-                        offset: *offset,
-                    }),
-                    Data::Out(&mut out[..]),
-                )
-            })
-            .collect();
-        if let Err(e) = d.execute(&mut ops) {
-            drop(ops);
-            return Err(self.fail(d, e));
-        }
-        let mut hits = Vec::with_capacity(ops.len());
-        for op in &ops {
-            let offset = match op.req {
-                Request::Load(k) => k.offset,
-                _ => 0,
-            };
-            match op.resp.status {
-                status::OK => {
-                    self.counters.loads += 1;
-                    hits.push(true);
+        let mut total = 0;
+        let per = chunk_len(d);
+        for (c, chunk) in pages.chunks_mut(per).enumerate() {
+            let n = chunk.len();
+            let mut ops: [Op<'_>; CHUNK] = core::array::from_fn(|_| placeholder());
+            for (op, (offset, out)) in ops.iter_mut().zip(chunk.iter_mut()) {
+                let key = SwapKey {
+                    area,
+                    offset: *offset,
+                };
+                *op = Op::new(Request::Load(key), Data::Out(&mut out[..]));
+            }
+            if let Err(e) = d.execute(&mut ops[..n]) {
+                return Err(self.fail(d, e));
+            }
+            for (j, op) in ops[..n].iter().enumerate() {
+                let Request::Load(SwapKey { offset, .. }) = op.req else {
+                    return Err(Error::Protocol);
+                };
+                match op.resp.status {
+                    status::OK => {
+                        self.counters.loads += 1;
+                        hits[c * per + j] = true;
+                        total += 1;
+                    }
+                    status::MISS if self.stored.contains(offset) => {
+                        self.stored.remove(offset);
+                        return Err(Error::FrontswapLost { area, offset });
+                    }
+                    status::MISS => {}
+                    _ => return Err(Error::Status(op.resp)),
                 }
-                status::MISS if self.stored.contains(&offset) => {
-                    self.stored.remove(&offset);
-                    return Err(Error::FrontswapLost { area, offset });
-                }
-                status::MISS => hits.push(false),
-                _ => return Err(Error::Status(op.resp)),
             }
         }
-        Ok(hits)
+        Ok(total)
     }
 
     /// Loads one page; returns whether the device had it.
@@ -436,7 +531,9 @@ impl FrontswapClient {
         offset: u64,
         out: &mut [u8],
     ) -> Result<bool, Error> {
-        Ok(self.load_many(d, &mut [(offset, out)])?[0])
+        let mut hit = [false];
+        self.load_many(d, &mut [(offset, out)], &mut hit)?;
+        Ok(hit[0])
     }
 
     /// Invalidates one page (the swap slot was freed).
@@ -452,7 +549,7 @@ impl FrontswapClient {
             Data::None,
         ) {
             Ok(r) if matches!(r.status, status::OK | status::MISS) => {
-                self.stored.remove(&offset);
+                self.stored.remove(offset);
                 self.counters.invalidates += 1;
                 Ok(())
             }
@@ -473,5 +570,30 @@ impl FrontswapClient {
             Ok(r) => Err(Error::Status(r)),
             Err(e) => Err(self.fail(d, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OffsetSet;
+
+    #[test]
+    fn offset_set_tracks_membership_and_count() {
+        let mut s = OffsetSet::default();
+        for off in [0, 63, 64, 1000, 5] {
+            s.insert(off);
+        }
+        s.insert(63);
+        assert_eq!(s.len, 5);
+        assert!(s.contains(64) && s.contains(1000) && !s.contains(65) && !s.contains(1 << 40));
+        s.remove(64);
+        s.remove(64);
+        s.remove(1 << 40);
+        assert_eq!(s.len, 4);
+        assert!(!s.contains(64));
+        let words = s.words.len();
+        s.clear();
+        assert_eq!((s.len, s.words.len()), (0, words));
+        assert!(!s.contains(0));
     }
 }

@@ -12,7 +12,7 @@ use balloon::gcma::proto::{
 use crate::error::Error;
 use crate::hal::Hal;
 use crate::mmio::*;
-use crate::queue::{dma_pages, Dma, SlotData, SplitQueue};
+use crate::queue::{dma_pages, Dma, SlotData, SplitQueue, MAX_SLOTS};
 
 /// How the driver sets the device up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,17 +342,27 @@ impl<H: Hal> GcmaDriver<H> {
         for op in ops.iter() {
             check_data(op)?;
         }
+        // No allocation on this path: payloads may run on a bump allocator that never frees.
+        let mut group = [0usize; MAX_SLOTS];
         for q in 0..NUM_QUEUES as u16 {
-            let idx: Vec<usize> = (0..ops.len())
-                .filter(|&i| ops[i].req.queue() == q)
-                .collect();
             let per = self.queues[usize::from(q)].slots();
-            for group in idx.chunks(per) {
-                if let Err(e) = self.run_group(q, group, ops) {
-                    if e.needs_recovery() {
-                        self.ready = false;
+            let mut left = ops.iter().filter(|o| o.req.queue() == q).count();
+            let mut n = 0;
+            for i in 0..ops.len() {
+                if ops[i].req.queue() != q {
+                    continue;
+                }
+                group[n] = i;
+                n += 1;
+                left -= 1;
+                if n == per || left == 0 {
+                    if let Err(e) = self.run_group(q, &group[..n], ops) {
+                        if e.needs_recovery() {
+                            self.ready = false;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
+                    n = 0;
                 }
             }
         }
@@ -376,17 +386,17 @@ impl<H: Hal> GcmaDriver<H> {
         queue.publish();
         self.hal.mmio_write32(QUEUE_NOTIFY, u32::from(q));
         self.counters.notifies += 1;
-        let mut done = alloc::vec![false; group.len()];
+        let mut done = 0u128;
         let mut outstanding = group.len();
         let mut polls = 0u64;
         while outstanding > 0 {
             let queue = &mut self.queues[usize::from(q)];
             match queue.pop_used() {
                 Some(Ok((s, len))) => {
-                    if s >= group.len() || done[s] || (len as usize) < RESPONSE_LEN {
+                    if s >= group.len() || done & (1 << s) != 0 || (len as usize) < RESPONSE_LEN {
                         return Err(Error::Protocol);
                     }
-                    done[s] = true;
+                    done |= 1 << s;
                     outstanding -= 1;
                     let slot = *queue.slot(s);
                     let resp = Response::decode(&slot.response());

@@ -47,6 +47,8 @@ pub enum Error {
         /// Page offset.
         offset: u64,
     },
+    /// A frontswap offset beyond what the client tracks ([`crate::clients::MAX_SWAP_OFFSET`]).
+    OffsetTooLarge(u64),
     /// The device was reset since these frontswap pages were stored: they are gone.
     FrontswapReset {
         /// Pages the client had stored.
@@ -106,6 +108,7 @@ impl fmt::Display for Error {
             Error::FrontswapLost { area, offset } => {
                 write!(f, "frontswap page {area}:{offset} lost by the device")
             }
+            Error::OffsetTooLarge(o) => write!(f, "frontswap offset {o} too large"),
             Error::FrontswapReset { lost_pages } => {
                 write!(f, "device reset dropped {lost_pages} frontswap pages")
             }

@@ -109,3 +109,41 @@ unsafe impl Hal for RawHal {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_hal_accesses_registers_and_bumps_dma_pages() {
+        let mut regs = [0u32; 64];
+        let layout = std::alloc::Layout::from_size_align(4 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: non-zero size.
+        let dma = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!dma.is_null());
+        let base = dma as usize;
+        // SAFETY: `regs` outlives the HAL and stands in for a register window; the DMA area is a
+        // zeroed, exclusively owned allocation of four pages.
+        let mut hal =
+            unsafe { RawHal::new(regs.as_mut_ptr() as usize, base + 1, base + 4 * PAGE_SIZE) };
+        hal.mmio_write32(0x70, 0xf);
+        assert_eq!(hal.mmio_read32(0x70), 0xf);
+        let a = hal.dma_alloc(1).unwrap();
+        assert_eq!(
+            a.gpa as usize,
+            base + PAGE_SIZE,
+            "start is rounded up to a page"
+        );
+        assert_eq!(a.vaddr.as_ptr() as u64, a.gpa, "identity mapping");
+        let b = hal.dma_alloc(2).unwrap();
+        assert_eq!(b.gpa, a.gpa + PAGE_SIZE as u64);
+        assert_eq!(hal.dma_alloc(1), Err(DmaExhausted { pages: 1 }));
+        assert_eq!(
+            hal.dma_alloc(usize::MAX),
+            Err(DmaExhausted { pages: usize::MAX })
+        );
+        assert_eq!(regs[0x70 / 4], 0xf);
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(dma, layout) };
+    }
+}

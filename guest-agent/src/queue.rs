@@ -13,6 +13,14 @@ use balloon::gcma::proto::{PAGE_SIZE, REQUEST_HEADER_LEN, RESPONSE_LEN};
 use crate::hal::DmaRegion;
 use crate::mmio::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_AVAIL_F_NO_INTERRUPT};
 
+/// Most request slots per queue (a queue of 256 entries has 85).
+pub(crate) const MAX_SLOTS: usize = 128;
+
+/// Slots of a queue of `size` entries.
+fn nr_slots(size: u16) -> usize {
+    usize::from(size / 3).clamp(1, MAX_SLOTS)
+}
+
 /// Bytes of a slot's small area: header at 0, response at [`RESP_OFFSET`].
 const SMALL_LEN: usize = 128;
 const RESP_OFFSET: usize = 64;
@@ -148,7 +156,7 @@ fn ring_layout(size: u16) -> (usize, usize, usize) {
 
 /// Pages of DMA memory a queue of `size` entries needs (rings, slot areas, slot pages).
 pub(crate) fn dma_pages(size: u16) -> usize {
-    let slots = usize::from(size / 3).max(1);
+    let slots = nr_slots(size);
     let (_, _, ring) = ring_layout(size);
     ring.div_ceil(PAGE_SIZE) + (slots * SMALL_LEN).div_ceil(PAGE_SIZE) + slots
 }
@@ -171,7 +179,7 @@ impl SplitQueue {
     pub(crate) fn new(size: u16, mem: Dma) -> Self {
         let (avail_off, used_off, ring_len) = ring_layout(size);
         let ring_pages = ring_len.div_ceil(PAGE_SIZE);
-        let nslots = usize::from(size / 3).max(1);
+        let nslots = nr_slots(size);
         let small_pages = (nslots * SMALL_LEN).div_ceil(PAGE_SIZE);
         let ring = mem.sub(0, ring_pages * PAGE_SIZE);
         let small = mem.sub(ring_pages * PAGE_SIZE, small_pages * PAGE_SIZE);

@@ -218,7 +218,9 @@ fn cleancache_client_batches_with_tmem_semantics() {
         .map(|(i, p)| ([7, 0, 0], i as u32, p.as_slice()))
         .collect();
     let before = s.drv.counters().notifies;
-    assert!(cc.put_many(&mut s.drv, &puts).unwrap().iter().all(|k| *k));
+    let mut kept = [false; 100];
+    assert_eq!(cc.put_many(&mut s.drv, &puts, &mut kept).unwrap(), 100);
+    assert!(kept.iter().all(|k| *k));
     // NEW_POOL, then 100 puts at 21 per notification.
     assert_eq!(s.drv.counters().notifies - before, 1 + 5);
     let mut outs: Vec<Vec<u8>> = vec![vec![0u8; PAGE_SIZE]; 100];
@@ -227,11 +229,9 @@ fn cleancache_client_batches_with_tmem_semantics() {
         .enumerate()
         .map(|(i, o)| ([7, 0, 0], i as u32, o.as_mut_slice()))
         .collect();
-    assert!(cc
-        .get_many(&mut s.drv, &mut gets)
-        .unwrap()
-        .iter()
-        .all(|h| *h));
+    let mut hits = [false; 100];
+    assert_eq!(cc.get_many(&mut s.drv, &mut gets, &mut hits).unwrap(), 100);
+    assert!(hits.iter().all(|h| *h));
     for (i, o) in outs.iter().enumerate() {
         assert!(*o == pages[i], "cleancache page {i} corrupted");
     }
@@ -263,9 +263,10 @@ fn frontswap_client_is_persistent_and_reports_rejections() {
         .enumerate()
         .map(|(i, p)| (i as u64, p.as_slice()))
         .collect();
-    let accepted = fs.store_many(&mut s.drv, &stores).unwrap();
-    let n = accepted.iter().filter(|a| **a).count();
+    let mut accepted = [false; 50];
+    let n = fs.store_many(&mut s.drv, &stores, &mut accepted).unwrap();
     assert_eq!(n, 40, "client limit not enforced");
+    assert_eq!(accepted.iter().filter(|a| **a).count(), 40);
     assert_eq!(fs.stored_pages(), 40);
     // Accepted pages load (twice: persistent), rejected ones miss without an error.
     for _ in 0..2 {
@@ -275,7 +276,8 @@ fn frontswap_client_is_persistent_and_reports_rejections() {
             .enumerate()
             .map(|(i, o)| (i as u64, o.as_mut_slice()))
             .collect();
-        let hits = fs.load_many(&mut s.drv, &mut loads).unwrap();
+        let mut hits = [false; 50];
+        assert_eq!(fs.load_many(&mut s.drv, &mut loads, &mut hits).unwrap(), 40);
         assert_eq!(hits, accepted);
         for (i, o) in outs.iter().enumerate() {
             if accepted[i] {
@@ -389,11 +391,11 @@ fn late_device_is_polled_until_it_answers() {
         .enumerate()
         .map(|(i, p)| (i as u64, p.as_slice()))
         .collect();
-    assert!(fs
-        .store_many(&mut s.drv, &stores)
-        .unwrap()
-        .iter()
-        .all(|a| *a));
+    let mut accepted = [false; 30];
+    assert_eq!(
+        fs.store_many(&mut s.drv, &stores, &mut accepted).unwrap(),
+        30
+    );
     let mut out = vec![0u8; PAGE_SIZE];
     assert!(fs.load(&mut s.drv, 29, &mut out).unwrap());
     assert!(out == pages[29]);
@@ -421,6 +423,18 @@ fn unnegotiated_features_and_bad_buffers() {
     assert_eq!(
         cc.put(&mut s.drv, [0; 3], 0, &[0u8; 100]).unwrap_err(),
         Error::BadBuffer
+    );
+    let mut too_short = [false; 1];
+    let page = pattern(1);
+    let two: [([u64; 3], u32, &[u8]); 2] = [([0; 3], 0, &page), ([0; 3], 1, &page)];
+    assert_eq!(
+        cc.put_many(&mut s.drv, &two, &mut too_short).unwrap_err(),
+        Error::BadBuffer
+    );
+    let mut fs2 = FrontswapClient::new(&s.drv, 0);
+    assert_eq!(
+        fs2.store(&mut s.drv, 1 << 40, &page).unwrap_err(),
+        Error::OffsetTooLarge(1 << 40)
     );
 }
 
