@@ -7,6 +7,9 @@
 //!   walking and the virtio-mmio v2 transport ([`transport::MmioTransport`]).
 //! - [`virtio_balloon`]: the standard balloon (id 5) on top of [`memory_release`], which frees the
 //!   host memory behind guest pages with the call that works for the backing.
+//! - [`gcma`]: virtio-gcma: the wire format (`gcma::proto`, `no_std`, built without `device`
+//!   too), the device model, the `GrantMapper` seam the VMM implements, per-queue/per-status
+//!   counters, and (feature `test-utils`) a memfd-backed grant mapper.
 //! - [`error`]: the crate's error types.
 //! - `testing` (feature `test-utils`): a guest-driver stand-in acting only through MMIO registers
 //!   and guest memory.

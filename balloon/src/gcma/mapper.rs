@@ -3,7 +3,7 @@
 //! The device decides *what* is granted (through the pool); a [`GrantMapper`] decides *where* the
 //! grant appears in the guest and makes it appear there. The VMM implements it (its own range
 //! allocator over the window, `mmap` of the pool memfd, `KVM_SET_USER_MEMORY_REGION`); tests use
-//! [`super::testing::MemfdGrantMapper`].
+//! `testing::MemfdGrantMapper` (feature `test-utils`).
 
 use std::os::fd::BorrowedFd;
 

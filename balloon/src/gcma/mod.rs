@@ -7,7 +7,7 @@
 //!   [`gcma_host::api::GcmaBackend`].
 //! * `mapper`: the [`GrantMapper`] seam the VMM implements to place grants in the guest.
 //! * `metrics`: per-queue and per-status counters.
-//! * `testing` (feature `test-utils`): [`testing::MemfdGrantMapper`].
+//! * `testing` (feature `test-utils`): `MemfdGrantMapper`, a grant mapper for tests.
 
 pub mod proto;
 
