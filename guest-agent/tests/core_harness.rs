@@ -464,3 +464,29 @@ fn refuses_other_devices() {
         Error::WrongDevice(5)
     );
 }
+
+#[test]
+fn ring_indices_wrap_past_u16() {
+    // 66,000 requests move the 16-bit available and used indices past their wrap point.
+    let mut s = setup_with(PoolConfig::new(64), 64, DriverConfig::default());
+    let mut fs = FrontswapClient::new(&s.drv, 0);
+    let pages: Vec<Vec<u8>> = (0..21).map(pattern).collect();
+    let batch: Vec<(u64, &[u8])> = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64, p.as_slice()))
+        .collect();
+    let mut accepted = [false; 21];
+    for _ in 0..66_000 / 21 + 1 {
+        assert_eq!(
+            fs.store_many(&mut s.drv, &batch, &mut accepted).unwrap(),
+            21
+        );
+    }
+    assert!(s.drv.counters().requests > 66_000);
+    let mut out = vec![0u8; PAGE_SIZE];
+    for (i, p) in pages.iter().enumerate() {
+        assert!(fs.load(&mut s.drv, i as u64, &mut out).unwrap());
+        assert!(out == *p, "page {i} wrong after index wrap");
+    }
+}
