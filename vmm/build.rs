@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The payload binaries `src/payloads.rs` embeds.
-const PAYLOADS: &[&str] = &["hello", "exit", "crash", "balloon", "fill", "spin"];
+const PAYLOADS: &[&str] = &["hello", "exit", "crash", "balloon", "fill", "spin", "gcma"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -19,10 +19,19 @@ fn main() {
             payload_dir.join(path).display()
         );
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("src/abi.rs").display()
-    );
+    // Shared with the payloads by #[path], and the payloads' path dependencies (the gcma driver
+    // core and the wire format it uses).
+    for path in [
+        "src/abi.rs",
+        "../guest-agent/src",
+        "../guest-agent/Cargo.toml",
+        "../balloon/src/gcma/proto.rs",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(path).display()
+        );
+    }
 
     let target_dir = out_dir.join("payload-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

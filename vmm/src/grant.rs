@@ -25,6 +25,7 @@ struct Mapping {
     slot: u32,
     host_addr: usize,
     len_bytes: u64,
+    grant: ContigGrant,
 }
 
 #[derive(Debug)]
@@ -121,6 +122,18 @@ impl KvmGrantMapper {
             free_bytes: s.space.free_bytes() * PAGE_SIZE,
             slots_used: s.next_slot - self.first_slot,
         }
+    }
+
+    /// The grants mapped now, with their guest-physical addresses, lowest address first.
+    pub fn grants(&self) -> Vec<(u64, ContigGrant)> {
+        let mut v: Vec<(u64, ContigGrant)> = self
+            .lock()
+            .mapped
+            .iter()
+            .map(|(&gpa, m)| (gpa, m.grant))
+            .collect();
+        v.sort_by_key(|(gpa, _)| *gpa);
+        v
     }
 
     fn set_slot(
@@ -223,6 +236,7 @@ impl GrantMapper for KvmGrantMapper {
                 slot,
                 host_addr,
                 len_bytes,
+                grant: *grant,
             },
         );
         Ok(gpa)

@@ -27,8 +27,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin) or the path of a static x86-64 ELF
-    /// linked at 0x400000 (see vmm/payloads for how to build one).
+    /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin, gcma) or the
+    /// path of a static x86-64 ELF linked at 0x400000 (see vmm/payloads for how to build one).
     #[arg(long)]
     payload: String,
     /// Guest RAM in MiB.

@@ -12,6 +12,7 @@ static CRASH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/crash")
 static BALLOON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/balloon"));
 static FILL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/fill"));
 static SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/spin"));
+static GCMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/gcma"));
 
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +31,16 @@ pub enum BuiltinPayload {
     Fill,
     /// Prints `spin: running` and loops forever (for stopping a VM from the host).
     Spin,
+    /// Drives virtio-gcma with the guest-agent driver core: `ALLOC_CONTIG`, a pattern written
+    /// and checked across the whole grant (as `Fill` writes it), `FREE_CONTIG`. The argument is
+    /// made by [`gcma_arg`]. Prints `gcma: granted <n> pages at <gpa>` and `gcma: freed`.
+    Gcma,
+}
+
+/// The argument that makes [`BuiltinPayload::Gcma`] ask for `nr_pages` (below 2^32) and free
+/// the grant again unless `keep` (then the host can inspect the pool after the run).
+pub fn gcma_arg(nr_pages: u32, keep: bool) -> u64 {
+    u64::from(nr_pages) | if keep { 1 << 32 } else { 0 }
 }
 
 pub use crate::abi::FILL_KEY;
@@ -43,13 +54,14 @@ pub fn fill_arg(gpa: u64, nr_pages: u64, touch_only: bool) -> u64 {
 
 impl BuiltinPayload {
     /// Every built-in payload.
-    pub const ALL: [BuiltinPayload; 6] = [
+    pub const ALL: [BuiltinPayload; 7] = [
         Self::Hello,
         Self::Exit,
         Self::Crash,
         Self::Balloon,
         Self::Fill,
         Self::Spin,
+        Self::Gcma,
     ];
 
     /// The payload's name (as accepted by `FromStr`).
@@ -61,6 +73,7 @@ impl BuiltinPayload {
             Self::Balloon => "balloon",
             Self::Fill => "fill",
             Self::Spin => "spin",
+            Self::Gcma => "gcma",
         }
     }
 
@@ -73,6 +86,7 @@ impl BuiltinPayload {
             Self::Balloon => BALLOON,
             Self::Fill => FILL,
             Self::Spin => SPIN,
+            Self::Gcma => GCMA,
         }
     }
 }
@@ -85,7 +99,7 @@ impl fmt::Display for BuiltinPayload {
 
 /// The name is not one of [`BuiltinPayload::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill, spin)")]
+#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill, spin, gcma)")]
 pub struct UnknownPayload(pub String);
 
 impl FromStr for BuiltinPayload {

@@ -36,9 +36,9 @@ fn grant(first_page: u64, nr_pages: u64) -> ContigGrant {
 fn vm_with_window(hv: &vmm::Hypervisor, window: u64, out: &SharedBuffer) -> MicroVm {
     let config = VmConfig {
         mem_bytes: 16 << 20,
-        payload_arg: 0,
         serial: SerialOutput::Buffer(out.clone()),
         grant_window_bytes: window,
+        ..VmConfig::default()
     };
     MicroVm::new(hv, &config).unwrap()
 }

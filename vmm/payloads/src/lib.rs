@@ -7,7 +7,11 @@
 
 #![no_std]
 
+extern crate alloc;
+
+use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 #[path = "../../src/abi.rs"]
 pub mod abi;
@@ -23,6 +27,77 @@ pub fn free_memory_start() -> u64 {
     let end = core::ptr::addr_of!(_end) as u64;
     (end + abi::PAGE_SIZE - 1) & !(abi::PAGE_SIZE - 1)
 }
+
+/// Space kept for the stack at the top of RAM (the VMM's loader keeps the same).
+pub const STACK_BYTES: u64 = 1 << 20;
+
+/// Next free page of the area between the image and the stack, and that area's end.
+static NEXT_PAGE: AtomicU64 = AtomicU64::new(0);
+static PAGES_END: AtomicU64 = AtomicU64::new(0);
+
+/// Sets up the page allocator over `[free_memory_start(), ram_bytes - STACK_BYTES)`; called by
+/// [`entry!`] before `main`.
+pub fn init(ram_bytes: u64) {
+    NEXT_PAGE.store(free_memory_start(), Ordering::Relaxed);
+    PAGES_END.store(ram_bytes.saturating_sub(STACK_BYTES), Ordering::Relaxed);
+}
+
+/// Takes `n` contiguous pages of free guest RAM (identity-mapped: address = guest-physical).
+/// Pages are never given back. `None` when RAM runs out.
+pub fn alloc_pages(n: u64) -> Option<u64> {
+    let len = n.checked_mul(abi::PAGE_SIZE)?;
+    let start = NEXT_PAGE.load(Ordering::Relaxed);
+    let end = start.checked_add(len)?;
+    if end > PAGES_END.load(Ordering::Relaxed) {
+        return None;
+    }
+    NEXT_PAGE.store(end, Ordering::Relaxed);
+    Some(start)
+}
+
+/// Pages left for [`alloc_pages`].
+pub fn free_pages() -> u64 {
+    PAGES_END
+        .load(Ordering::Relaxed)
+        .saturating_sub(NEXT_PAGE.load(Ordering::Relaxed))
+        / abi::PAGE_SIZE
+}
+
+/// A bump heap for `alloc` (payloads are single-threaded and short-lived; nothing is freed),
+/// growing by whole pages from [`alloc_pages`].
+struct BumpHeap {
+    next: AtomicU64,
+    end: AtomicU64,
+}
+
+// SAFETY: every returned block is fresh, aligned as asked and inside pages only the heap owns.
+unsafe impl GlobalAlloc for BumpHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let align = layout.align() as u64;
+        let size = layout.size() as u64;
+        let mut start = (self.next.load(Ordering::Relaxed) + align - 1) & !(align - 1);
+        if start == 0 || start + size > self.end.load(Ordering::Relaxed) {
+            // Grow: a new run of pages (the old remainder is abandoned).
+            let pages = (size + align).div_ceil(abi::PAGE_SIZE).max(16);
+            let Some(base) = alloc_pages(pages) else {
+                return core::ptr::null_mut();
+            };
+            self.end
+                .store(base + pages * abi::PAGE_SIZE, Ordering::Relaxed);
+            start = (base + align - 1) & !(align - 1);
+        }
+        self.next.store(start + size, Ordering::Relaxed);
+        start as *mut u8
+    }
+
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+}
+
+#[global_allocator]
+static HEAP: BumpHeap = BumpHeap {
+    next: AtomicU64::new(0),
+    end: AtomicU64::new(0),
+};
 
 /// Writes one byte to the UART's transmit register.
 pub fn putc(byte: u8) {
@@ -73,6 +148,7 @@ macro_rules! entry {
         /// Payload entry point (see `vmm/src/abi.rs`).
         #[no_mangle]
         pub extern "C" fn _start(ram_bytes: u64, arg: u64) -> ! {
+            $crate::init(ram_bytes);
             let main: fn(u64, u64) -> u32 = $main;
             $crate::exit(main(ram_bytes, arg))
         }

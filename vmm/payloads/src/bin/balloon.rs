@@ -11,7 +11,7 @@
 
 use vmm_payloads::abi::PAGE_SIZE;
 use vmm_payloads::virtio::{Device, F_VERSION_1};
-use vmm_payloads::{entry, free_memory_start, println};
+use vmm_payloads::{alloc_pages, entry, free_pages, println};
 
 entry!(main);
 
@@ -19,11 +19,9 @@ const VIRTIO_ID_BALLOON: u32 = 5;
 const CONFIG_NUM_PAGES: u64 = 0;
 const CONFIG_ACTUAL: u64 = 4;
 const PFNS_PER_BUFFER: u64 = 256;
-/// Space left for the stack at the top of RAM.
-const STACK_BYTES: u64 = 1 << 20;
 const PATTERN: u8 = 0xa5;
 
-fn main(ram_bytes: u64, _arg: u64) -> u32 {
+fn main(_ram_bytes: u64, _arg: u64) -> u32 {
     let dev = match Device::find(VIRTIO_ID_BALLOON) {
         Ok(dev) => dev,
         Err(e) => {
@@ -31,9 +29,10 @@ fn main(ram_bytes: u64, _arg: u64) -> u32 {
             return 2;
         }
     };
-    let free = free_memory_start();
-    let (inflate_page, deflate_page, pfn_page) = (free, free + PAGE_SIZE, free + 2 * PAGE_SIZE);
-    let first = free + 3 * PAGE_SIZE;
+    let Some(rings) = alloc_pages(3) else {
+        return 3;
+    };
+    let (inflate_page, deflate_page, pfn_page) = (rings, rings + PAGE_SIZE, rings + 2 * PAGE_SIZE);
     let setup = dev.negotiate(F_VERSION_1).and_then(|_| {
         let inflate = dev.setup_queue(0, inflate_page)?;
         dev.setup_queue(1, deflate_page)?;
@@ -49,8 +48,10 @@ fn main(ram_bytes: u64, _arg: u64) -> u32 {
     dev.driver_ok();
 
     let target = u64::from(dev.config_read32(CONFIG_NUM_PAGES));
-    let available = ram_bytes.saturating_sub(STACK_BYTES).saturating_sub(first) / PAGE_SIZE;
-    let count = target.min(available);
+    let count = target.min(free_pages());
+    let Some(first) = alloc_pages(count) else {
+        return 3;
+    };
     let mut done = 0u64;
     while done < count {
         let batch = (count - done).min(PFNS_PER_BUFFER);
