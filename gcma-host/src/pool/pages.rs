@@ -14,6 +14,21 @@ use crate::api::FrontswapKey;
 
 const NIL: u32 = u32::MAX;
 
+/// A cache prefetch hint for `r`; does nothing where not supported.
+#[inline]
+pub fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it never faults
+    // and has no architectural effect; `r` is a valid reference anyway.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            (r as *const T).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
 /// Which list a page is on, i.e. its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -225,6 +240,19 @@ impl PageTable {
         self.unlink(page);
         self.push_tail(page, state);
         self.meta[page as usize].tenant = tenant;
+    }
+
+    /// Asks the CPU to start fetching what unlinking `page` will touch (its list neighbours,
+    /// which on an LRU list lie anywhere in the table).
+    #[inline]
+    pub fn prefetch_unlink(&self, page: u32) {
+        if let Some(m) = self.meta.get(page as usize) {
+            for n in [m.prev, m.next] {
+                if let Some(x) = self.meta.get(n as usize) {
+                    prefetch(x);
+                }
+            }
+        }
     }
 
     /// Marks `page` most recently used on its list.
