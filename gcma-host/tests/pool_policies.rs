@@ -283,3 +283,14 @@ fn idle_zeroing_makes_grants_skip_zeroing() {
     assert_eq!(p.stats().zeroed_pages, 0);
     p.check_consistency().unwrap();
 }
+
+#[test]
+fn mlock_either_locks_or_says_why() {
+    let mut cfg = PoolConfig::new(64);
+    cfg.mlock = true;
+    match Pool::new(cfg) {
+        Ok(p) => assert!(p.config().mlock),
+        Err(PoolError::Io(msg)) => assert!(msg.contains("RLIMIT_MEMLOCK"), "{msg}"),
+        Err(e) => panic!("unexpected error {e:?}"),
+    }
+}

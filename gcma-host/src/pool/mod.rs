@@ -112,7 +112,9 @@ pub struct PoolConfig {
     pub backing_dir: Option<PathBuf>,
     /// Put-back policy: most frontswap pages accepted at once (pool-wide).
     pub put_back_limit_pages: u64,
-    /// Most frontswap pages one client may hold; `None` for no limit.
+    /// Most frontswap pages one client may hold; `None` for no limit. Under write-through a store
+    /// is accepted into the backing file even when no pool page is free, so without a limit one
+    /// client can grow the backing file without bound: set this for untrusted guests.
     pub client_frontswap_limit_pages: Option<u64>,
 }
 
