@@ -51,7 +51,7 @@ fn guest_pattern_in_a_contiguous_grant_lands_in_pool_memory() {
     const PAGES: u32 = 300;
     vm.set_payload_arg(gcma_arg(PAGES, true));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
-    let outcome = vm.run().unwrap();
+    let outcome = support::run(&mut vm).unwrap();
     let text = String::from_utf8(out.contents()).unwrap();
     assert_eq!(outcome, VmOutcome::Exited { code: 0 }, "{text}");
 
@@ -89,7 +89,7 @@ fn guest_frees_its_grant_and_the_window_is_empty_again() {
     let mut vm = setup(&hv, &pool, &out);
     vm.set_payload_arg(gcma_arg(1000, false));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
-    let outcome = vm.run().unwrap();
+    let outcome = support::run(&mut vm).unwrap();
     let text = String::from_utf8(out.contents()).unwrap();
     assert_eq!(outcome, VmOutcome::Exited { code: 0 }, "{text}");
     granted_gpa(&text, 1000);
@@ -109,7 +109,10 @@ fn a_grant_larger_than_the_pool_is_refused_to_the_guest() {
     let mut vm = setup(&hv, &pool, &out);
     vm.set_payload_arg(gcma_arg(POOL_PAGES as u32 + 1, false));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 4 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 4 }
+    );
     assert!(String::from_utf8_lossy(&out.contents()).contains("ALLOC_CONTIG of 4097 pages failed"));
     assert_eq!(vm.grant_mapper().unwrap().usage().mapped, 0);
 }

@@ -61,7 +61,10 @@ fn guest_writes_to_a_grant_land_in_pool_memory_at_the_grant_offset() {
     assert_eq!(gpa, GRANT_WINDOW_BASE + 4 * PAGE_SIZE);
     vm.set_payload_arg(fill_arg(gpa, g.nr_pages, false));
     vm.load_payload(BuiltinPayload::Fill.elf()).unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 0 }
+    );
     assert_eq!(
         String::from_utf8(out.contents()).unwrap(),
         format!("fill: wrote 8 pages at {gpa:#x}\n")

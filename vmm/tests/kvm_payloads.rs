@@ -25,7 +25,10 @@ fn hello_prints_its_entry_registers_and_exits_zero() {
         let out = SharedBuffer::default();
         let mut vm = MicroVm::new(&hv, &config(mem_mib, arg, &out)).unwrap();
         vm.load_payload(BuiltinPayload::Hello.elf()).unwrap();
-        assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+        assert_eq!(
+            support::run(&mut vm).unwrap(),
+            VmOutcome::Exited { code: 0 }
+        );
         let expected = format!("hello from a ring-3 payload: ram={mem_mib} MiB arg={arg}\n");
         assert_eq!(String::from_utf8_lossy(&out.contents()), expected);
         let stats = vm.stats();
@@ -44,7 +47,7 @@ fn exit_code_reaches_the_host() {
         let out = SharedBuffer::default();
         let mut vm = MicroVm::new(&hv, &config(16, u64::from(code), &out)).unwrap();
         vm.load_payload(BuiltinPayload::Exit.elf()).unwrap();
-        assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code });
+        assert_eq!(support::run(&mut vm).unwrap(), VmOutcome::Exited { code });
         assert!(out.contents().is_empty());
         assert_eq!(vm.stats().mmio_writes, 1);
     }
@@ -58,7 +61,7 @@ fn crash_is_reported_with_the_faulting_rip_inside_the_payload() {
     let out = SharedBuffer::default();
     let mut vm = MicroVm::new(&hv, &config(16, 0, &out)).unwrap();
     vm.load_payload(BuiltinPayload::Crash.elf()).unwrap();
-    let outcome = vm.run().unwrap();
+    let outcome = support::run(&mut vm).unwrap();
     let text = String::from_utf8(out.contents()).unwrap();
     let printed = text
         .trim()
@@ -82,7 +85,7 @@ fn several_microvms_run_at_once_on_their_own_threads() {
                 let out = SharedBuffer::default();
                 let mut vm = MicroVm::new(&hv, &config(16, i, &out)).unwrap();
                 vm.load_payload(BuiltinPayload::Hello.elf()).unwrap();
-                (vm.run().unwrap(), out.contents())
+                (support::run(&mut vm).unwrap(), out.contents())
             })
         })
         .collect();
@@ -111,7 +114,7 @@ fn bad_configurations_and_images_are_typed_errors() {
         );
     }
     let mut vm = MicroVm::new(&hv, &config(8, 0, &out)).unwrap();
-    assert!(matches!(vm.run(), Err(Error::NoPayload)));
+    assert!(matches!(support::run(&mut vm), Err(Error::NoPayload)));
     assert!(matches!(
         vm.load_payload(b"not an elf"),
         Err(Error::Load(_))
@@ -121,7 +124,10 @@ fn bad_configurations_and_images_are_typed_errors() {
     assert!(matches!(vm.load_payload(&me), Err(Error::Load(_))));
     // The VM is still usable after refused images.
     vm.load_payload(BuiltinPayload::Exit.elf()).unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 0 }
+    );
 }
 
 #[test]
@@ -146,7 +152,10 @@ fn balloon_payload_inflates_and_the_host_releases_its_pages() {
         }))
         .unwrap();
     vm.load_payload(BuiltinPayload::Balloon.elf()).unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 0 }
+    );
 
     let text = String::from_utf8(out.contents()).unwrap();
     let first = text
@@ -186,7 +195,10 @@ fn balloon_payload_without_a_device_says_so() {
     let out = SharedBuffer::default();
     let mut vm = MicroVm::new(&hv, &config(16, 0, &out)).unwrap();
     vm.load_payload(BuiltinPayload::Balloon.elf()).unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 2 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 2 }
+    );
     assert!(String::from_utf8_lossy(&out.contents()).starts_with("balloon: no device"));
 }
 

@@ -46,7 +46,10 @@ fn one_vm(hv: &vmm::Hypervisor) {
         .memory()
         .write_slice(&vec![0x5a; TOUCHED_BYTES], GuestAddress(16 << 20))
         .unwrap();
-    assert_eq!(vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+    assert_eq!(
+        support::run(&mut vm).unwrap(),
+        VmOutcome::Exited { code: 0 }
+    );
     assert!(!out.contents().is_empty());
 }
 

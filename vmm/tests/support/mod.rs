@@ -1,5 +1,7 @@
 //! Shared by the KVM integration tests: open KVM or explain why the test is skipped.
 
+#![allow(dead_code)] // each test binary uses a different part of this module
+
 use vmm::Hypervisor;
 
 /// Opens `/dev/kvm`. When it is unusable, prints `SKIPPED: <reason>` and returns `None`, except
@@ -15,4 +17,26 @@ pub fn hypervisor_or_skip(test: &str) -> Option<Hypervisor> {
             None
         }
     }
+}
+
+/// How long a test guest may run before the watchdog stops it.
+pub const GUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `vm` with a watchdog, so that a guest that never exits fails the test instead of hanging
+/// the test run.
+pub fn run(vm: &mut vmm::MicroVm) -> vmm::Result<vmm::VmOutcome> {
+    let stop = vm.stop_handle();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let fired = done_rx.recv_timeout(GUEST_TIMEOUT).is_err();
+        if fired {
+            stop.stop();
+        }
+        fired
+    });
+    let outcome = vm.run();
+    let _ = done_tx.send(());
+    let fired = watchdog.join().expect("watchdog thread");
+    assert!(!fired, "the guest did not finish within {GUEST_TIMEOUT:?}");
+    outcome
 }
