@@ -614,3 +614,70 @@ fn grant_evicts_second_class_pages_pool() {
         );
     }
 }
+
+/// Two VMs on one pool: neither can name the other's cleancache pool, frontswap pages or grants.
+#[test]
+fn clients_are_isolated_pool() {
+    let backend = real_pool(512);
+    let mut a = Rig::new(backend.clone(), 512, ALL, 16);
+    let mut b = Rig::new(backend.clone(), 512, ALL, 16);
+    let pool_a = a.call(Request::NewPool, None).resp.value0 as u32;
+    assert_eq!(
+        a.call(Request::Put(key(pool_a, 1, 1)), Some(&pattern(1)))
+            .resp
+            .status,
+        status::OK
+    );
+    let sk = SwapKey { area: 0, offset: 7 };
+    assert_eq!(
+        a.call(Request::Store(sk), Some(&pattern(2))).resp.status,
+        status::OK
+    );
+    let grant = a.call(
+        Request::AllocContig {
+            nr_pages: 4,
+            align_pages: 1,
+        },
+        None,
+    );
+    assert_eq!(grant.resp.status, status::OK);
+    // B uses A's identifiers.
+    let r = b.call(Request::Get(key(pool_a, 1, 1)), None);
+    assert_ne!(r.resp.status, status::OK);
+    assert!(r.data != pattern(1), "B read A's cleancache page");
+    assert_eq!(b.call(Request::Load(sk), None).resp.status, status::MISS);
+    assert_eq!(
+        b.call(Request::InvalidateArea { area: 0 }, None)
+            .resp
+            .value0,
+        0
+    );
+    assert_eq!(
+        b.call(
+            Request::FreeContig {
+                gpa: grant.resp.value0
+            },
+            None
+        )
+        .resp
+        .status,
+        status::UNKNOWN_GRANT
+    );
+    // A still has everything.
+    assert_eq!(a.call(Request::Load(sk), None).resp.status, status::OK);
+    assert_eq!(
+        a.call(Request::Get(key(pool_a, 1, 1)), None).resp.status,
+        status::OK
+    );
+    assert_eq!(
+        a.call(
+            Request::FreeContig {
+                gpa: grant.resp.value0
+            },
+            None
+        )
+        .resp
+        .status,
+        status::OK
+    );
+}
