@@ -8,6 +8,7 @@
 //! * [`loader`]: a loader for static ELF payloads.
 //! * [`bus`]: the MMIO bus the run loop dispatches exits to ([`MmioBus`], [`MmioDevice`]).
 //! * [`devices`]: the MMIO 16550 serial console and the exit device.
+//! * [`events`]: ioeventfd queue notifications on an `event-manager` thread, irqfd lines.
 //! * [`grant`]: the grant window where contiguous pool grants are mapped ([`grant::KvmGrantMapper`]).
 //! * [`vm`]: a microVM tying these together and its run loop ([`MicroVm`]).
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
@@ -30,6 +31,7 @@ pub mod bus;
 pub mod control;
 pub mod devices;
 mod error;
+pub mod events;
 pub mod grant;
 pub mod http;
 pub mod kvm;

@@ -91,6 +91,9 @@ pub struct VmConfig {
     /// Size of the grant window at [`GRANT_WINDOW_BASE`] in bytes (a multiple of 2 MiB; 0 for
     /// none). Grants are mapped there by [`MicroVm::grant_mapper`].
     pub grant_window_bytes: u64,
+    /// Create the in-kernel irqchip (before the vCPU), needed for irqfd interrupt lines
+    /// ([`crate::events::IrqfdLine`]). Off by default: payloads poll with interrupts off.
+    pub irqchip: bool,
 }
 
 impl Default for VmConfig {
@@ -100,6 +103,7 @@ impl Default for VmConfig {
             payload_arg: 0,
             serial: SerialOutput::Stdout,
             grant_window_bytes: 0,
+            irqchip: false,
         }
     }
 }
@@ -237,6 +241,10 @@ impl MicroVm {
         } else {
             None
         };
+        if config.irqchip {
+            vm.create_irq_chip()
+                .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        }
         let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
         let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&x86::long_mode_sregs(sregs))
@@ -306,6 +314,12 @@ impl MicroVm {
     /// The KVM VM handle (for adding memory slots, ioeventfds, irqfds).
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm
+    }
+
+    /// The KVM VM handle, shared (for irqfds and ioeventfds owned by other threads; drop them
+    /// before or with the VM, or they keep it alive).
+    pub fn shared_vm_fd(&self) -> Arc<VmFd> {
+        self.vm.clone()
     }
 
     /// The grant window's mapper, if the VM has a window (hand it to a virtio-gcma device).
