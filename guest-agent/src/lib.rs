@@ -21,6 +21,8 @@ pub mod clients;
 pub mod driver;
 pub mod error;
 pub mod hal;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod linux;
 pub mod mmio;
 mod queue;
 
