@@ -194,8 +194,10 @@ impl Pool {
         Counters::add(&self.counters.zeroed_pages, nr_dirty);
         Counters::add(&self.counters.grants, 1);
         Counters::add(&self.counters.grant_pages, nr_pages);
-        self.counters.observe_grant(t0.elapsed());
+        // Write-back of evicted frontswap pages (write-back policy only), with the lock released;
+        // the caller waits for it, so it counts in the grant's latency.
         self.process_writeouts(writeouts);
+        self.counters.observe_grant(t0.elapsed());
         Ok(ContigGrant {
             client,
             first_page: first,
