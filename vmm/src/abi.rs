@@ -39,6 +39,17 @@ pub const EXIT_REG_CODE: u64 = 0;
 /// window; its size is part of the VM's configuration). Identity-mapped like RAM.
 pub const GRANT_WINDOW_BASE: u64 = 0x1_0000_0000;
 
+/// The batched console: an 8-byte write of `gpa | (len << CONSOLE_LEN_SHIFT)` to
+/// `CONSOLE_BASE + CONSOLE_REG_WRITE` prints `len` bytes of guest memory at `gpa` (one VM exit
+/// per string instead of one per byte on the UART).
+pub const CONSOLE_BASE: u64 = MMIO_BASE + 0x2000;
+/// Size of the batched console's register block.
+pub const CONSOLE_SIZE: u64 = 0x10;
+/// Offset of the batched console's write register.
+pub const CONSOLE_REG_WRITE: u64 = 0;
+/// Shift of the length in a batched console write (so `gpa < 2^48`, `len < 2^16`).
+pub const CONSOLE_LEN_SHIFT: u32 = 48;
+
 /// First virtio-mmio device slot; device `n` sits at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE`.
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 /// Size of one virtio-mmio register block.

@@ -17,7 +17,8 @@ static GCMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/gcma"));
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BuiltinPayload {
-    /// Prints `hello from a ring-3 payload: ram=<MiB> MiB arg=<arg>` and exits with code 0.
+    /// Prints `hello from a ring-3 payload: ram=<MiB> MiB arg=<arg>` (batched console), then
+    /// `via uart` (byte by byte through the 16550), and exits with code 0.
     Hello,
     /// Exits at once with its argument (truncated to 32 bits) as the exit code.
     Exit,

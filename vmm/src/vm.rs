@@ -15,11 +15,13 @@ use balloon::transport::mmio::MmioTransport;
 use balloon::transport::VirtioDevice;
 
 use crate::abi::{
-    EXIT_BASE, EXIT_SIZE, GRANT_WINDOW_BASE, MMIO_BASE, MMIO_SIZE, PAYLOAD_LOAD_ADDR, SERIAL_BASE,
-    SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    CONSOLE_BASE, CONSOLE_SIZE, EXIT_BASE, EXIT_SIZE, GRANT_WINDOW_BASE, MMIO_BASE, MMIO_SIZE,
+    PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::bus::{MmioBus, SharedMmioDevice};
-use crate::devices::{ExitDevice, ExitLatch, PolledIrq, SerialDevice, VirtioSlot};
+use crate::devices::{
+    ConsoleDevice, ExitDevice, ExitLatch, PolledIrq, SerialDevice, SharedWriter, VirtioSlot,
+};
 use crate::error::{Error, Result};
 use crate::grant::KvmGrantMapper;
 use crate::kvm::Hypervisor;
@@ -252,10 +254,13 @@ impl MicroVm {
 
         let exit_latch = Arc::new(ExitLatch::default());
         let mut bus = MmioBus::new();
-        let serial: SharedMmioDevice = Arc::new(Mutex::new(SerialDevice::new(serial_writer(
-            &config.serial,
-        )?)));
+        let out = SharedWriter::new(serial_writer(&config.serial)?);
+        let serial: SharedMmioDevice =
+            Arc::new(Mutex::new(SerialDevice::new(Box::new(out.clone()))));
         bus.insert(SERIAL_BASE, SERIAL_SIZE, serial)?;
+        let console: SharedMmioDevice =
+            Arc::new(Mutex::new(ConsoleDevice::new(ram.memory().clone(), out)));
+        bus.insert(CONSOLE_BASE, CONSOLE_SIZE, console)?;
         let exit: SharedMmioDevice = Arc::new(Mutex::new(ExitDevice::new(exit_latch.clone())));
         bus.insert(EXIT_BASE, EXIT_SIZE, exit)?;
 

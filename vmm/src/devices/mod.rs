@@ -2,12 +2,15 @@
 //!
 //! * [`serial`]: a 16550 UART (`vm-superio`) reached by MMIO.
 //! * [`exit`]: a one-register device the payload writes its exit code to.
+//! * [`console`]: a batched console printing whole guest buffers in one exit.
 //! * [`virtio`]: virtio-mmio devices from the `balloon` crate, reachable on the bus.
 
+pub mod console;
 pub mod exit;
 pub mod serial;
 pub mod virtio;
 
+pub use console::{ConsoleDevice, SharedWriter};
 pub use exit::{ExitDevice, ExitLatch};
 pub use serial::SerialDevice;
 pub use virtio::{PolledIrq, VirtioSlot};
