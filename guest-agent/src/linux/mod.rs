@@ -14,7 +14,7 @@
 //! * [`control`], [`serve`]: the line protocol and Unix-socket server of `guest-agent serve`.
 //!
 //! None of this runs inside a real Linux guest on the development machines (no Linux guest boots
-//! under nested kvm-pvm); see the crate README for what is verified where.
+//! under nested kvm-pvm); the repository README says what is verified where.
 
 pub mod agent;
 pub mod control;
