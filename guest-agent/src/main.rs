@@ -175,7 +175,7 @@ mod cli {
         match cli.cmd {
             Cmd::Scan => cmd_scan(&find),
             Cmd::Serve => {
-                let (mut agent, _lock) = open(&find, huge, &cli.socket)?;
+                let (_lock, mut agent) = open(&find, huge, &cli.socket)?;
                 serve_until_stopped(&mut agent, &cli.socket)
             }
             Cmd::Alloc { pages, align, hold } => {
@@ -190,7 +190,7 @@ mod cli {
                     println!("{}", reply_text(&r));
                     return Ok(());
                 }
-                let (mut agent, _lock) = open(&find, huge, &cli.socket)?;
+                let (_lock, mut agent) = open(&find, huge, &cli.socket)?;
                 let g = agent
                     .driver()
                     .alloc_contig(pages, align)
@@ -227,7 +227,7 @@ mod cli {
                 let r = match via_server(&cli.socket, Command::Stats)? {
                     Some(r) => r,
                     None => {
-                        let (mut agent, _lock) = open(&find, huge, &cli.socket)?;
+                        let (_lock, mut agent) = open(&find, huge, &cli.socket)?;
                         agent.execute(Command::Stats).map_err(|e| e.to_string())?
                     }
                 };
@@ -245,7 +245,7 @@ mod cli {
                         cli.socket.display()
                     ));
                 }
-                let (mut agent, _lock) = open(&find, huge, &cli.socket)?;
+                let (_lock, mut agent) = open(&find, huge, &cli.socket)?;
                 let r = bench(agent.driver(), pages).map_err(|e| e.to_string())?;
                 print!("{}", r.table());
                 if r.corrupted != 0 {
@@ -305,10 +305,12 @@ mod cli {
         find: &FindOptions,
         huge: HugePages,
         socket: &Path,
-    ) -> Result<(LinuxAgent, Lock), Failure> {
+    ) -> Result<(Lock, LinuxAgent), Failure> {
         let l = lock(socket)?;
         let agent = open_agent(find, huge).map_err(|e| e.to_string())?;
-        Ok((agent, l))
+        // Callers bind `(_lock, agent)`: the agent (declared later) is dropped first, so the
+        // device is reset before another agent can take the lock.
+        Ok((l, agent))
     }
 
     /// Serves the control socket until SIGINT/SIGTERM. Only here are those signals caught (the
