@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The payload binaries `src/payloads.rs` embeds.
-const PAYLOADS: &[&str] = &["hello", "exit", "crash", "balloon", "fill", "spin", "gcma"];
+const PAYLOADS: &[&str] = &[
+    "hello", "exit", "crash", "balloon", "fill", "spin", "gcma", "agent",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

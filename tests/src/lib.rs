@@ -1,1 +1,56 @@
-//! Cross-crate end-to-end tests live in `tests/tests/`.
+//! Cross-crate end-to-end tests live in `tests/tests/`. This library holds what they share.
+
+/// Whether `/dev/kvm` can run microVMs. When it cannot, prints `SKIPPED: <reason>` and returns
+/// false, except under `CI=true`, where KVM is expected and this panics instead.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match vmm::Hypervisor::open() {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: /dev/kvm is required under CI=true but unusable: {e}")
+        }
+        Err(e) => {
+            println!("SKIPPED: {test}: /dev/kvm unusable: {e}");
+            false
+        }
+    }
+}
+
+/// Parses OpenMetrics text with the official Prometheus Python client and returns the sample
+/// names, or why it could not (python3 or the module missing: `ci/setup.sh` installs it).
+pub fn parse_openmetrics(text: &str) -> Result<Vec<String>, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const PARSE: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+names = set()
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        names.add(s.name)
+print("\n".join(sorted(names)))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3 not runnable: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "parser failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}

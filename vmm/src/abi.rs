@@ -62,3 +62,85 @@ pub const FILL_PAGES_SHIFT: u32 = 40;
 pub const FILL_TOUCH_ONLY: u64 = 1;
 /// The `fill` pattern: the 8-byte word at guest address `a` gets `a ^ FILL_KEY`.
 pub const FILL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The host link ("mailbox"): how a payload reads parameters the host chose and reports results
+/// without a kernel or a shared-memory protocol. All registers are 8 bytes wide.
+pub const MAILBOX_BASE: u64 = MMIO_BASE + 0x3000;
+/// Size of the mailbox's register block.
+pub const MAILBOX_SIZE: u64 = 0x40;
+/// Write: select parameter `n` for [`MAILBOX_REG_PARAM`].
+pub const MAILBOX_REG_PARAM_SEL: u64 = 0x00;
+/// Read: the selected parameter (0 past the end of the list).
+pub const MAILBOX_REG_PARAM: u64 = 0x08;
+/// Read: the host's control word (the demo sets [`MAILBOX_CONTROL_STOP`] to end a phase).
+pub const MAILBOX_REG_CONTROL: u64 = 0x10;
+/// Write: the tag of the next event.
+pub const MAILBOX_REG_EVENT_TAG: u64 = 0x18;
+/// Write: the value of an event; the write delivers `(tag, value)` to the host.
+pub const MAILBOX_REG_EVENT_VALUE: u64 = 0x20;
+/// Control-word bit: stop the current phase and report.
+pub const MAILBOX_CONTROL_STOP: u64 = 1;
+
+// ---- The demo's `agent` payload: mailbox parameters and event tags. ----
+
+/// Parameter 0: the agent's role ([`DEMO_ROLE_TENANT`] or [`DEMO_ROLE_GRANTS`]).
+pub const DEMO_PARAM_ROLE: u64 = 0;
+/// Parameter 1: the VM's index (names its cleancache objects and page contents).
+pub const DEMO_PARAM_VM: u64 = 1;
+/// Tenant parameter: cleancache pages put per round.
+pub const DEMO_PARAM_CC_PAGES: u64 = 2;
+/// Tenant parameter: frontswap offsets in use.
+pub const DEMO_PARAM_FS_PAGES: u64 = 3;
+/// Grants parameter: grants per size.
+pub const DEMO_PARAM_REPS: u64 = 2;
+/// Grants parameter: how many sizes follow.
+pub const DEMO_PARAM_NR_SIZES: u64 = 3;
+/// Grants parameter: the first size, in pages; the others follow.
+pub const DEMO_PARAM_SIZES: u64 = 4;
+/// Role: keep cleancache and frontswap traffic going until told to stop.
+pub const DEMO_ROLE_TENANT: u64 = 1;
+/// Role: ask for contiguous grants of the listed sizes.
+pub const DEMO_ROLE_GRANTS: u64 = 2;
+
+/// Event: the driver is up; value = negotiated features.
+pub const EV_READY: u64 = 1;
+/// Event: the agent finished; value = 1 if every check passed.
+pub const EV_DONE: u64 = 2;
+/// Event: a driver error; value = error code.
+pub const EV_ERROR: u64 = 3;
+/// Event: grants of this many pages follow.
+pub const EV_GRANT_SIZE: u64 = 10;
+/// Event: one grant took this many TSC cycles (request to response, seen by the guest).
+pub const EV_GRANT_CYCLES: u64 = 11;
+/// Event: a grant was refused; value = error code.
+pub const EV_GRANT_FAILED: u64 = 12;
+/// Event: a fresh grant had this many non-zero words (must never happen).
+pub const EV_GRANT_NONZERO: u64 = 13;
+/// Event: this many pattern words read back wrong.
+pub const EV_GRANT_PATTERN_BAD: u64 = 14;
+/// Event: a free failed; value = error code.
+pub const EV_GRANT_FREE_FAILED: u64 = 15;
+/// Event: a tenant round ended; value = round number.
+pub const EV_TENANT_ROUND: u64 = 20;
+/// Event: cleancache puts kept so far.
+pub const EV_CC_PUTS: u64 = 21;
+/// Event: cleancache hits so far.
+pub const EV_CC_HITS: u64 = 22;
+/// Event: cleancache misses so far.
+pub const EV_CC_MISSES: u64 = 23;
+/// Event: frontswap stores accepted so far.
+pub const EV_FS_STORES: u64 = 24;
+/// Event: frontswap stores rejected so far.
+pub const EV_FS_REJECTS: u64 = 25;
+/// Event: frontswap loads so far.
+pub const EV_FS_LOADS: u64 = 26;
+/// Event (final): frontswap pages checked at the end.
+pub const EV_FS_VERIFIED: u64 = 27;
+/// Event (final): cleancache hits whose bytes were not the ones put.
+pub const EV_CC_STALE: u64 = 28;
+/// Event (final): accepted frontswap pages that could not be loaded.
+pub const EV_FS_LOST: u64 = 29;
+/// Event (final): frontswap pages that loaded with the wrong bytes.
+pub const EV_FS_CORRUPT: u64 = 30;
+/// Event (final): requests that failed with a driver error.
+pub const EV_ERRORS: u64 = 31;

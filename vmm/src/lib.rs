@@ -29,6 +29,7 @@
 pub mod abi;
 pub mod bus;
 pub mod control;
+pub mod demo;
 pub mod devices;
 mod error;
 pub mod events;

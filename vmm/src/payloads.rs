@@ -13,6 +13,7 @@ static BALLOON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/ballo
 static FILL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/fill"));
 static SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/spin"));
 static GCMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/gcma"));
+static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payloads/agent"));
 
 /// A payload embedded in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +37,9 @@ pub enum BuiltinPayload {
     /// and checked across the whole grant (as `Fill` writes it), `FREE_CONTIG`. The argument is
     /// made by [`gcma_arg`]. Prints `gcma: granted <n> pages at <gpa>` and `gcma: freed`.
     Gcma,
+    /// The demo's guest agent: a cleancache/frontswap tenant or a grant requester, chosen with
+    /// its parameters through the mailbox (`abi::DEMO_*`); reports through mailbox events.
+    Agent,
 }
 
 /// The argument that makes [`BuiltinPayload::Gcma`] ask for `nr_pages` (below 2^32) and free
@@ -55,7 +59,7 @@ pub fn fill_arg(gpa: u64, nr_pages: u64, touch_only: bool) -> u64 {
 
 impl BuiltinPayload {
     /// Every built-in payload.
-    pub const ALL: [BuiltinPayload; 7] = [
+    pub const ALL: [BuiltinPayload; 8] = [
         Self::Hello,
         Self::Exit,
         Self::Crash,
@@ -63,6 +67,7 @@ impl BuiltinPayload {
         Self::Fill,
         Self::Spin,
         Self::Gcma,
+        Self::Agent,
     ];
 
     /// The payload's name (as accepted by `FromStr`).
@@ -75,6 +80,7 @@ impl BuiltinPayload {
             Self::Fill => "fill",
             Self::Spin => "spin",
             Self::Gcma => "gcma",
+            Self::Agent => "agent",
         }
     }
 
@@ -88,6 +94,7 @@ impl BuiltinPayload {
             Self::Fill => FILL,
             Self::Spin => SPIN,
             Self::Gcma => GCMA,
+            Self::Agent => AGENT,
         }
     }
 }
@@ -100,7 +107,9 @@ impl fmt::Display for BuiltinPayload {
 
 /// The name is not one of [`BuiltinPayload::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill, spin, gcma)")]
+#[error(
+    "unknown built-in payload {0:?} (known: hello, exit, crash, balloon, fill, spin, gcma, agent)"
+)]
 pub struct UnknownPayload(pub String);
 
 impl FromStr for BuiltinPayload {

@@ -2,11 +2,13 @@
 //!
 //! * [`serial`]: a 16550 UART (`vm-superio`) reached by MMIO.
 //! * [`exit`]: a one-register device the payload writes its exit code to.
+//! * [`mailbox`]: parameters in, `(tag, value)` events out, for the demo payload.
 //! * [`console`]: a batched console printing whole guest buffers in one exit.
 //! * [`virtio`]: virtio-mmio devices from the `balloon` crate, reachable on the bus.
 
 pub mod console;
 pub mod exit;
+pub mod mailbox;
 pub mod serial;
 pub mod virtio;
 

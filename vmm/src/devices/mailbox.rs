@@ -1,0 +1,138 @@
+//! The host link: a tiny MMIO device through which a kernel-less payload reads parameters the
+//! host chose and sends `(tag, value)` events back (progress, measurements, verdicts). Register
+//! layout in [`crate::abi`] (`MAILBOX_*`).
+//!
+//! Every access is a guest exit, so payloads use it for a few words per phase, not for data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam::channel::Sender;
+
+use crate::abi::{
+    MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE, MAILBOX_REG_PARAM,
+    MAILBOX_REG_PARAM_SEL,
+};
+use crate::bus::MmioDevice;
+
+/// One event a payload sent: which VM, its tag and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxEvent {
+    /// The id the host gave this mailbox.
+    pub vm: usize,
+    /// Event tag (payload-defined).
+    pub tag: u64,
+    /// Event value.
+    pub value: u64,
+}
+
+/// The device. Parameters are fixed at creation; the control word is shared with the host.
+#[derive(Debug)]
+pub struct Mailbox {
+    vm: usize,
+    params: Vec<u64>,
+    sel: u64,
+    tag: u64,
+    control: Arc<AtomicU64>,
+    events: Sender<MailboxEvent>,
+}
+
+impl Mailbox {
+    /// A mailbox for VM `vm` offering `params`, delivering events to `events`. Returns the device
+    /// and the control word the host sets.
+    pub fn new(
+        vm: usize,
+        params: Vec<u64>,
+        events: Sender<MailboxEvent>,
+    ) -> (Self, Arc<AtomicU64>) {
+        let control = Arc::new(AtomicU64::new(0));
+        let dev = Mailbox {
+            vm,
+            params,
+            sel: 0,
+            tag: 0,
+            control: control.clone(),
+            events,
+        };
+        (dev, control)
+    }
+}
+
+fn put(data: &mut [u8], v: u64) {
+    let b = v.to_le_bytes();
+    let n = data.len().min(8);
+    data[..n].copy_from_slice(&b[..n]);
+    data[n..].fill(0);
+}
+
+fn get(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+impl MmioDevice for Mailbox {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = match offset {
+            MAILBOX_REG_PARAM => usize::try_from(self.sel)
+                .ok()
+                .and_then(|i| self.params.get(i).copied())
+                .unwrap_or(0),
+            MAILBOX_REG_CONTROL => self.control.load(Ordering::Acquire),
+            _ => 0,
+        };
+        put(data, v);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let v = get(data);
+        match offset {
+            MAILBOX_REG_PARAM_SEL => self.sel = v,
+            MAILBOX_REG_EVENT_TAG => self.tag = v,
+            MAILBOX_REG_EVENT_VALUE => {
+                // The receiver may be gone (the host stopped listening): the event is dropped.
+                let _ = self.events.send(MailboxEvent {
+                    vm: self.vm,
+                    tag: self.tag,
+                    value: v,
+                });
+            }
+            _ => log::debug!("mailbox: write to unknown register {offset:#x} ignored"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_control_and_events() {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let (mut m, control) = Mailbox::new(3, vec![10, 20], tx);
+        let mut buf = [0u8; 8];
+        m.write(MAILBOX_REG_PARAM_SEL, &1u64.to_le_bytes());
+        m.read(MAILBOX_REG_PARAM, &mut buf);
+        assert_eq!(u64::from_le_bytes(buf), 20);
+        m.write(MAILBOX_REG_PARAM_SEL, &u64::MAX.to_le_bytes());
+        m.read(MAILBOX_REG_PARAM, &mut buf);
+        assert_eq!(u64::from_le_bytes(buf), 0);
+        control.store(1, Ordering::Release);
+        let mut small = [0xffu8; 4];
+        m.read(MAILBOX_REG_CONTROL, &mut small);
+        assert_eq!(small, [1, 0, 0, 0]);
+        m.write(MAILBOX_REG_EVENT_TAG, &7u64.to_le_bytes());
+        m.write(MAILBOX_REG_EVENT_VALUE, &99u64.to_le_bytes());
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            MailboxEvent {
+                vm: 3,
+                tag: 7,
+                value: 99
+            }
+        );
+        m.read(0x1234, &mut buf);
+        assert_eq!(buf, [0; 8]);
+    }
+}
