@@ -4,6 +4,12 @@
 //! Payloads run in ring 3 with no kernel; they reach the VMM only through MMIO (see
 //! [`abi`], shared with the VMM). A payload is a `#![no_std] #![no_main]` binary that calls
 //! [`entry!`] with its `main(ram_bytes, arg) -> exit_code`.
+//!
+//! `vmm/build.rs` builds this crate and embeds the binaries it lists. By hand:
+//! `cd vmm/payloads && cargo build --release` leaves static ELFs in `target/release/` (the flags
+//! are in `.cargo/config.toml`), which `vmm run --payload <path>` runs. A new payload needs a
+//! `[[bin]]` entry in `Cargo.toml`, its name in `vmm/build.rs` and a variant in
+//! `vmm/src/payloads.rs` if it should be built in.
 
 #![no_std]
 
