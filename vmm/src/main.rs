@@ -111,6 +111,14 @@ struct RunArgs {
     /// payload inflates to it).
     #[arg(long)]
     balloon_pages: Option<u32>,
+    /// Add a virtio-gcma device backed by an in-process pool of this many MiB (the `gcma`
+    /// payload asks it for a contiguous grant; `--arg` is its size in pages).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    gcma_pool_mib: Option<u64>,
+    /// Size of the guest-physical grant window where gcma grants are mapped, in MiB (a multiple
+    /// of 2; used with --gcma-pool-mib).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..=507 * 1024))]
+    grant_window_mib: u64,
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -126,9 +134,21 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         serial: args
             .serial_file
             .map_or(SerialOutput::Stdout, SerialOutput::File),
+        grant_window_bytes: if args.gcma_pool_mib.is_some() {
+            args.grant_window_mib << 20
+        } else {
+            0
+        },
         ..VmConfig::default()
     };
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
+    if let Some(pool_mib) = args.gcma_pool_mib {
+        let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig::new(pool_mib << 8))
+            .map_err(|e| format!("creating the gcma pool: {e}"))?;
+        let mapper = vm.grant_mapper().ok_or("the VM has no grant window")?;
+        vm.add_virtio_device(balloon::gcma::GcmaDevice::new(pool, mapper, "vm0"))
+            .map_err(|e| e.to_string())?;
+    }
     let balloon = match args.balloon_pages {
         Some(target_pages) => Some(
             vm.add_virtio_device(Balloon::new(BalloonConfig {
