@@ -251,6 +251,10 @@ fn launch(
     let mapper = vm
         .grant_mapper()
         .ok_or_else(|| err("no grant window".into()))?;
+    // Map the pool once now, so that grants cost one memory slot each (see `grant`).
+    mapper
+        .premap(pool.memfd())
+        .map_err(|e| err(format!("mapping the pool: {e}")))?;
     let backend: Arc<dyn GcmaBackend> = pool.clone();
     let device = GcmaDevice::new(backend, mapper, name);
     let gcma = device.metrics();

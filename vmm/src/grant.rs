@@ -2,9 +2,17 @@
 //!
 //! [`KvmGrantMapper`] implements `balloon`'s [`GrantMapper`] for a KVM VM: it picks the
 //! guest-physical address with its own [`RangeAllocator`] (in page units, so alignment in pages is
-//! absolute in guest-physical space), `mmap`s the grant's pages of the pool memfd and installs
-//! them as a KVM memory slot. Unmapping removes the slot, unmaps the host range and frees the
-//! addresses; slot numbers are recycled. Dropping the mapper removes whatever is still mapped.
+//! absolute in guest-physical space) and installs the grant's pages of the pool memfd as a KVM
+//! memory slot. Unmapping removes the slot and frees the addresses; slot numbers are recycled.
+//! Dropping the mapper removes whatever is still mapped.
+//!
+//! Host side, the mapper keeps one populated shared mapping of the whole pool memfd (the *pool
+//! view*, made by [`KvmGrantMapper::premap`] or on the first grant) and points each slot into it.
+//! Mapping and populating every grant afresh cost about as much as the pool's own zeroing (page
+//! table set-up for every page, then a munmap); with the view, a grant costs one
+//! `KVM_SET_USER_MEMORY_REGION`. The guest still sees only its granted slots: the view is the
+//! VMM's own address space, which can already reach all pool memory. A grant from a different
+//! memfd than the view's falls back to a mapping of its own.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -26,6 +34,28 @@ struct Mapping {
     host_addr: usize,
     len_bytes: u64,
     grant: ContigGrant,
+    /// The host mapping belongs to this grant alone (unmapped with it), rather than to the view.
+    owned: bool,
+}
+
+/// A populated shared mapping of a whole pool memfd.
+#[derive(Debug, Clone, Copy)]
+struct PoolView {
+    dev: u64,
+    ino: u64,
+    base: usize,
+    len: usize,
+}
+
+/// Device and inode of an fd, and its size.
+fn identify(fd: BorrowedFd<'_>) -> std::io::Result<(u64, u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is a live descriptor and `st` a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.st_dev, st.st_ino, st.st_size as u64))
 }
 
 #[derive(Debug)]
@@ -38,6 +68,8 @@ struct State {
     free_slots: Vec<u32>,
     /// Next never-used slot.
     next_slot: u32,
+    /// The whole-pool mapping grants point into.
+    view: Option<PoolView>,
 }
 
 /// Counts describing the mapper, for tests, logs and metrics.
@@ -106,8 +138,50 @@ impl KvmGrantMapper {
                 mapped: HashMap::new(),
                 free_slots: Vec::new(),
                 next_slot: first_slot,
+                view: None,
             }),
         })
+    }
+
+    /// Maps and populates the whole pool memfd now, so that grants only need a memory slot
+    /// (otherwise the first grant pays for it). Idempotent for the same memfd.
+    pub fn premap(&self, pool_memfd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let mut s = self.lock();
+        Self::view_for(&mut s, pool_memfd).map(|_| ())
+    }
+
+    /// The pool view for `fd`, made if there is none yet; `None` if the view is another memfd's.
+    fn view_for(s: &mut State, fd: BorrowedFd<'_>) -> std::io::Result<Option<PoolView>> {
+        let (dev, ino, size) = identify(fd)?;
+        if let Some(v) = s.view {
+            return Ok((v.dev == dev && v.ino == ino).then_some(v));
+        }
+        let len = usize::try_from(size).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a new shared mapping of the memfd, checked below, owned by the mapper until drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let v = PoolView {
+            dev,
+            ino,
+            base: base as usize,
+            len,
+        };
+        s.view = Some(v);
+        Ok(Some(v))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -159,9 +233,11 @@ impl KvmGrantMapper {
     fn remove(&self, gpa: u64, m: Mapping) -> std::io::Result<()> {
         // A slot is deleted by setting its size to 0.
         self.set_slot(m.slot, gpa, 0, m.host_addr)?;
-        // SAFETY: the mapping was created by `map` with this address and length and nothing
-        // refers to it any more (the guest lost access when the slot was removed).
-        unsafe { libc::munmap(m.host_addr as *mut libc::c_void, m.len_bytes as usize) };
+        if m.owned {
+            // SAFETY: the mapping was created by `map` with this address and length and nothing
+            // refers to it any more (the guest lost access when the slot was removed).
+            unsafe { libc::munmap(m.host_addr as *mut libc::c_void, m.len_bytes as usize) };
+        }
         Ok(())
     }
 }
@@ -201,31 +277,39 @@ impl GrantMapper for KvmGrantMapper {
                 return Err(host_error("memory slots", "all in use"));
             }
         };
-        // SAFETY: a new shared mapping of the caller's memfd; checked for failure below and owned
-        // by this mapper until `unmap` or drop.
-        let host = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                // Populate the host page tables now, in one call: otherwise every first guest
-                // touch of a page takes a host page fault inside KVM's fault path (measured about
-                // 4x slower for large grants in examples/launch_bench.rs).
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                pool_memfd.as_raw_fd(),
-                offset,
-            )
+        let view = Self::view_for(&mut s, pool_memfd).map_err(MapError::Host);
+        let in_view = match view {
+            Ok(Some(v)) if grant.offset_bytes().saturating_add(len_bytes) <= v.len as u64 => {
+                Some(v.base + offset as usize)
+            }
+            _ => None,
         };
-        if host == libc::MAP_FAILED {
-            let err = std::io::Error::last_os_error();
-            let _ = s.space.free(page);
-            s.free_slots.push(slot);
-            return Err(MapError::Host(err));
-        }
+        let (host, owned) = match in_view {
+            Some(addr) => (addr as *mut libc::c_void, false),
+            None => {
+                // SAFETY: a new shared mapping of the caller's memfd; checked for failure below
+                // and owned by this mapper until `unmap` or drop.
+                let host = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        // Populate the host page tables now, in one call: otherwise every first
+                        // guest touch of a page takes a host page fault inside KVM's fault path.
+                        libc::MAP_SHARED | libc::MAP_POPULATE,
+                        pool_memfd.as_raw_fd(),
+                        offset,
+                    )
+                };
+                (host, true)
+            }
+        };
         let host_addr = host as usize;
         if let Err(e) = self.set_slot(slot, gpa, len_bytes, host_addr) {
-            // SAFETY: unmapping the mapping made just above; the guest never saw it.
-            unsafe { libc::munmap(host, len) };
+            if owned {
+                // SAFETY: unmapping the mapping made just above; the guest never saw it.
+                unsafe { libc::munmap(host, len) };
+            }
             let _ = s.space.free(page);
             s.free_slots.push(slot);
             return Err(MapError::Host(e));
@@ -237,6 +321,7 @@ impl GrantMapper for KvmGrantMapper {
                 host_addr,
                 len_bytes,
                 grant: *grant,
+                owned,
             },
         );
         Ok(gpa)
@@ -265,9 +350,16 @@ impl Drop for KvmGrantMapper {
             if let Err(e) = self.set_slot(m.slot, gpa, 0, m.host_addr) {
                 log::warn!("removing the memory slot of grant {gpa:#x} on shutdown: {e}");
             }
-            // SAFETY: the mapping was created by `map`; no vCPU can run any more (the mapper is
-            // dropped with the VM), so nothing reaches it.
-            unsafe { libc::munmap(m.host_addr as *mut libc::c_void, m.len_bytes as usize) };
+            if m.owned {
+                // SAFETY: the mapping was created by `map`; no vCPU can run any more (the mapper
+                // is dropped with the VM), so nothing reaches it.
+                unsafe { libc::munmap(m.host_addr as *mut libc::c_void, m.len_bytes as usize) };
+            }
+        }
+        if let Some(v) = self.lock().view.take() {
+            // SAFETY: the view was mapped by `view_for` with this address and length; every slot
+            // pointing into it was removed above.
+            unsafe { libc::munmap(v.base as *mut libc::c_void, v.len) };
         }
     }
 }
