@@ -25,7 +25,7 @@ use crate::http::HttpServer;
 use crate::metrics::{VmMetricsSource, VmmMetrics};
 use crate::payloads::BuiltinPayload;
 use crate::report::{self, SizeRow, Summary};
-use crate::vm::{ExitStats, SharedBuffer, StopHandle};
+use crate::vm::{ExitCounters, ExitStats, SharedBuffer, StopHandle};
 use crate::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 /// What the demo runs.
@@ -172,11 +172,11 @@ impl DemoSummary {
     }
 }
 
-/// Metrics of one demo VM: live gcma counters, exit counts published when its run ends.
+/// Metrics of one demo VM, read live while it runs.
 struct DemoVm {
     name: String,
     gcma: Arc<GcmaMetrics>,
-    exits: Mutex<ExitStats>,
+    exits: Arc<ExitCounters>,
 }
 
 impl VmMetricsSource for DemoVm {
@@ -184,7 +184,7 @@ impl VmMetricsSource for DemoVm {
         self.name.clone()
     }
     fn exits(&self) -> ExitStats {
-        *self.exits.lock().unwrap_or_else(|e| e.into_inner())
+        self.exits.snapshot()
     }
     fn balloon(&self) -> Option<BalloonStatus> {
         None
@@ -199,7 +199,7 @@ struct Running {
     control: Arc<AtomicU64>,
     stop: StopHandle,
     serial: SharedBuffer,
-    thread: Option<JoinHandle<(ExitStats, Result<VmOutcome, String>)>>,
+    thread: Option<JoinHandle<Result<VmOutcome, String>>>,
     metrics: Arc<DemoVm>,
 }
 
@@ -270,14 +270,11 @@ fn launch(
     let metrics = Arc::new(DemoVm {
         name: name.to_string(),
         gcma,
-        exits: Mutex::new(ExitStats::default()),
+        exits: vm.exit_counters(),
     });
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
-        .spawn(move || {
-            let r = vm.run().map_err(|e| e.to_string());
-            (vm.stats(), r)
-        })
+        .spawn(move || vm.run().map_err(|e| e.to_string()))
         .map_err(|e| err(format!("cannot start the vCPU thread: {e}")))?;
     Ok(Running {
         name: name.to_string(),
@@ -296,11 +293,10 @@ fn join(r: &mut Running) -> Result<VmOutcome, DemoError> {
             reason: "joined twice".into(),
         });
     };
-    let (stats, result) = t.join().map_err(|_| DemoError::Vm {
+    let result = t.join().map_err(|_| DemoError::Vm {
         vm: r.name.clone(),
         reason: "vCPU thread panicked".into(),
     })?;
-    *r.metrics.exits.lock().unwrap_or_else(|e| e.into_inner()) = stats;
     result.map_err(|reason| DemoError::Vm {
         vm: r.name.clone(),
         reason,

@@ -41,6 +41,7 @@ pub mod memory;
 pub mod metrics;
 pub mod payloads;
 pub mod report;
+pub mod runtime;
 pub mod vm;
 pub mod x86;
 

@@ -4,7 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use vmm::control::{control_handler, metrics_handler};
+use vmm::http::HttpServer;
+use vmm::metrics::VmmMetrics;
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
@@ -119,6 +126,16 @@ struct RunArgs {
     /// of 2; used with --gcma-pool-mib).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..=507 * 1024))]
     grant_window_mib: u64,
+    /// Serve the control API (HTTP/JSON: GET /vm, PUT /balloon, GET /balloon/statistics,
+    /// GET /gcma, PUT /actions) on this Unix socket while the VM runs.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the VM runs.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Ask the guest for fresh balloon statistics this often, in seconds (0: never).
+    #[arg(long, default_value_t = 5)]
+    balloon_stats_interval_s: u64,
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -142,12 +159,22 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         ..VmConfig::default()
     };
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
+    let mut gcma = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig::new(pool_mib << 8))
             .map_err(|e| format!("creating the gcma pool: {e}"))?;
         let mapper = vm.grant_mapper().ok_or("the VM has no grant window")?;
-        vm.add_virtio_device(balloon::gcma::GcmaDevice::new(pool, mapper, "vm0"))
-            .map_err(|e| e.to_string())?;
+        mapper
+            .premap(gcma_host::api::GcmaBackend::memfd(pool.as_ref()))
+            .map_err(|e| format!("mapping the gcma pool: {e}"))?;
+        let device = balloon::gcma::GcmaDevice::new(pool.clone(), mapper.clone(), "vm0");
+        let metrics = device.metrics();
+        vm.add_virtio_device(device).map_err(|e| e.to_string())?;
+        gcma = Some(vmm::runtime::GcmaParts {
+            metrics,
+            mapper,
+            pool,
+        });
     }
     let balloon = match args.balloon_pages {
         Some(target_pages) => Some(
@@ -160,7 +187,64 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         None => None,
     };
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
-    let outcome = vm.run().map_err(|e| e.to_string())?;
+
+    let pool_for_metrics = gcma.as_ref().map(|g| g.pool.clone());
+    let handle = Arc::new(vmm::runtime::VmHandle::new(
+        "vm0",
+        config.mem_bytes,
+        args.payload.clone(),
+        vm.exit_counters(),
+        vm.stop_handle(),
+        balloon.clone(),
+        gcma,
+    ));
+    let _api = match &args.api_sock {
+        Some(path) => {
+            let s = HttpServer::unix(path, "api", control_handler(handle.clone()))
+                .map_err(|e| e.to_string())?;
+            log::info!("control API on {}", path.display());
+            Some(s)
+        }
+        None => None,
+    };
+    let _metrics = match args.metrics_addr {
+        Some(addr) => {
+            let mut m = VmmMetrics::new();
+            if let Some(pool) = &pool_for_metrics {
+                pool.register_metrics(m.registry_mut());
+            }
+            m.add_vm(handle.clone());
+            let m = Arc::new(m);
+            let s = HttpServer::tcp(
+                addr,
+                "metrics",
+                metrics_handler(Arc::new(move || m.render())),
+            )
+            .map_err(|e| e.to_string())?;
+            eprintln!(
+                "vmm: metrics at http://{}/metrics",
+                s.local_addr().unwrap_or(addr)
+            );
+            Some(s)
+        }
+        None => None,
+    };
+    let poller_done = Arc::new(AtomicBool::new(false));
+    let poller = match (&balloon, args.balloon_stats_interval_s) {
+        (Some(_), n) if n > 0 => Some(
+            handle
+                .spawn_stats_poller(Duration::from_secs(n), poller_done.clone())
+                .map_err(|e| format!("cannot start the stats poller: {e}"))?,
+        ),
+        _ => None,
+    };
+    let outcome = vm.run().map_err(|e| e.to_string());
+    poller_done.store(true, Ordering::Release);
+    if let Some(p) = poller {
+        let _ = p.join();
+    }
+    let outcome = outcome?;
+    handle.set_state(format!("{outcome:?}"));
     log::info!("exit counts: {:?}", vm.stats());
     if let Some(slot) = balloon {
         let status = slot
@@ -175,6 +259,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             status.actual_pages,
             status.inflated_pages
         );
+    }
+    if let (VmOutcome::Stopped { .. }, true) = (&outcome, handle.shutdown_requested()) {
+        log::info!("stopped by the control API");
+        return Ok(ExitCode::SUCCESS);
     }
     Ok(match outcome {
         VmOutcome::Exited { code } => {

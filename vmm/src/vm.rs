@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -150,6 +150,35 @@ pub struct ExitStats {
     pub interrupted: u64,
 }
 
+/// Live exit counters, shared with metrics exporters while the vCPU runs
+/// ([`MicroVm::exit_counters`]).
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    mmio_reads: AtomicU64,
+    mmio_writes: AtomicU64,
+    mmio_unclaimed: AtomicU64,
+    port_io: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+impl ExitCounters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> ExitStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ExitStats {
+            mmio_reads: g(&self.mmio_reads),
+            mmio_writes: g(&self.mmio_writes),
+            mmio_unclaimed: g(&self.mmio_unclaimed),
+            port_io: g(&self.port_io),
+            interrupted: g(&self.interrupted),
+        }
+    }
+}
+
 /// A microVM with one vCPU running a kernel-less payload.
 ///
 /// Dropping it releases everything: vCPU, VM, guest memory and its memfd.
@@ -164,7 +193,7 @@ pub struct MicroVm {
     exit_latch: Arc<ExitLatch>,
     image: Option<LoadedImage>,
     payload_arg: u64,
-    stats: ExitStats,
+    stats: Arc<ExitCounters>,
     virtio_devices: u32,
     run_state: Arc<RunState>,
 }
@@ -175,7 +204,7 @@ impl std::fmt::Debug for MicroVm {
             .field("ram_bytes", &self.ram.size_bytes())
             .field("bus", &self.bus)
             .field("image", &self.image)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
     }
 }
@@ -273,7 +302,7 @@ impl MicroVm {
             exit_latch,
             image: None,
             payload_arg: config.payload_arg,
-            stats: ExitStats::default(),
+            stats: Arc::default(),
             virtio_devices: 0,
             run_state: Arc::new(RunState::default()),
         })
@@ -367,7 +396,12 @@ impl MicroVm {
 
     /// Exit counts so far.
     pub fn stats(&self) -> ExitStats {
-        self.stats
+        self.stats.snapshot()
+    }
+
+    /// The live exit counters, readable from other threads while [`Self::run`] runs.
+    pub fn exit_counters(&self) -> Arc<ExitCounters> {
+        self.stats.clone()
     }
 
     /// A handle that stops [`Self::run`] from another thread (control API, timeouts).
@@ -405,9 +439,9 @@ impl MicroVm {
                 match exit {
                     Ok(VcpuExit::MmioWrite(addr, data)) => {
                         if self.bus.write(addr, data) {
-                            self.stats.mmio_writes += 1;
+                            ExitCounters::bump(&self.stats.mmio_writes);
                         } else {
-                            self.stats.mmio_unclaimed += 1;
+                            ExitCounters::bump(&self.stats.mmio_unclaimed);
                             log::debug!(
                                 "unclaimed MMIO write of {} bytes at {addr:#x}",
                                 data.len()
@@ -419,15 +453,15 @@ impl MicroVm {
                     }
                     Ok(VcpuExit::MmioRead(addr, data)) => {
                         if self.bus.read(addr, data) {
-                            self.stats.mmio_reads += 1;
+                            ExitCounters::bump(&self.stats.mmio_reads);
                         } else {
-                            self.stats.mmio_unclaimed += 1;
+                            ExitCounters::bump(&self.stats.mmio_unclaimed);
                             log::debug!("unclaimed MMIO read of {} bytes at {addr:#x}", data.len());
                         }
                         None
                     }
                     Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => {
-                        self.stats.port_io += 1;
+                        ExitCounters::bump(&self.stats.port_io);
                         None
                     }
                     Ok(VcpuExit::Intr) => Some(Stop::Interrupted),
@@ -449,7 +483,7 @@ impl MicroVm {
             if let Stop::Interrupted = stop {
                 // A signal (the kick, or any other) ended KVM_RUN; the kick handler may have set
                 // immediate_exit, which must be cleared or every later KVM_RUN returns at once.
-                self.stats.interrupted += 1;
+                ExitCounters::bump(&self.stats.interrupted);
                 self.vcpu.set_kvm_immediate_exit(0);
                 continue;
             }

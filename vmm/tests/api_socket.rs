@@ -1,0 +1,144 @@
+//! The control API and /metrics of a running `vmm run`, over its Unix socket and TCP port: bad
+//! input gets a 4xx and the VM keeps running; a shutdown action stops it and the VMM exits 0.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: vmm\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn api_controls_a_running_vm() {
+    if support::hypervisor_or_skip("api socket").is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-api-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--payload",
+            "spin",
+            "--mem-mib",
+            "32",
+            "--balloon-pages",
+            "0",
+        ])
+        .args(["--gcma-pool-mib", "8", "--grant-window-mib", "8"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "API socket never appeared");
+        assert!(child.try_wait().unwrap().is_none(), "vmm exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (st, body) = request(&sock, "GET", "/vm", "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["mem_mib"], 32);
+
+    for bad in [
+        "",
+        "{",
+        r#"{"target_mib": -3}"#,
+        r#"{"target_mib": 33}"#,
+        r#"{"x": 1}"#,
+    ] {
+        let (st, body) = request(&sock, "PUT", "/balloon", bad);
+        assert_eq!(st, 400, "{bad:?} -> {body}");
+        assert!(body.contains("error"), "{body}");
+    }
+    assert_eq!(
+        request(&sock, "PUT", "/balloon", r#"{"target_mib": 4}"#).0,
+        204
+    );
+    let (st, body) = request(&sock, "GET", "/balloon/statistics", "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["target_mib"], 4.0);
+
+    let (st, body) = request(&sock, "GET", "/gcma", "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["pool"]["nr_pages"], 2048);
+    assert_eq!(v["grants"].as_array().map(Vec::len), Some(0));
+
+    assert_eq!(request(&sock, "DELETE", "/vm", "").0, 405);
+    assert_eq!(request(&sock, "GET", "/nope", "").0, 404);
+    assert_eq!(
+        request(&sock, "PUT", "/actions", r#"{"action": "explode"}"#).0,
+        400
+    );
+    // Still running after all that.
+    assert!(child.try_wait().unwrap().is_none());
+
+    let mut m = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(r#"vmm_balloon_target_bytes{vm="vm0"} 4194304"#),
+        "{text}"
+    );
+    assert!(text.contains("gcma_pool_pages_total 2048"), "{text}");
+
+    assert_eq!(
+        request(&sock, "PUT", "/actions", r#"{"action": "shutdown"}"#).0,
+        204
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "vmm did not stop after shutdown");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!sock.exists(), "socket left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
