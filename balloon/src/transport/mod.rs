@@ -22,33 +22,11 @@ use crate::error::DeviceError;
 /// Guest memory as the devices see it: `vm-memory` regions backed by `mmap` (a memfd in the VMM).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
-/// Feature bit: the device complies with virtio 1.0+ (required by this transport).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// Feature bit: `used_event`/`avail_event` notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-/// Feature bit: indirect descriptors (never offered by the devices here).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// Feature bit: per-queue reset through the `QueueReset` register (offered when the device
-/// [supports it](VirtioDevice::supports_queue_reset)).
-pub const VIRTIO_F_RING_RESET: u64 = 1 << 40;
-
-/// Device status bit: the guest noticed the device.
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-/// Device status bit: the guest knows how to drive the device.
-pub const STATUS_DRIVER: u32 = 2;
-/// Device status bit: the driver is set up and ready.
-pub const STATUS_DRIVER_OK: u32 = 4;
-/// Device status bit: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u32 = 8;
-/// Device status bit: the device hit an error it cannot recover from without a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
-/// Device status bit: the driver gave up on the device.
-pub const STATUS_FAILED: u32 = 128;
-
-/// `InterruptStatus` bit: a used buffer was returned.
-pub const INT_USED_BUFFER: u32 = 1;
-/// `InterruptStatus` bit: the configuration space changed.
-pub const INT_CONFIG_CHANGE: u32 = 2;
+pub use crate::virtio_mmio::{
+    INT_CONFIG_CHANGE, INT_USED_BUFFER, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_RING_RESET,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 /// One shared-memory region a device exposes through the `SHMSel`/`SHMLen`/`SHMBase` registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
