@@ -42,7 +42,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
     /// Pool size in MiB (held and prefaulted for the whole run).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(16..=16384))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=16384))]
     pool_mib: u64,
     /// Tenant microVMs keeping cleancache and frontswap traffic going.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=8))]
