@@ -356,12 +356,19 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     pool.register_metrics(metrics.registry_mut());
     let metrics = Arc::new(metrics);
     let m = metrics.clone();
-    let server = HttpServer::tcp(
-        cfg.metrics_addr,
-        "metrics",
-        metrics_handler(Arc::new(move || m.render())),
-    )
-    .map_err(|e| DemoError::Metrics(e.to_string()))?;
+    let handler = metrics_handler(Arc::new(move || m.render()));
+    let server = match HttpServer::tcp(cfg.metrics_addr, "metrics", handler.clone()) {
+        Ok(s) => s,
+        Err(e) if cfg.metrics_addr.port() != 0 => {
+            // Another demo or exporter holds the default port: any free port will do.
+            let mut any = cfg.metrics_addr;
+            any.set_port(0);
+            log::warn!("{e}; serving metrics on a free port instead");
+            HttpServer::tcp(any, "metrics", handler)
+                .map_err(|e| DemoError::Metrics(e.to_string()))?
+        }
+        Err(e) => return Err(DemoError::Metrics(e.to_string())),
+    };
     let metrics_addr = server.local_addr().unwrap_or(cfg.metrics_addr);
 
     say!(
