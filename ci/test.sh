@@ -11,6 +11,8 @@ ci/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+# The guest payloads are a separate crate (built by vmm/build.rs with their own flags).
+cargo fmt --manifest-path vmm/payloads/Cargo.toml -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
