@@ -348,6 +348,9 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     let pool_pages = cfg.pool_mib * 256;
     let pool = Pool::new(PoolConfig {
         frontswap_policy: cfg.frontswap_policy,
+        // Bound what one guest can push to the backing file (a store may be accepted there when
+        // no pool page is free): at most a pool's worth each.
+        client_frontswap_limit_pages: Some(pool_pages),
         ..PoolConfig::new(pool_pages)
     })
     .map_err(|e| DemoError::Pool(e.to_string()))?;

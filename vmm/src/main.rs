@@ -161,8 +161,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
     let mut gcma = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
-        let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig::new(pool_mib << 8))
-            .map_err(|e| format!("creating the gcma pool: {e}"))?;
+        let pool_pages = pool_mib << 8;
+        let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
+            // A guest may not park more than a pool's worth of frontswap pages on the host.
+            client_frontswap_limit_pages: Some(pool_pages),
+            ..gcma_host::pool::PoolConfig::new(pool_pages)
+        })
+        .map_err(|e| format!("creating the gcma pool: {e}"))?;
         let mapper = vm.grant_mapper().ok_or("the VM has no grant window")?;
         mapper
             .premap(gcma_host::api::GcmaBackend::memfd(pool.as_ref()))
