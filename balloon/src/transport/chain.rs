@@ -87,17 +87,19 @@ pub enum Popped {
 /// out of range, indirect descriptors we never offered): the device should enter
 /// `DEVICE_NEEDS_RESET`.
 pub fn pop_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Popped>, ChainError> {
+    // Snapshot the available index first: the driver may publish more buffers while we look
+    // (the device runs on an event loop thread while the vCPU runs), so "empty" must be decided
+    // on one read, never by comparing two reads.
+    if queue.avail_idx(mem, Ordering::Acquire)? == Wrapping(queue.next_avail()) {
+        return Ok(None);
+    }
     let head = {
         let mut iter = queue.iter(mem)?;
         match iter.next() {
             Some(c) => c.head_index(),
             None => {
-                // `AvailIter` also ends on an unreadable ring entry: tell that apart from "empty".
-                let avail_idx = queue.avail_idx(mem, Ordering::Acquire)?;
-                if avail_idx != Wrapping(queue.next_avail()) {
-                    return Err(ChainError::RingAccess(GuestAddress(queue.avail_ring())));
-                }
-                return Ok(None);
+                // At least one entry was published, yet `AvailIter` ended: an unreadable entry.
+                return Err(ChainError::RingAccess(GuestAddress(queue.avail_ring())));
             }
         }
     };
