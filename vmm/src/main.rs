@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vmm::control::{control_handler, metrics_handler};
+use vmm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
 use vmm::http::HttpServer;
 use vmm::metrics::VmmMetrics;
 use vmm::payloads::BuiltinPayload;
@@ -136,6 +137,11 @@ struct RunArgs {
     /// Ask the guest for fresh balloon statistics this often, in seconds (0: never).
     #[arg(long, default_value_t = 5)]
     balloon_stats_interval_s: u64,
+    /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
+    /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
+    /// device work (see examples/notify_bench.rs); needs a spare host core.
+    #[arg(long)]
+    ioeventfd: bool,
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -160,6 +166,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
     let mut gcma = None;
+    let mut notifiers: Vec<DeviceSubscriber> = Vec::new();
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool_pages = pool_mib << 8;
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
@@ -174,7 +181,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("mapping the gcma pool: {e}"))?;
         let device = balloon::gcma::GcmaDevice::new(pool.clone(), mapper.clone(), "vm0");
         let metrics = device.metrics();
-        vm.add_virtio_device(device).map_err(|e| e.to_string())?;
+        let slot = vm.add_virtio_device(device).map_err(|e| e.to_string())?;
+        if args.ioeventfd {
+            notifiers.push(Box::new(
+                QueueNotifier::new(vm.shared_vm_fd(), slot.base, slot.transport.clone())
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
         gcma = Some(vmm::runtime::GcmaParts {
             metrics,
             mapper,
@@ -190,6 +203,17 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?,
         ),
         None => None,
+    };
+    if let (true, Some(slot)) = (args.ioeventfd, &balloon) {
+        notifiers.push(Box::new(
+            QueueNotifier::new(vm.shared_vm_fd(), slot.base, slot.transport.clone())
+                .map_err(|e| e.to_string())?,
+        ));
+    }
+    let events = if notifiers.is_empty() {
+        None
+    } else {
+        Some(DeviceEventLoop::start(notifiers).map_err(|e| e.to_string())?)
     };
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
 
@@ -244,6 +268,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         _ => None,
     };
     let outcome = vm.run().map_err(|e| e.to_string());
+    if let Some(events) = events {
+        if let Err(e) = events.stop() {
+            log::warn!("stopping the device event loop: {e}");
+        }
+    }
     poller_done.store(true, Ordering::Release);
     if let Some(p) = poller {
         let _ = p.join();

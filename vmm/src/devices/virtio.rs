@@ -3,7 +3,9 @@
 //! The transport ([`MmioTransport`]) owns the register file and processes a queue when the guest
 //! writes `QueueNotify`; here it only needs to be reachable from the bus. Kernel-less payloads run
 //! with interrupts off and poll the used ring, so their interrupt line ([`PolledIrq`]) only counts
-//! raises; a guest with an interrupt controller gets an irqfd-backed line instead (later step).
+//! raises. [`crate::events`] provides the alternatives: an irqfd-backed line for guests with an
+//! interrupt controller, and ioeventfd notifications served on a device thread (`vmm run
+//! --ioeventfd`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
