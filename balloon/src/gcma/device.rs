@@ -22,7 +22,7 @@ use super::proto::{
 };
 use crate::error::DeviceError;
 use crate::transport::chain::{
-    add_used, notify_used, pop_chain, Desc, Popped, DESC_SIZE, VIRTQ_DESC_F_NEXT,
+    add_used, notify_used, pop_chain_into, Desc, PoppedHead, DESC_SIZE, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
 };
 use crate::transport::{
@@ -54,6 +54,9 @@ pub struct GcmaDevice {
     metrics: Arc<GcmaMetrics>,
     /// Bounce buffer for data pages split over descriptors (taken while a request runs).
     page: Option<Box<[u8; PAGE_SIZE]>>,
+    /// The buffers of the chain being handled, reused from chain to chain (taken while a queue
+    /// is drained).
+    descs: Vec<Desc>,
 }
 
 impl std::fmt::Debug for GcmaDevice {
@@ -91,6 +94,7 @@ impl GcmaDevice {
             running: None,
             metrics: Arc::new(GcmaMetrics::default()),
             page: Some(Box::new([0u8; PAGE_SIZE])),
+            descs: Vec::with_capacity(usize::from(QUEUE_MAX_SIZE)),
         }
     }
 
@@ -161,17 +165,18 @@ impl GcmaDevice {
         }
         self.metrics.notified(index);
         let mut returned = 0u32;
+        let mut descs = std::mem::take(&mut self.descs);
         let outcome = loop {
-            let popped = match pop_chain(queue, &mem) {
+            let popped = match pop_chain_into(queue, &mem, &mut descs) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             };
             let (head, used_len) = match popped {
-                Popped::Chain(chain) => (chain.head, self.handle_chain(&mem, index, &chain.descs)),
-                Popped::Rejected { head, error } => {
+                PoppedHead::Chain(head) => (head, self.handle_chain(&mem, index, &descs)),
+                PoppedHead::Rejected { head, error } => {
                     debug!("virtio-gcma {}: queue {index}: {error}", self.name);
-                    let descs = walk_raw(queue, &mem, head);
+                    walk_raw(queue, &mem, head, &mut descs);
                     (head, self.answer_bad(&mem, index, &descs))
                 }
             };
@@ -180,6 +185,7 @@ impl GcmaDevice {
             }
             returned += 1;
         };
+        self.descs = descs;
         if returned > 0 {
             notify_used(queue, &mem, &run.interrupt).map_err(|source| DeviceError::BrokenRing {
                 queue: index,
@@ -803,11 +809,11 @@ fn write_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, data: &[u8])
 }
 
 /// The descriptors of a chain the transport rejected for out-of-memory buffers (its structure
-/// was already checked), read again so the response buffer can be located.
-fn walk_raw(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Vec<Desc> {
+/// was already checked), read again into `descs` so the response buffer can be located.
+fn walk_raw(queue: &Queue, mem: &GuestMemoryMmap, head: u16, descs: &mut Vec<Desc>) {
     let size = queue.size();
     let table = GuestAddress(queue.desc_table());
-    let mut descs = Vec::new();
+    descs.clear();
     let mut index = head;
     while index < size && descs.len() < usize::from(size) {
         let Some(at) = table.checked_add(u64::from(index) * DESC_SIZE) else {
@@ -832,5 +838,4 @@ fn walk_raw(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Vec<Desc> {
         }
         index = u16::from_le_bytes([raw[14], raw[15]]);
     }
-    descs
 }

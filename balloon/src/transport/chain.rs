@@ -9,7 +9,7 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{GuestMemoryMmap, InterruptHandle};
 use crate::error::ChainError;
@@ -81,12 +81,41 @@ pub enum Popped {
     },
 }
 
+/// What [`pop_chain_into`] took off the available ring; the buffers are in the caller's vector.
+#[derive(Debug)]
+pub enum PoppedHead {
+    /// A chain with valid structure and all buffers inside guest memory, headed by this index.
+    Chain(u16),
+    /// As [`Popped::Rejected`]: return `head` with a used length of 0 and count the error.
+    Rejected {
+        /// Head index to return.
+        head: u16,
+        /// What was wrong.
+        error: ChainError,
+    },
+}
+
 /// Take the next chain off `queue`'s available ring, if any.
 ///
 /// `Err` means the ring itself is broken (available index too far ahead, descriptor loop, index
 /// out of range, indirect descriptors we never offered): the device should enter
 /// `DEVICE_NEEDS_RESET`.
 pub fn pop_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Popped>, ChainError> {
+    let mut descs = Vec::new();
+    Ok(pop_chain_into(queue, mem, &mut descs)?.map(|p| match p {
+        PoppedHead::Chain(head) => Popped::Chain(Chain { head, descs }),
+        PoppedHead::Rejected { head, error } => Popped::Rejected { head, error },
+    }))
+}
+
+/// [`pop_chain`] without allocating: the chain's buffers replace the contents of `descs`, which a
+/// device keeps and reuses for every chain. Same checks, same errors; after `Ok(None)` or `Err`
+/// the contents of `descs` are unspecified.
+pub fn pop_chain_into(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    descs: &mut Vec<Desc>,
+) -> Result<Option<PoppedHead>, ChainError> {
     // Snapshot the available index first: the driver may publish more buffers while we look
     // (the device runs on an event loop thread while the vCPU runs), so "empty" must be decided
     // on one read, never by comparing two reads.
@@ -103,13 +132,25 @@ pub fn pop_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Popp
             }
         }
     };
-    walk_chain(queue, mem, head).map(Some)
+    walk_chain(queue, mem, head, descs).map(Some)
 }
 
-fn walk_chain(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Result<Popped, ChainError> {
+fn walk_chain(
+    queue: &Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    descs: &mut Vec<Desc>,
+) -> Result<PoppedHead, ChainError> {
+    descs.clear();
     let size = queue.size();
     let table = GuestAddress(queue.desc_table());
-    let mut descs = Vec::new();
+    // Translate the descriptor table once when it lies inside one region (it always does for a
+    // queue that passed activation); otherwise every descriptor is looked up on its own.
+    let table_slice = mem
+        .get_slice(table, usize::from(size) * DESC_SIZE as usize)
+        .ok();
+    // The region of the last buffer checked: a chain's buffers usually share one.
+    let mut region: Option<(u64, u64)> = None;
     let mut index = head;
     let mut out_of_range = None;
     loop {
@@ -119,12 +160,18 @@ fn walk_chain(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Result<Popped,
         if descs.len() >= usize::from(size) {
             return Err(ChainError::TooLong { size });
         }
+        let offset = u64::from(index) * DESC_SIZE;
         let at = table
-            .checked_add(u64::from(index) * DESC_SIZE)
+            .checked_add(offset)
             .ok_or(ChainError::RingAccess(table))?;
         let mut raw = [0u8; DESC_SIZE as usize];
-        mem.read_slice(&mut raw, at)
-            .map_err(|_| ChainError::RingAccess(at))?;
+        let read = match &table_slice {
+            Some(t) => t.read_slice(&mut raw, offset as usize).is_ok(),
+            None => mem.read_slice(&mut raw, at).is_ok(),
+        };
+        if !read {
+            return Err(ChainError::RingAccess(at));
+        }
         let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());
         let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
         let flags = u16::from_le_bytes([raw[12], raw[13]]);
@@ -132,7 +179,7 @@ fn walk_chain(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Result<Popped,
         if flags & VIRTQ_DESC_F_INDIRECT != 0 {
             return Err(ChainError::IndirectNotNegotiated);
         }
-        if out_of_range.is_none() && len > 0 && !buffer_in_memory(mem, addr, len) {
+        if out_of_range.is_none() && len > 0 && !buffer_in_memory(mem, &mut region, addr, len) {
             out_of_range = Some(ChainError::BufferOutOfRange { addr, len });
         }
         descs.push(Desc {
@@ -146,14 +193,37 @@ fn walk_chain(queue: &Queue, mem: &GuestMemoryMmap, head: u16) -> Result<Popped,
         index = next;
     }
     Ok(match out_of_range {
-        Some(error) => Popped::Rejected { head, error },
-        None => Popped::Chain(Chain { head, descs }),
+        Some(error) => PoppedHead::Rejected { head, error },
+        None => PoppedHead::Chain(head),
     })
 }
 
-fn buffer_in_memory(mem: &GuestMemoryMmap, addr: u64, len: u32) -> bool {
-    GuestAddress(addr).checked_add(u64::from(len)).is_some()
-        && GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize)
+/// Whether `[addr, addr + len)` is guest memory. `region` caches the `[start, end)` of the last
+/// region a buffer fell in, so a chain whose buffers share a region costs one lookup.
+fn buffer_in_memory(
+    mem: &GuestMemoryMmap,
+    region: &mut Option<(u64, u64)>,
+    addr: u64,
+    len: u32,
+) -> bool {
+    let Some(end) = addr.checked_add(u64::from(len)) else {
+        return false;
+    };
+    if let Some((start, stop)) = *region {
+        if addr >= start && end <= stop {
+            return true;
+        }
+    }
+    if let Some(r) = mem.find_region(GuestAddress(addr)) {
+        let start = r.start_addr().raw_value();
+        let stop = start.saturating_add(r.len());
+        *region = Some((start, stop));
+        if end <= stop {
+            return true;
+        }
+    }
+    // Spanning adjacent regions (or outside memory): the general check decides.
+    GuestMemoryBackend::check_range(mem, GuestAddress(addr), len as usize)
 }
 
 /// Put `head` on the used ring with `len` bytes written.
