@@ -93,7 +93,7 @@ impl Pool {
         let mut g = self.lock();
         let g = &mut *g;
         let mut obj = g.cc_object(client, &key)?;
-        Counters::add(&self.counters.cc_puts, 1);
+        Counters::add_locked(&self.counters.cc_puts, 1);
         let existing = obj.and_then(|o| g.cc_objs[o as usize].pages.get(&key.index).copied());
         if let Some(p) = existing {
             // SAFETY: `p` is a cleancache page of this key; the lock is held.
@@ -114,7 +114,7 @@ impl Pool {
                     p
                 }
                 None => {
-                    Counters::add(&self.counters.cc_puts_dropped, 1);
+                    Counters::add_locked(&self.counters.cc_puts_dropped, 1);
                     return Ok(false);
                 }
             },
@@ -146,10 +146,10 @@ impl Pool {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(page) = g.cc_take(client, &key)? else {
-            Counters::add(&self.counters.cc_misses, 1);
+            Counters::add_locked(&self.counters.cc_misses, 1);
             return Ok(false);
         };
-        Counters::add(&self.counters.cc_hits, 1);
+        Counters::add_locked(&self.counters.cc_hits, 1);
         g.pages.set(page, PageState::FreeDirty, Tenant::None);
         // SAFETY: `page` held this key's data and is free now, but no one can take it before the
         // lock is released.
@@ -167,7 +167,7 @@ impl Pool {
             return Ok(false);
         };
         g.pages.set(page, PageState::FreeDirty, Tenant::None);
-        Counters::add(&self.counters.cc_flushes, 1);
+        Counters::add_locked(&self.counters.cc_flushes, 1);
         Ok(true)
     }
 
@@ -186,7 +186,7 @@ impl Pool {
             return Ok(0);
         };
         let n = g.cc_drop_object(obj);
-        Counters::add(&self.counters.cc_flushes, n);
+        Counters::add_locked(&self.counters.cc_flushes, n);
         Ok(n)
     }
 
@@ -213,7 +213,7 @@ impl Pool {
         for o in objs {
             n += g.cc_drop_object(o);
         }
-        Counters::add(&self.counters.cc_flushes, n);
+        Counters::add_locked(&self.counters.cc_flushes, n);
         Ok(())
     }
 }

@@ -310,9 +310,20 @@ impl Pool {
         let mut g = self.lock();
         let g = &mut *g;
         let c = g.client_mut(client)?;
-        let keys: Vec<FrontswapKey> = c.fs.keys().filter(|k| k.area == area).copied().collect();
+        // Freed in ascending pool-page order (pages elsewhere first), not in hash order: puts
+        // and stores take the newest-freed page first, so they then walk the pool in order,
+        // which the TLB and the memory prefetchers reward, and low pages are taken last.
+        let mut keys: Vec<(u32, FrontswapKey)> =
+            c.fs.iter()
+                .filter(|(k, _)| k.area == area)
+                .map(|(k, e)| match e.loc {
+                    FsLoc::Pool(p) => (p, *k),
+                    _ => (0, *k),
+                })
+                .collect();
+        keys.sort_unstable_by_key(|&(p, _)| p);
         let mut n = 0;
-        for k in keys {
+        for (_, k) in keys {
             n += g.fs_remove(client, &k) as u64;
         }
         Counters::add(&self.counters.fs_invalidates, n);
@@ -392,5 +403,62 @@ impl Pool {
                 None => g.slots.release(s),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GcmaBackend;
+    use crate::pool::PoolConfig;
+
+    /// Where `key`'s data lives, if in the pool.
+    fn pool_page(pool: &Pool, client: ClientId, key: FrontswapKey) -> Option<u32> {
+        let g = pool.lock();
+        match g.client(client).ok()?.fs.get(&key)?.loc {
+            FsLoc::Pool(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn area_invalidation_frees_in_page_order() {
+        const N: u64 = 64;
+        let mut cfg = PoolConfig::new(N);
+        cfg.frontswap_policy = FrontswapPolicy::WriteBack;
+        let pool = Pool::new(cfg).unwrap();
+        let c = pool.register_client("t");
+        let page = [3u8; PAGE_SIZE];
+        // Scatter the pages over the keys: store, then free every other key and store again.
+        for offset in 0..N {
+            pool.frontswap_store(c, FrontswapKey { area: 0, offset }, &page)
+                .unwrap();
+        }
+        for offset in (0..N).step_by(2) {
+            pool.frontswap_invalidate_page(c, FrontswapKey { area: 0, offset })
+                .unwrap();
+        }
+        for offset in (0..N).step_by(2) {
+            pool.frontswap_store(
+                c,
+                FrontswapKey {
+                    area: 0,
+                    offset: N + offset,
+                },
+                &page,
+            )
+            .unwrap();
+        }
+        assert_eq!(pool.frontswap_invalidate_area(c, 0).unwrap(), N);
+        // Freed lowest first, so the newest-freed (taken first) is the highest page.
+        let mut got = Vec::new();
+        for offset in 0..N {
+            let key = FrontswapKey { area: 1, offset };
+            pool.frontswap_store(c, key, &page).unwrap();
+            got.push(pool_page(&pool, c, key).expect("in the pool"));
+        }
+        let want: Vec<u32> = (0..N as u32).rev().collect();
+        assert_eq!(got, want);
+        pool.check_consistency().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Pool metrics: lock-free counters bumped on every operation, a grant-latency histogram, a
 //! [`PoolStats`] snapshot, and a `prometheus-client` [`Collector`] that encodes a snapshot on each
-//! scrape (so metrics cost the hot paths nothing but relaxed atomic adds).
+//! scrape (so metrics cost the hot paths nothing but relaxed atomic adds, or a plain load and store
+//! for counters written only under the pool lock).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,13 @@ impl Counters {
         if n != 0 {
             c.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Adds `n` to a counter that is only ever written with the pool lock held: a plain load and
+    /// store (no locked read-modify-write, whose full fence would wait for the page copy just
+    /// done under the lock). Readers still see whole values, since the accesses are atomic.
+    pub fn add_locked(c: &AtomicU64, n: u64) {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     pub fn evicted(&self, reason: EvictReason, frontswap: bool, n: u64) {

@@ -15,7 +15,9 @@
 //! to it, free and second-class pages are all available. A grant takes the lowest fitting run,
 //! evicts the second-class pages in it, zeroes every page not known to be zero, and marks the run
 //! granted. Pages a put or store needs come from free pages (dirty ones first, so that zero pages
-//! stay cheap for grants; the newest-freed first, so that low addresses tend to stay free); when
+//! stay cheap for grants; the newest-freed first, so that low addresses tend to stay free; bulk
+//! frees such as an area invalidation go in ascending page order, so that later puts walk the
+//! pool downwards page by page rather than at random, which the TLB and prefetchers reward); when
 //! none is free, second-class pages are evicted in LRU order: a cleancache put evicts only
 //! cleancache pages (and is dropped when there are none); a frontswap store evicts cleancache pages
 //! first, then frontswap pages. Granted pages are never evicted.
@@ -46,7 +48,9 @@
 //! * **Backing-file I/O**: write-through writes go to a slot that no entry names yet; write-back
 //!   writes go to a fresh slot and are installed only if the entry did not change meanwhile
 //!   (generation check); reads pin their slot so that it cannot be reused while being read.
-//! * Statistics counters are atomics.
+//! * Statistics counters are atomics. Those written only under the lock (the cleancache ones) are
+//!   bumped with a plain load and store rather than a locked add: a locked instruction is a full
+//!   fence, and after a 4 KiB copy it would wait for the copy's stores to drain.
 //!
 //! Grants (and their releases) are latency-critical and rare, second-class operations are
 //! frequent and short: a grant announces that it waits for the lock, and second-class operations
@@ -691,7 +695,7 @@ impl GcmaBackend for Pool {
         }
         for obj in c.cc_objects.into_values() {
             let n = g.cc_drop_object(obj);
-            Counters::add(&self.counters.cc_flushes, n);
+            Counters::add_locked(&self.counters.cc_flushes, n);
         }
         for e in c.fs.into_values() {
             g.fs_drop_entry(e);
