@@ -773,7 +773,14 @@ fn read_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, out: &mut [u8
         let Some(addr) = d.addr.checked_add(skip) else {
             return false;
         };
-        if mem.read_slice(&mut out[done..done + n], addr).is_err() {
+        let dst = &mut out[done..done + n];
+        // One translation for a piece inside one region; the general path (pieces spanning
+        // regions, or outside memory) decides the rest.
+        let copied = match mem.get_slice(addr, n) {
+            Ok(s) => s.copy_to(dst) == n,
+            Err(_) => false,
+        };
+        if !copied && mem.read_slice(dst, addr).is_err() {
             return false;
         }
         done += n;
@@ -799,7 +806,16 @@ fn write_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, data: &[u8])
         let Some(addr) = d.addr.checked_add(skip) else {
             return false;
         };
-        if mem.write_slice(&data[done..done + n], addr).is_err() {
+        let src = &data[done..done + n];
+        // As in `read_stream`: one translation when the piece lies inside one region.
+        let copied = match mem.get_slice(addr, n) {
+            Ok(s) => {
+                s.copy_from(src);
+                true
+            }
+            Err(_) => false,
+        };
+        if !copied && mem.write_slice(src, addr).is_err() {
             return false;
         }
         done += n;
