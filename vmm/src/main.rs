@@ -102,10 +102,14 @@ fn demo(args: DemoArgs) -> Result<ExitCode, String> {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin, gcma) or the
+    /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin, gcma, agent) or the
     /// path of a static x86-64 ELF linked at 0x400000 (see vmm/payloads for how to build one).
     #[arg(long)]
     payload: String,
+    /// Number of vCPUs. Kernel-less payloads run on one; more are refused until SMP guests are
+    /// supported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=1))]
+    vcpus: u8,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=3328))]
     mem_mib: u64,
