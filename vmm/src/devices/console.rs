@@ -114,17 +114,7 @@ impl MmioDevice for ConsoleDevice {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::vm::SharedBuffer as Sink;
 
     #[test]
     fn copies_guest_buffers_and_refuses_bad_ones() {
@@ -136,12 +126,12 @@ mod tests {
         let req = |gpa: u64, len: u64| (gpa | (len << CONSOLE_LEN_SHIFT)).to_le_bytes();
         dev.write(CONSOLE_REG_WRITE, &req(0x1234, 5));
         dev.write(CONSOLE_REG_WRITE, &req(0x1234 + 5, 9));
-        assert_eq!(sink.0.lock().unwrap().as_slice(), b"hello, console");
+        assert_eq!(sink.contents().as_slice(), b"hello, console");
         dev.write(CONSOLE_REG_WRITE, &req(0xfff0, 0x20)); // runs past the end of RAM
         dev.write(CONSOLE_REG_WRITE, &[1, 2, 3, 4]); // wrong width
         dev.write(8, &req(0x1234, 5)); // wrong register
         dev.write(CONSOLE_REG_WRITE, &u64::MAX.to_le_bytes());
         assert_eq!(dev.refused(), 4);
-        assert_eq!(sink.0.lock().unwrap().len(), 14);
+        assert_eq!(sink.contents().len(), 14);
     }
 }

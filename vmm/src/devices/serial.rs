@@ -68,19 +68,7 @@ impl MmioDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::vm::SharedBuffer as Shared;
 
     #[test]
     fn transmits_bytes_written_to_thr_and_reports_an_empty_transmitter() {
@@ -90,7 +78,7 @@ mod tests {
             dev.write(0, &[*b]);
         }
         dev.write(100, b"x");
-        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(out.contents().as_slice(), b"hi\n");
         let mut lsr = [0u8; 1];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty bit must be set");
