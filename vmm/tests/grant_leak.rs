@@ -3,32 +3,15 @@
 
 mod support;
 
-use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
+use support::{grant, pool_memfd};
+
+use std::os::fd::AsFd;
 
 use balloon::gcma::GrantMapper;
-use gcma_host::api::{ClientId, ContigGrant};
+use gcma_host::api::ContigGrant;
 use vmm::abi::PAGE_SIZE;
 use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig};
-
-fn pool_memfd(bytes: u64) -> File {
-    // SAFETY: a valid name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"test-pool".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is fresh and owned by the File from here on.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(bytes).unwrap();
-    file
-}
-
-fn grant(first_page: u64, nr_pages: u64) -> ContigGrant {
-    ContigGrant {
-        client: ClientId(1),
-        first_page,
-        nr_pages,
-    }
-}
 
 fn count(dir_or_file: &str) -> usize {
     if dir_or_file.ends_with("maps") {

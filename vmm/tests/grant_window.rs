@@ -3,35 +3,16 @@
 
 mod support;
 
-use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
+use support::{grant, pool_memfd};
+
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use balloon::gcma::{GrantMapper, MapError};
-use gcma_host::api::{ClientId, ContigGrant};
 use vmm::abi::{GRANT_WINDOW_BASE, PAGE_SIZE};
 use vmm::payloads::{fill_arg, BuiltinPayload, FILL_KEY};
 use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
-
-/// A memfd standing in for the pool's.
-fn pool_memfd(bytes: u64) -> File {
-    // SAFETY: a valid name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"test-pool".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is fresh and owned by the File from here on.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(bytes).unwrap();
-    file
-}
-
-fn grant(first_page: u64, nr_pages: u64) -> ContigGrant {
-    ContigGrant {
-        client: ClientId(1),
-        first_page,
-        nr_pages,
-    }
-}
 
 fn vm_with_window(hv: &vmm::Hypervisor, window: u64, out: &SharedBuffer) -> MicroVm {
     let config = VmConfig {

@@ -40,3 +40,24 @@ pub fn run(vm: &mut vmm::MicroVm) -> vmm::Result<vmm::VmOutcome> {
     assert!(!fired, "the guest did not finish within {GUEST_TIMEOUT:?}");
     outcome
 }
+
+/// A memfd of `bytes` standing in for the pool's.
+pub fn pool_memfd(bytes: u64) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"test-pool".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is fresh and owned by the File from here on.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(bytes).unwrap();
+    file
+}
+
+/// A grant of client 1 at pool page `first_page`.
+pub fn grant(first_page: u64, nr_pages: u64) -> gcma_host::api::ContigGrant {
+    gcma_host::api::ContigGrant {
+        client: gcma_host::api::ClientId(1),
+        first_page,
+        nr_pages,
+    }
+}
