@@ -756,72 +756,68 @@ fn is_ordered(descs: &[Desc]) -> bool {
     descs[first_w..].iter().all(|d| d.writable)
 }
 
-/// Reads `out.len()` bytes starting `offset` bytes into the readable stream.
-fn read_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, out: &mut [u8]) -> bool {
+/// Walks the `len` bytes that start `offset` bytes into the readable (or writable) stream of
+/// `descs`, handing each piece that lies in one descriptor to `copy` as (guest address, range of
+/// the caller's buffer). False if the stream is too short, an address overflows, or `copy` fails.
+fn for_each_piece(
+    descs: &[Desc],
+    writable: bool,
+    offset: u64,
+    len: usize,
+    mut copy: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+) -> bool {
     let mut skip = offset;
     let mut done = 0usize;
-    for d in descs.iter().filter(|d| !d.writable) {
-        if done == out.len() {
+    for d in descs.iter().filter(|d| d.writable == writable) {
+        if done == len {
             break;
         }
-        let len = u64::from(d.len);
-        if skip >= len {
-            skip -= len;
+        let d_len = u64::from(d.len);
+        if skip >= d_len {
+            skip -= d_len;
             continue;
         }
-        let n = ((len - skip) as usize).min(out.len() - done);
+        let n = ((d_len - skip) as usize).min(len - done);
         let Some(addr) = d.addr.checked_add(skip) else {
             return false;
         };
-        let dst = &mut out[done..done + n];
-        // One translation for a piece inside one region; the general path (pieces spanning
-        // regions, or outside memory) decides the rest.
-        let copied = match mem.get_slice(addr, n) {
-            Ok(s) => s.copy_to(dst) == n,
-            Err(_) => false,
-        };
-        if !copied && mem.read_slice(dst, addr).is_err() {
+        if !copy(addr, done..done + n) {
             return false;
         }
         done += n;
         skip = 0;
     }
-    done == out.len()
+    done == len
+}
+
+/// Reads `out.len()` bytes starting `offset` bytes into the readable stream.
+fn read_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, out: &mut [u8]) -> bool {
+    for_each_piece(descs, false, offset, out.len(), |addr, range| {
+        let dst = &mut out[range];
+        // One translation for a piece inside one region; the general path (pieces spanning
+        // regions, or outside memory) decides the rest.
+        let copied = match mem.get_slice(addr, dst.len()) {
+            Ok(s) => s.copy_to(dst) == dst.len(),
+            Err(_) => false,
+        };
+        copied || mem.read_slice(dst, addr).is_ok()
+    })
 }
 
 /// Writes `data` starting `offset` bytes into the writable stream.
 fn write_stream(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, data: &[u8]) -> bool {
-    let mut skip = offset;
-    let mut done = 0usize;
-    for d in descs.iter().filter(|d| d.writable) {
-        if done == data.len() {
-            break;
-        }
-        let len = u64::from(d.len);
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(data.len() - done);
-        let Some(addr) = d.addr.checked_add(skip) else {
-            return false;
-        };
-        let src = &data[done..done + n];
+    for_each_piece(descs, true, offset, data.len(), |addr, range| {
+        let src = &data[range];
         // As in `read_stream`: one translation when the piece lies inside one region.
-        let copied = match mem.get_slice(addr, n) {
+        let copied = match mem.get_slice(addr, src.len()) {
             Ok(s) => {
                 s.copy_from(src);
                 true
             }
             Err(_) => false,
         };
-        if !copied && mem.write_slice(src, addr).is_err() {
-            return false;
-        }
-        done += n;
-        skip = 0;
-    }
-    done == data.len()
+        copied || mem.write_slice(src, addr).is_ok()
+    })
 }
 
 /// The descriptors of a chain the transport rejected for out-of-memory buffers (its structure
