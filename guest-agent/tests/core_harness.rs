@@ -3,7 +3,8 @@
 //! pages from the harness's guest memory. Fault hooks on `QueueNotify` inject device resets,
 //! `DEVICE_NEEDS_RESET`, lost notifications and a device that answers late.
 
-use std::ptr::NonNull;
+mod common;
+
 use std::sync::Arc;
 
 use balloon::gcma::testing::MemfdGrantMapper;
@@ -21,7 +22,6 @@ use guest_agent::{
     CleancacheClient, DmaExhausted, DmaRegion, DriverConfig, Error, FrontswapClient, GcmaDriver,
     Hal,
 };
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 const GUEST_MEM: usize = 16 << 20;
 const WINDOW_GPA: u64 = 1 << 32;
@@ -87,24 +87,7 @@ unsafe impl Hal for HarnessHal {
     }
 
     fn dma_alloc(&mut self, pages: usize) -> Result<DmaRegion, DmaExhausted> {
-        let len = (pages * PAGE_SIZE) as u64;
-        if self.next + len > GUEST_MEM as u64 {
-            return Err(DmaExhausted { pages });
-        }
-        let gpa = self.next;
-        self.next += len;
-        let host = self
-            .mem
-            .get_host_address(GuestAddress(gpa))
-            .map_err(|_| DmaExhausted { pages })?;
-        // SAFETY: `gpa..gpa+len` lies inside the single guest memory region (checked above), so
-        // `host` is valid for `len` bytes.
-        unsafe { std::ptr::write_bytes(host, 0, len as usize) };
-        Ok(DmaRegion {
-            vaddr: NonNull::new(host).ok_or(DmaExhausted { pages })?,
-            gpa,
-            pages,
-        })
+        common::carve_dma(&self.mem, &mut self.next, GUEST_MEM as u64, pages)
     }
 
     fn wait_hint(&mut self) {

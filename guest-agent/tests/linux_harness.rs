@@ -6,8 +6,9 @@
 
 #![cfg(all(feature = "std", target_os = "linux"))]
 
+mod common;
+
 use std::path::PathBuf;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,6 @@ use guest_agent::linux::regs::{RegisterWindow, VecWindow, VIRTIO_MMIO_MAGIC};
 use guest_agent::linux::serve::{answer, request, serve, ClientError};
 use guest_agent::proto::{stat, status, PAGE_SIZE, VIRTIO_ID_GCMA};
 use guest_agent::{DmaExhausted, DmaRegion, Error};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 const GUEST_MEM: usize = 16 << 20;
 const WINDOW_GPA: u64 = 1 << 32;
@@ -63,23 +63,7 @@ struct GuestMemDma {
 // the device sees them at the same guest-physical addresses.
 unsafe impl DmaPages for GuestMemDma {
     fn alloc_pages(&mut self, pages: usize) -> Result<DmaRegion, DmaExhausted> {
-        let len = (pages * PAGE_SIZE) as u64;
-        if self.next + len > GUEST_MEM as u64 {
-            return Err(DmaExhausted { pages });
-        }
-        let gpa = self.next;
-        self.next += len;
-        let host = self
-            .mem
-            .get_host_address(GuestAddress(gpa))
-            .map_err(|_| DmaExhausted { pages })?;
-        // SAFETY: `gpa..gpa + len` lies inside the guest memory region (checked above).
-        unsafe { std::ptr::write_bytes(host, 0, len as usize) };
-        Ok(DmaRegion {
-            vaddr: NonNull::new(host).ok_or(DmaExhausted { pages })?,
-            gpa,
-            pages,
-        })
+        common::carve_dma(&self.mem, &mut self.next, GUEST_MEM as u64, pages)
     }
 }
 
