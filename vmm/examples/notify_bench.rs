@@ -15,18 +15,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use balloon::error::DeviceError;
-use balloon::transport::chain::{self, Popped};
 use balloon::transport::mmio::{regs, MmioTransport};
-use balloon::transport::{
-    Activation, GuestMemoryMmap, InterruptHandle, Queue, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use balloon::transport::VirtioDevice;
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use clap::Parser;
-use vmm::abi::{EXIT_BASE, EXIT_REG_CODE, PAYLOAD_LOAD_ADDR};
 use vmm::events::{DeviceEventLoop, QueueNotifier};
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+
+#[path = "../tests/support/ping.rs"]
+mod ping;
+use ping::{elf, host_driver_setup, ping_code, NullDevice};
 
 #[derive(Parser, Debug)]
 #[command(about = "Queue-notification round trip: synchronous MMIO exit vs ioeventfd")]
@@ -40,179 +39,6 @@ struct Args {
     /// Runs per path and workload (alternating paths); the median is reported.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-}
-
-/// Where the ping queue lives in guest RAM (clear of boot structures, payload and stack).
-const RING: u64 = 0x80_0000;
-const QUEUE_SIZE: u16 = 16;
-const DESC: u64 = RING;
-const AVAIL: u64 = RING + 0x100;
-const USED: u64 = RING + 0x800;
-const BUFFER: u64 = RING + 0xc00;
-
-/// A device with one queue that returns every buffer at once.
-#[derive(Default)]
-struct NullDevice {
-    running: Option<(Arc<GuestMemoryMmap>, Queue, InterruptHandle)>,
-}
-
-impl VirtioDevice for NullDevice {
-    fn device_id(&self) -> u32 {
-        0xfff0
-    }
-    fn device_features(&self) -> u64 {
-        0
-    }
-    fn queue_max_sizes(&self, _features: u64) -> Vec<u16> {
-        vec![QUEUE_SIZE]
-    }
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(DeviceError::QueueNotReady(0))?;
-        self.running = Some((a.mem, queue, a.interrupt));
-        Ok(())
-    }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
-        let (mem, queue, interrupt) = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
-        let broken = |source| DeviceError::BrokenRing {
-            queue: index,
-            source,
-        };
-        let mut returned = false;
-        while let Some(p) = chain::pop_chain(queue, mem).map_err(broken)? {
-            let head = match p {
-                Popped::Chain(c) => c.head,
-                Popped::Rejected { head, .. } => head,
-            };
-            chain::add_used(queue, mem, head, 0).map_err(broken)?;
-            returned = true;
-        }
-        if returned {
-            interrupt.signal_used()?;
-        }
-        Ok(())
-    }
-    fn reset(&mut self) {
-        self.running = None;
-    }
-}
-
-/// Drives the transport's registers from the host as a driver would, so the guest only has to
-/// kick and poll: negotiate VERSION_1, one queue of [`QUEUE_SIZE`] at [`RING`], DRIVER_OK.
-fn host_driver_setup(t: &mut MmioTransport<NullDevice>, mem: &GuestMemoryMmap) {
-    use vm_memory::{Bytes, GuestAddress};
-    let mut w = |off: u64, v: u32| t.write(off, &v.to_le_bytes());
-    w(regs::STATUS, 1);
-    w(regs::STATUS, 3);
-    w(regs::DRIVER_FEATURES_SEL, 1);
-    w(regs::DRIVER_FEATURES, (VIRTIO_F_VERSION_1 >> 32) as u32);
-    w(regs::STATUS, 11);
-    w(regs::QUEUE_SEL, 0);
-    w(regs::QUEUE_NUM, u32::from(QUEUE_SIZE));
-    w(regs::QUEUE_DESC_LOW, DESC as u32);
-    w(regs::QUEUE_DESC_HIGH, 0);
-    w(regs::QUEUE_DRIVER_LOW, AVAIL as u32);
-    w(regs::QUEUE_DRIVER_HIGH, 0);
-    w(regs::QUEUE_DEVICE_LOW, USED as u32);
-    w(regs::QUEUE_DEVICE_HIGH, 0);
-    w(regs::QUEUE_READY, 1);
-    w(regs::STATUS, 15);
-    assert!(t.is_activated(), "null device did not activate");
-    // Descriptor 0: an 8-byte device-readable buffer; every avail slot offers it.
-    let mut desc = [0u8; 16];
-    desc[..8].copy_from_slice(&BUFFER.to_le_bytes());
-    desc[8..12].copy_from_slice(&8u32.to_le_bytes());
-    mem.write_slice(&desc, GuestAddress(DESC)).unwrap();
-    mem.write_slice(&[0u8; 4 + 2 * QUEUE_SIZE as usize], GuestAddress(AVAIL))
-        .unwrap();
-}
-
-/// A tiny assembler for the ping guest: bytes plus rel8 jump patching.
-struct Code {
-    bytes: Vec<u8>,
-}
-
-impl Code {
-    fn emit(&mut self, b: &[u8]) -> &mut Self {
-        self.bytes.extend_from_slice(b);
-        self
-    }
-    fn movabs(&mut self, opcode: u8, imm: u64) -> &mut Self {
-        self.emit(&[0x48, opcode]).emit(&imm.to_le_bytes())
-    }
-    fn here(&self) -> usize {
-        self.bytes.len()
-    }
-    /// Emits a short jump with opcode `op` to `target` (a known label).
-    fn jump_back(&mut self, op: u8, target: usize) -> &mut Self {
-        let rel = target as i64 - (self.here() as i64 + 2);
-        self.emit(&[op, i8::try_from(rel).unwrap() as u8])
-    }
-}
-
-/// The ping guest: `for i in 1..=rsi { avail.idx = i; *QueueNotify = 0; while used.idx != i {} }`,
-/// then writes exit code 0.
-fn ping_code(notify_addr: u64) -> Vec<u8> {
-    let mut c = Code { bytes: Vec::new() };
-    c.emit(&[0x48, 0x89, 0xf1]) // mov rcx, rsi (kick count)
-        .emit(&[0x31, 0xc0]) // xor eax, eax
-        .movabs(0xbb, AVAIL + 2) // mov rbx, &avail.idx
-        .movabs(0xba, USED + 2) // mov rdx, &used.idx
-        .movabs(0xbf, notify_addr); // mov rdi, &QueueNotify
-    let top = c.here();
-    c.emit(&[0x48, 0x39, 0xc8]); // cmp rax, rcx
-    let jae_at = c.here();
-    c.emit(&[0x73, 0x00]) // jae done (patched)
-        .emit(&[0xff, 0xc0]) // inc eax
-        .emit(&[0x66, 0x89, 0x03]) // mov [rbx], ax
-        .emit(&[0xc7, 0x07, 0, 0, 0, 0]); // mov dword [rdi], 0  (kick queue 0)
-    let spin = c.here();
-    c.emit(&[0xf3, 0x90]) // pause
-        .emit(&[0x66, 0x39, 0x02]) // cmp [rdx], ax
-        .jump_back(0x75, spin) // jne spin
-        .jump_back(0xeb, top); // jmp top
-    let done = c.here();
-    c.bytes[jae_at + 1] = u8::try_from(done - (jae_at + 2)).unwrap();
-    c.movabs(0xbf, EXIT_BASE + EXIT_REG_CODE) // mov rdi, &exit
-        .emit(&[0xc7, 0x07, 0, 0, 0, 0]) // mov dword [rdi], 0
-        .emit(&[0xeb, 0xfe]); // jmp $ (not reached: the exit write ends the run)
-    c.bytes
-}
-
-/// A static ELF with `code` as its only (executable) segment, entered at its first byte.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let hdrs = 64 + 56;
-    let mut elf = vec![0u8; hdrs];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2;
-    elf[5] = 1;
-    elf[6] = 1;
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&(PAYLOAD_LOAD_ADDR + hdrs as u64).to_le_bytes());
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-    elf[52..54].copy_from_slice(&64u16.to_le_bytes());
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let len = (hdrs + code.len()) as u64;
-    let ph = &mut elf[64..];
-    ph[..4].copy_from_slice(&1u32.to_le_bytes());
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes());
-    ph[16..24].copy_from_slice(&PAYLOAD_LOAD_ADDR.to_le_bytes());
-    ph[24..32].copy_from_slice(&PAYLOAD_LOAD_ADDR.to_le_bytes());
-    ph[32..40].copy_from_slice(&len.to_le_bytes());
-    ph[40..48].copy_from_slice(&len.to_le_bytes());
-    ph[48..56].copy_from_slice(&4096u64.to_le_bytes());
-    elf.extend_from_slice(code);
-    elf
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

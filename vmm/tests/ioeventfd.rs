@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::ping::{elf, host_driver_setup, ping_code, NullDevice};
+
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
@@ -12,7 +14,7 @@ use balloon::transport::mmio::{regs, MmioTransport};
 use balloon::transport::{Activation, IrqLine, VirtioDevice};
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use kvm_ioctls::IoEventAddress;
-use vmm::abi::{PAYLOAD_LOAD_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use vmm::abi::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use vmm::devices::PolledIrq;
 use vmm::events::{DeviceEventLoop, EventsError, IrqfdLine, QueueNotifier};
 use vmm::payloads::BuiltinPayload;
@@ -297,35 +299,6 @@ fn spin_elf() -> Vec<u8> {
     elf(&[0xeb, 0xfe])
 }
 
-/// A static ELF with `code` as its only (executable) segment, entered at its first byte.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let hdrs = 64 + 56;
-    let mut elf = vec![0u8; hdrs];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2; // 64-bit
-    elf[5] = 1; // little-endian
-    elf[6] = 1; // version
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&(PAYLOAD_LOAD_ADDR + hdrs as u64).to_le_bytes()); // entry
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
-    elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
-    let len = (hdrs + code.len()) as u64;
-    let ph = &mut elf[64..];
-    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R|X
-    ph[16..24].copy_from_slice(&PAYLOAD_LOAD_ADDR.to_le_bytes()); // vaddr
-    ph[24..32].copy_from_slice(&PAYLOAD_LOAD_ADDR.to_le_bytes()); // paddr
-    ph[32..40].copy_from_slice(&len.to_le_bytes()); // filesz
-    ph[40..48].copy_from_slice(&len.to_le_bytes()); // memsz
-    ph[48..56].copy_from_slice(&4096u64.to_le_bytes()); // align
-    elf.extend_from_slice(code);
-    elf
-}
-
 #[test]
 fn a_guest_spinning_without_exits_is_stopped_from_another_thread() {
     let Some(hv) = support::hypervisor_or_skip("stop a spinning guest") else {
@@ -356,92 +329,11 @@ fn a_guest_spinning_without_exits_is_stopped_from_another_thread() {
     assert_eq!(vm.stats().mmio_writes, 0);
 }
 
-/// Ping queue layout in guest RAM (clear of boot structures, payload and stack).
-const RING: u64 = 0x80_0000;
-const PING_QUEUE_SIZE: u16 = 16;
-
-/// A one-queue device that returns every buffer at once.
-#[derive(Default)]
-struct NullDevice {
-    running: Option<(
-        Arc<balloon::transport::GuestMemoryMmap>,
-        balloon::transport::Queue,
-    )>,
-}
-
-impl VirtioDevice for NullDevice {
-    fn device_id(&self) -> u32 {
-        0xfff0
-    }
-    fn device_features(&self) -> u64 {
-        0
-    }
-    fn queue_max_sizes(&self, _features: u64) -> Vec<u16> {
-        vec![PING_QUEUE_SIZE]
-    }
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(DeviceError::QueueNotReady(0))?;
-        self.running = Some((a.mem, queue));
-        Ok(())
-    }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
-        use balloon::transport::chain::{self, Popped};
-        let (mem, queue) = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
-        let broken = |source| DeviceError::BrokenRing {
-            queue: index,
-            source,
-        };
-        while let Some(p) = chain::pop_chain(queue, mem).map_err(broken)? {
-            let head = match p {
-                Popped::Chain(c) => c.head,
-                Popped::Rejected { head, .. } => head,
-            };
-            chain::add_used(queue, mem, head, 0).map_err(broken)?;
-        }
-        Ok(())
-    }
-    fn reset(&mut self) {
-        self.running = None;
-    }
-}
-
-/// Hand-assembled guest: `for i in 1..=rsi { avail.idx = i; *notify = 0; while used.idx != i {} }`
-/// then exit code 0. The host set the queue up; descriptor 0 is in every avail slot.
-fn ping_code(notify_addr: u64) -> Vec<u8> {
-    let (avail_idx, used_idx) = (RING + 0x100 + 2, RING + 0x800 + 2);
-    let exit = vmm::abi::EXIT_BASE + vmm::abi::EXIT_REG_CODE;
-    let mut c = vec![0x48, 0x89, 0xf1, 0x31, 0xc0]; // mov rcx, rsi; xor eax, eax
-    for (op, imm) in [(0xbb, avail_idx), (0xba, used_idx), (0xbf, notify_addr)] {
-        c.extend_from_slice(&[0x48, op]); // movabs rbx / rdx / rdi
-        c.extend_from_slice(&imm.to_le_bytes());
-    }
-    // top (35): cmp rax, rcx; jae done; inc eax; mov [rbx], ax; mov dword [rdi], 0
-    // spin (51): pause; cmp [rdx], ax; jne spin; jmp top
-    // done (60): movabs rdi, exit; mov dword [rdi], 0; jmp $
-    c.extend_from_slice(&[0x48, 0x39, 0xc8, 0x73, 20, 0xff, 0xc0, 0x66, 0x89, 0x03]);
-    c.extend_from_slice(&[0xc7, 0x07, 0, 0, 0, 0]);
-    c.extend_from_slice(&[0xf3, 0x90, 0x66, 0x39, 0x02, 0x75, 0xf9, 0xeb, 0xe7]);
-    assert_eq!(c.len(), 60);
-    c.extend_from_slice(&[0x48, 0xbf]);
-    c.extend_from_slice(&exit.to_le_bytes());
-    c.extend_from_slice(&[0xc7, 0x07, 0, 0, 0, 0, 0xeb, 0xfe]);
-    c
-}
-
 #[test]
 fn back_to_back_kicks_race_the_event_loop_without_breaking_the_ring() {
     // The device drains the queue on the loop thread while the guest publishes the next buffer:
     // an "empty" decision taken on two different reads of avail.idx used to flag the ring as
     // broken here.
-    use vm_memory::{Bytes, GuestAddress};
     let Some(hv) = support::hypervisor_or_skip("ioeventfd ping") else {
         return;
     };
@@ -457,34 +349,7 @@ fn back_to_back_kicks_race_the_event_loop_without_breaking_the_ring() {
     )
     .unwrap();
     let slot = vm.add_virtio_device(NullDevice::default()).unwrap();
-    {
-        let mut t = slot.transport.lock().unwrap();
-        let mut w = |off: u64, v: u32| t.write(off, &v.to_le_bytes());
-        for (off, v) in [
-            (regs::STATUS, 1),
-            (regs::STATUS, 3),
-            (regs::DRIVER_FEATURES_SEL, 1),
-            (regs::DRIVER_FEATURES, 1), // VERSION_1
-            (regs::STATUS, 11),
-            (regs::QUEUE_SEL, 0),
-            (regs::QUEUE_NUM, u32::from(PING_QUEUE_SIZE)),
-            (regs::QUEUE_DESC_LOW, RING as u32),
-            (regs::QUEUE_DRIVER_LOW, (RING + 0x100) as u32),
-            (regs::QUEUE_DEVICE_LOW, (RING + 0x800) as u32),
-            (regs::QUEUE_READY, 1),
-            (regs::STATUS, 15),
-        ] {
-            w(off, v);
-        }
-        assert!(t.is_activated());
-    }
-    let mut desc = [0u8; 16];
-    desc[..8].copy_from_slice(&(RING + 0xc00).to_le_bytes());
-    desc[8..12].copy_from_slice(&8u32.to_le_bytes());
-    vm.ram()
-        .memory()
-        .write_slice(&desc, GuestAddress(RING))
-        .unwrap();
+    host_driver_setup(&mut slot.transport.lock().unwrap(), vm.ram().memory());
     vm.load_payload(&elf(&ping_code(slot.base + regs::QUEUE_NOTIFY)))
         .unwrap();
     let notifier =

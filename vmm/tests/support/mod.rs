@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod ping;
+
 use vmm::Hypervisor;
 
 /// Opens `/dev/kvm`. When it is unusable, prints `SKIPPED: <reason>` and returns `None`, except
