@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use balloon::gcma::{GcmaCounters, GcmaDevice, GcmaMetrics};
-use balloon::virtio_balloon::BalloonStatus;
+use balloon::gcma::GcmaDevice;
 use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError};
 use gcma_host::api::{FrontswapPolicy, GcmaBackend};
 use gcma_host::pool::{Pool, PoolConfig, PoolStats};
@@ -22,10 +21,11 @@ use crate::abi::*;
 use crate::control::metrics_handler;
 use crate::devices::mailbox::{Mailbox, MailboxEvent};
 use crate::http::HttpServer;
-use crate::metrics::{VmMetricsSource, VmmMetrics};
+use crate::metrics::VmmMetrics;
 use crate::payloads::BuiltinPayload;
 use crate::report::{self, SizeRow, Summary};
-use crate::vm::{ExitCounters, ExitStats, SharedBuffer, StopHandle};
+use crate::runtime::{GcmaParts, VmHandle};
+use crate::vm::{SharedBuffer, StopHandle};
 use crate::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 /// What the demo runs.
@@ -173,35 +173,13 @@ impl DemoSummary {
     }
 }
 
-/// Metrics of one demo VM, read live while it runs.
-struct DemoVm {
-    name: String,
-    gcma: Arc<GcmaMetrics>,
-    exits: Arc<ExitCounters>,
-}
-
-impl VmMetricsSource for DemoVm {
-    fn vm_name(&self) -> String {
-        self.name.clone()
-    }
-    fn exits(&self) -> ExitStats {
-        self.exits.snapshot()
-    }
-    fn balloon(&self) -> Option<BalloonStatus> {
-        None
-    }
-    fn gcma(&self) -> Option<GcmaCounters> {
-        Some(self.gcma.snapshot())
-    }
-}
-
 struct Running {
     name: String,
     control: Arc<AtomicU64>,
     stop: StopHandle,
     serial: SharedBuffer,
     thread: Option<JoinHandle<Result<VmOutcome, String>>>,
-    metrics: Arc<DemoVm>,
+    metrics: Arc<VmHandle>,
 }
 
 fn tsc() -> u64 {
@@ -257,7 +235,7 @@ fn launch(
         .premap(pool.memfd())
         .map_err(|e| err(format!("mapping the pool: {e}")))?;
     let backend: Arc<dyn GcmaBackend> = pool.clone();
-    let device = GcmaDevice::new(backend, mapper, name);
+    let device = GcmaDevice::new(backend, mapper.clone(), name);
     let gcma = device.metrics();
     vm.add_virtio_device(device)
         .map_err(|e| err(e.to_string()))?;
@@ -268,11 +246,19 @@ fn launch(
     vm.load_payload(BuiltinPayload::Agent.elf())
         .map_err(|e| err(e.to_string()))?;
     let stop = vm.stop_handle();
-    let metrics = Arc::new(DemoVm {
-        name: name.to_string(),
-        gcma,
-        exits: vm.exit_counters(),
-    });
+    let metrics = Arc::new(VmHandle::new(
+        name,
+        mem_mib << 20,
+        BuiltinPayload::Agent.name(),
+        vm.exit_counters(),
+        stop.clone(),
+        None,
+        Some(GcmaParts {
+            metrics: gcma,
+            mapper,
+            pool: pool.clone(),
+        }),
+    ));
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
         .spawn(move || vm.run().map_err(|e| e.to_string()))
