@@ -19,7 +19,7 @@ use balloon::transport::mmio::{regs, MmioTransport};
 use balloon::transport::VirtioDevice;
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use clap::Parser;
-use vmm::events::{DeviceEventLoop, QueueNotifier};
+use vmm::kvm::events::{DeviceEventLoop, QueueNotifier};
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 

@@ -2,8 +2,8 @@
 
 use std::io;
 
-use crate::bus::BusError;
-use crate::loader::LoadError;
+use crate::kvm::bus::BusError;
+use crate::kvm::loader::LoadError;
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

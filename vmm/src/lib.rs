@@ -1,18 +1,17 @@
 //! A small rust-vmm VMM that launches KVM microVMs.
 //!
-//! The layers, bottom up:
-//! * [`kvm`]: opening `/dev/kvm` with clear errors ([`Hypervisor`]).
-//! * [`memory`]: guest RAM backed by a memfd through `vm-memory`, so that pages can be released
-//!   with `fallocate(PUNCH_HOLE)` ([`GuestRam`]).
-//! * [`x86`]: the CPU and boot structures for the ring-3, 64-bit entry of kernel-less payloads.
-//! * [`loader`]: a loader for static ELF payloads.
-//! * [`bus`]: the MMIO bus the run loop dispatches exits to ([`MmioBus`], [`MmioDevice`]).
-//! * [`devices`]: the MMIO 16550 serial console and the exit device.
-//! * [`events`]: ioeventfd queue notifications on an `event-manager` thread, irqfd lines.
-//! * [`grant`]: the grant window where contiguous pool grants are mapped ([`grant::KvmGrantMapper`]).
-//! * [`vm`]: a microVM tying these together and its run loop ([`MicroVm`]).
+//! The library is laid out by concern:
+//! * [`kvm`]: the hypervisor core: `/dev/kvm`, guest RAM, the x86 entry, the ELF loader, the MMIO
+//!   bus, ioeventfd/irqfd plumbing and the vCPU run loop ([`MicroVm`]).
+//! * [`devices`]: the devices the VMM places on the MMIO bus itself (serial, exit, console,
+//!   mailbox) and the slots that put `balloon`'s virtio devices there.
+//! * [`grant`]: the grant window where contiguous pool grants are mapped into a guest.
+//! * [`api`]: the control plane: a running VM as operators see it, the control API, metrics.
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
 //! * [`abi`]: the guest-physical layout payloads are built against.
+//!
+//! The `vmm` binary adds the command line and the demo application (`vmm demo`), which are not
+//! part of this library.
 //!
 //! ```no_run
 //! use vmm::{Hypervisor, MicroVm, VmConfig, VmOutcome, payloads::BuiltinPayload};
@@ -27,26 +26,13 @@
 #![deny(missing_docs)]
 
 pub mod abi;
-pub mod bus;
-pub mod control;
-pub mod demo;
+pub mod api;
 pub mod devices;
 mod error;
-pub mod events;
 pub mod grant;
-pub mod http;
 pub mod kvm;
-pub mod loader;
-pub mod memory;
-pub mod metrics;
 pub mod payloads;
-pub mod report;
-pub mod runtime;
-pub mod vm;
-pub mod x86;
 
-pub use bus::{MmioBus, MmioDevice};
 pub use error::{Error, Result};
-pub use kvm::Hypervisor;
-pub use memory::GuestRam;
-pub use vm::{MicroVm, SerialOutput, StopHandle, VmConfig, VmOutcome};
+pub use kvm::{GuestRam, Hypervisor, MicroVm, MmioBus, MmioDevice};
+pub use kvm::{SerialOutput, StopHandle, VmConfig, VmOutcome};

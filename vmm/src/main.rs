@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vmm::control::{control_handler, metrics_handler};
-use vmm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
-use vmm::http::HttpServer;
-use vmm::metrics::VmmMetrics;
+use vmm::api::control::{control_handler, metrics_handler};
+use vmm::api::http::HttpServer;
+use vmm::api::metrics::VmmMetrics;
+use vmm::kvm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+
+mod demo;
 
 /// A rust-vmm VMM for microVMs.
 #[derive(Debug, Parser)]
@@ -63,6 +65,24 @@ struct DemoArgs {
     /// Where to write the SVG latency chart.
     #[arg(long, default_value = "gcma-demo.svg")]
     svg: PathBuf,
+    /// RAM of every microVM in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=3328))]
+    vm_mem_mib: u64,
+    /// Cleancache pages each tenant puts per round.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    cc_pages: u64,
+    /// Frontswap offsets each tenant stores to.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    fs_pages: u64,
+    /// Tenant rounds before the grants start (so that the pool is full of second-class pages).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    warmup_rounds: u64,
+    /// Also write the measurements and check results as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// Print only the final report, no progress lines and no table.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -77,7 +97,7 @@ enum Policy {
 
 fn demo(args: DemoArgs) -> Result<ExitCode, String> {
     use gcma_host::api::FrontswapPolicy;
-    let cfg = vmm::demo::DemoConfig {
+    let cfg = demo::DemoConfig {
         pool_mib: args.pool_mib,
         tenants: args.tenants as usize,
         sizes: args.sizes,
@@ -89,9 +109,18 @@ fn demo(args: DemoArgs) -> Result<ExitCode, String> {
         },
         metrics_addr: args.metrics_addr,
         svg_path: Some(args.svg),
-        ..vmm::demo::DemoConfig::default()
+        vm_mem_mib: args.vm_mem_mib,
+        cc_pages: args.cc_pages,
+        fs_pages: args.fs_pages,
+        warmup_rounds: args.warmup_rounds,
+        progress: !args.quiet,
     };
-    let summary = vmm::demo::run_demo(&cfg).map_err(|e| e.to_string())?;
+    let summary = demo::run_demo(&cfg).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_string_pretty(&summary)
+            .map_err(|e| format!("encoding the summary: {e}"))?;
+        std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     Ok(if summary.all_checks_passed() {
         ExitCode::SUCCESS
     } else {
@@ -192,7 +221,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                     .map_err(|e| e.to_string())?,
             ));
         }
-        gcma = Some(vmm::runtime::GcmaParts {
+        gcma = Some(vmm::api::runtime::GcmaParts {
             metrics,
             mapper,
             pool,
@@ -222,7 +251,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
 
     let pool_for_metrics = gcma.as_ref().map(|g| g.pool.clone());
-    let handle = Arc::new(vmm::runtime::VmHandle::new(
+    let handle = Arc::new(vmm::api::runtime::VmHandle::new(
         "vm0",
         config.mem_bytes,
         args.payload.clone(),

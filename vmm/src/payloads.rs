@@ -126,7 +126,7 @@ impl FromStr for BuiltinPayload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::load_elf;
+    use crate::kvm::loader::load_elf;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     #[test]

@@ -12,8 +12,8 @@ use balloon::gcma::GcmaDevice;
 use gcma_host::api::GcmaBackend;
 use gcma_host::pool::{Pool, PoolConfig};
 use vmm::abi::GRANT_WINDOW_BASE;
+use vmm::kvm::vm::SharedBuffer;
 use vmm::payloads::{gcma_arg, BuiltinPayload, FILL_KEY};
-use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 const POOL_PAGES: u64 = 4096;

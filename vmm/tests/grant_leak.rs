@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use balloon::gcma::GrantMapper;
 use gcma_host::api::ContigGrant;
 use vmm::abi::PAGE_SIZE;
-use vmm::vm::SharedBuffer;
+use vmm::kvm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig};
 
 fn count(dir_or_file: &str) -> usize {

@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 
 use balloon::gcma::{GrantMapper, MapError};
 use vmm::abi::{GRANT_WINDOW_BASE, PAGE_SIZE};
+use vmm::kvm::vm::SharedBuffer;
 use vmm::payloads::{fill_arg, BuiltinPayload, FILL_KEY};
-use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 fn vm_with_window(hv: &vmm::Hypervisor, window: u64, out: &SharedBuffer) -> MicroVm {

@@ -16,9 +16,9 @@ use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use kvm_ioctls::IoEventAddress;
 use vmm::abi::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use vmm::devices::PolledIrq;
-use vmm::events::{DeviceEventLoop, EventsError, IrqfdLine, QueueNotifier};
+use vmm::kvm::events::{DeviceEventLoop, EventsError, IrqfdLine, QueueNotifier};
+use vmm::kvm::vm::SharedBuffer;
 use vmm::payloads::BuiltinPayload;
-use vmm::vm::SharedBuffer;
 use vmm::{Hypervisor, MicroVm, MmioDevice, SerialOutput, VmConfig, VmOutcome};
 use vmm_sys_util::eventfd::EventFd;
 

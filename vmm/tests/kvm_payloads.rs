@@ -3,8 +3,8 @@
 
 mod support;
 
+use vmm::kvm::vm::SharedBuffer;
 use vmm::payloads::BuiltinPayload;
-use vmm::vm::SharedBuffer;
 use vmm::{Error, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 fn config(mem_mib: u64, arg: u64, out: &SharedBuffer) -> VmConfig {

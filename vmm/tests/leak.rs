@@ -5,8 +5,8 @@
 mod support;
 
 use vm_memory::{Bytes, GuestAddress};
+use vmm::kvm::vm::SharedBuffer;
 use vmm::payloads::BuiltinPayload;
-use vmm::vm::SharedBuffer;
 use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 fn open_fds() -> usize {

@@ -9,10 +9,10 @@ use balloon::gcma::GcmaCounters;
 use balloon::virtio_balloon::BalloonStatus;
 use gcma_host::api::{CleancacheKey, GcmaBackend};
 use gcma_host::pool::{Pool, PoolConfig};
-use vmm::control::metrics_handler;
-use vmm::http::HttpServer;
-use vmm::metrics::{VmMetricsSource, VmmMetrics};
-use vmm::vm::ExitStats;
+use vmm::api::control::metrics_handler;
+use vmm::api::http::HttpServer;
+use vmm::api::metrics::{VmMetricsSource, VmmMetrics};
+use vmm::kvm::vm::ExitStats;
 
 struct FakeVm(&'static str);
 

@@ -109,7 +109,7 @@ impl Counters {
 }
 
 /// A consistent snapshot of the pool's page states and counters ([`super::Pool::stats`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStats {
     /// Pages in the pool.
     pub nr_pages: u64,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::abi::{CONSOLE_LEN_SHIFT, CONSOLE_REG_WRITE};
-use crate::bus::MmioDevice;
+use crate::kvm::bus::MmioDevice;
 
 /// An output shared by the UART and the batched console, so their bytes interleave in order.
 #[derive(Clone)]
@@ -114,7 +114,7 @@ impl MmioDevice for ConsoleDevice {
 mod tests {
     use super::*;
 
-    use crate::vm::SharedBuffer as Sink;
+    use crate::kvm::vm::SharedBuffer as Sink;
 
     #[test]
     fn copies_guest_buffers_and_refuses_bad_ones() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::abi::EXIT_REG_CODE;
-use crate::bus::MmioDevice;
+use crate::kvm::bus::MmioDevice;
 
 /// Latched exit request: `u64::MAX` when none, else the exit code.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::abi::{
     MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE, MAILBOX_REG_PARAM,
     MAILBOX_REG_PARAM_SEL,
 };
-use crate::bus::MmioDevice;
+use crate::kvm::bus::MmioDevice;
 
 /// One event a payload sent: which VM, its tag and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

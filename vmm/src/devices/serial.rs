@@ -8,7 +8,7 @@ use std::io::Write;
 
 use vm_superio::{Serial, Trigger};
 
-use crate::bus::MmioDevice;
+use crate::kvm::bus::MmioDevice;
 
 /// The interrupt line of a UART nobody takes interrupts from.
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,7 +68,7 @@ impl MmioDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::SharedBuffer as Shared;
+    use crate::kvm::vm::SharedBuffer as Shared;
 
     #[test]
     fn transmits_bytes_written_to_thr_and_reports_an_empty_transmitter() {

@@ -3,7 +3,7 @@
 //! The transport ([`MmioTransport`]) owns the register file and processes a queue when the guest
 //! writes `QueueNotify`; here it only needs to be reachable from the bus. Kernel-less payloads run
 //! with interrupts off and poll the used ring, so their interrupt line ([`PolledIrq`]) only counts
-//! raises. [`crate::events`] provides the alternatives: an irqfd-backed line for guests with an
+//! raises. [`crate::kvm::events`] provides the alternatives: an irqfd-backed line for guests with an
 //! interrupt controller, and ioeventfd notifications served on a device thread (`vmm run
 //! --ioeventfd`).
 
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use balloon::transport::mmio::MmioTransport;
 use balloon::transport::{IrqLine, VirtioDevice};
 
-use crate::bus::MmioDevice;
+use crate::kvm::bus::MmioDevice;
 
 impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {

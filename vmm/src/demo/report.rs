@@ -46,7 +46,7 @@ impl Summary {
 }
 
 /// One grant size's results.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SizeRow {
     /// Grant size in 4 KiB pages.
     pub pages: u64,

@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::vm::ExitStats;
+use crate::kvm::vm::ExitStats;
 
 /// What one microVM contributes to `/metrics`. Implementations read live counters.
 pub trait VmMetricsSource: Send + Sync {

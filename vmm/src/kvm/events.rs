@@ -8,12 +8,12 @@
 //! the notification to the transport. [`IrqfdLine`] is the interrupt side: raising it signals an
 //! eventfd KVM injects as interrupt `gsi` through the in-kernel irqchip.
 //!
-//! Stopping a running vCPU from another thread is [`crate::vm::StopHandle`]'s job.
+//! Stopping a running vCPU from another thread is [`crate::kvm::vm::StopHandle`]'s job.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use balloon::virtio_balloon::{Balloon, BalloonConfig};
-//! use vmm::events::{DeviceEventLoop, QueueNotifier};
+//! use vmm::kvm::events::{DeviceEventLoop, QueueNotifier};
 //! use vmm::{payloads::BuiltinPayload, Hypervisor, MicroVm, VmConfig};
 //!
 //! let hv = Hypervisor::open()?;

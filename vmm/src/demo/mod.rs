@@ -17,16 +17,19 @@ use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError};
 use gcma_host::api::{FrontswapPolicy, GcmaBackend};
 use gcma_host::pool::{Pool, PoolConfig, PoolStats};
 
-use crate::abi::*;
-use crate::control::metrics_handler;
-use crate::devices::mailbox::{Mailbox, MailboxEvent};
-use crate::http::HttpServer;
-use crate::metrics::VmmMetrics;
-use crate::payloads::BuiltinPayload;
-use crate::report::{self, SizeRow, Summary};
-use crate::runtime::{GcmaParts, VmHandle};
-use crate::vm::{SharedBuffer, StopHandle};
-use crate::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+use vmm::abi::*;
+use vmm::api::control::metrics_handler;
+use vmm::api::http::HttpServer;
+use vmm::api::metrics::VmmMetrics;
+use vmm::api::runtime::{GcmaParts, VmHandle};
+use vmm::devices::mailbox::{Mailbox, MailboxEvent};
+use vmm::kvm::vm::{SharedBuffer, StopHandle};
+use vmm::payloads::BuiltinPayload;
+use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+
+use report::{SizeRow, Summary};
+
+pub mod report;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -105,7 +108,7 @@ pub enum DemoError {
 }
 
 /// What one tenant saw.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TenantSummary {
     /// Rounds completed.
     pub rounds: u64,
@@ -135,8 +138,8 @@ pub struct TenantSummary {
     pub passed: bool,
 }
 
-/// What the demo measured and checked.
-#[derive(Debug, Clone)]
+/// What the demo measured and checked (written by `vmm demo --summary-json`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoSummary {
     /// Latency per grant size, with the memset baseline.
     pub rows: Vec<SizeRow>,
@@ -158,6 +161,8 @@ pub struct DemoSummary {
     pub metrics_text: String,
     /// TSC frequency used to convert guest cycle counts.
     pub tsc_hz: f64,
+    /// Whether every check passed ([`DemoSummary::all_checks_passed`]).
+    pub passed: bool,
 }
 
 impl DemoSummary {
@@ -557,7 +562,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     }
     let pool_stats = pool.stats();
     let evicted_by_grants = pool_stats.evictions_grant.iter().sum();
-    let summary = DemoSummary {
+    let mut summary = DemoSummary {
         rows,
         grants_ok,
         grants_failed,
@@ -568,7 +573,9 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         evicted_by_grants,
         metrics_text,
         tsc_hz: hz,
+        passed: false,
     };
+    summary.passed = summary.all_checks_passed();
     if cfg.progress {
         print_report(cfg, &summary, &vms);
     }

@@ -11,11 +11,11 @@ use balloon::virtio_balloon::{Balloon, BalloonStatus, STAT_NAMES};
 use gcma_host::pool::Pool;
 use serde_json::{json, Value};
 
-use crate::control::{ControlError, VmControl};
+use crate::api::control::{ControlError, VmControl};
+use crate::api::metrics::VmMetricsSource;
 use crate::devices::VirtioSlot;
 use crate::grant::KvmGrantMapper;
-use crate::metrics::VmMetricsSource;
-use crate::vm::{ExitCounters, ExitStats, StopHandle};
+use crate::kvm::vm::{ExitCounters, ExitStats, StopHandle};
 
 /// The gcma side of a VM: its device's counters, its grant window and the pool.
 pub struct GcmaParts {

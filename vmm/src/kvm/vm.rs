@@ -18,16 +18,16 @@ use crate::abi::{
     CONSOLE_BASE, CONSOLE_SIZE, EXIT_BASE, EXIT_SIZE, GRANT_WINDOW_BASE, MMIO_BASE, MMIO_SIZE,
     PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
-use crate::bus::{MmioBus, SharedMmioDevice};
 use crate::devices::{
     ConsoleDevice, ExitDevice, ExitLatch, PolledIrq, SerialDevice, SharedWriter, VirtioSlot,
 };
 use crate::error::{Error, Result};
 use crate::grant::KvmGrantMapper;
+use crate::kvm::bus::{MmioBus, SharedMmioDevice};
+use crate::kvm::loader::{load_elf, LoadedImage};
+use crate::kvm::memory::GuestRam;
+use crate::kvm::x86;
 use crate::kvm::Hypervisor;
-use crate::loader::{load_elf, LoadedImage};
-use crate::memory::GuestRam;
-use crate::x86;
 
 /// Smallest guest RAM accepted: boot area, a payload and its stack.
 pub const MIN_MEM_BYTES: u64 = 8 << 20;
@@ -94,7 +94,7 @@ pub struct VmConfig {
     /// none). Grants are mapped there by [`MicroVm::grant_mapper`].
     pub grant_window_bytes: u64,
     /// Create the in-kernel irqchip (before the vCPU), needed for irqfd interrupt lines
-    /// ([`crate::events::IrqfdLine`]). Off by default: payloads poll with interrupts off.
+    /// ([`crate::kvm::events::IrqfdLine`]). Off by default: payloads poll with interrupts off.
     pub irqchip: bool,
 }
 
@@ -111,7 +111,7 @@ impl Default for VmConfig {
 }
 
 /// How a guest run ended. Guest faults are outcomes, not VMM errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmOutcome {
     /// The payload wrote `code` to the exit device.
     Exited {

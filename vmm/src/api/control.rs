@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::{Handler, Reply, Request};
+use crate::api::http::{Handler, Reply, Request};
 
 /// Why a control operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +115,7 @@ pub fn route(ctl: &dyn VmControl, req: &Request<'_>) -> Reply {
     }
 }
 
-/// A handler for [`crate::http::HttpServer`] serving the control API of `ctl`.
+/// A handler for [`crate::api::http::HttpServer`] serving the control API of `ctl`.
 pub fn control_handler(ctl: Arc<dyn VmControl>) -> Handler {
     Arc::new(move |req| route(ctl.as_ref(), req))
 }
@@ -256,11 +256,11 @@ mod tests {
         let sock = dir.join("api.sock");
         let vm = Arc::new(FakeVm::default());
         let server =
-            crate::http::HttpServer::unix(&sock, "api", control_handler(vm.clone())).unwrap();
+            crate::api::http::HttpServer::unix(&sock, "api", control_handler(vm.clone())).unwrap();
         // A second server on a live socket is refused.
         assert!(matches!(
-            crate::http::HttpServer::unix(&sock, "api2", control_handler(vm.clone())),
-            Err(crate::http::HttpError::SocketInUse(_))
+            crate::api::http::HttpServer::unix(&sock, "api2", control_handler(vm.clone())),
+            Err(crate::api::http::HttpError::SocketInUse(_))
         ));
 
         let (st, body) = http(
@@ -277,8 +277,8 @@ mod tests {
 
         let big = format!(
             "PUT /balloon HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
-            crate::http::MAX_BODY_BYTES + 1,
-            " ".repeat(crate::http::MAX_BODY_BYTES as usize + 1)
+            crate::api::http::MAX_BODY_BYTES + 1,
+            " ".repeat(crate::api::http::MAX_BODY_BYTES as usize + 1)
         );
         assert_eq!(http(&sock, &big).0, 413);
 

@@ -1,0 +1,22 @@
+//! The hypervisor core: everything that talks to KVM for one microVM.
+//!
+//! * [`hypervisor`]: opening `/dev/kvm` with clear errors ([`Hypervisor`]).
+//! * [`memory`]: guest RAM backed by a memfd through `vm-memory` ([`GuestRam`]).
+//! * [`x86`]: the CPU and boot structures for the ring-3, 64-bit entry of kernel-less payloads.
+//! * [`loader`]: a loader for static ELF payloads.
+//! * [`bus`]: the MMIO bus the run loop dispatches exits to ([`MmioBus`], [`MmioDevice`]).
+//! * [`events`]: ioeventfd queue notifications on an `event-manager` thread, irqfd lines.
+//! * [`vm`]: a microVM tying these together and its run loop ([`MicroVm`]).
+
+pub mod bus;
+pub mod events;
+pub mod hypervisor;
+pub mod loader;
+pub mod memory;
+pub mod vm;
+pub mod x86;
+
+pub use bus::{MmioBus, MmioDevice};
+pub use hypervisor::Hypervisor;
+pub use memory::GuestRam;
+pub use vm::{MicroVm, SerialOutput, StopHandle, VmConfig, VmOutcome};
