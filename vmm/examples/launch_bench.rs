@@ -29,8 +29,9 @@ use gcma_host::api::{ClientId, ContigGrant};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VcpuExit;
 use vm_memory::{Bytes, GuestAddress};
+use vmm::kvm::x86;
 use vmm::payloads::{fill_arg, BuiltinPayload};
-use vmm::{x86, Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 const LAUNCHES: usize = 100;
 const WARMUP: usize = 5;
