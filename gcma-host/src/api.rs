@@ -9,10 +9,30 @@ use std::os::fd::BorrowedFd;
 /// Size of one pool page, and of every cleancache / frontswap page, in bytes.
 pub const PAGE_SIZE: usize = 4096;
 
-/// One client (one VM) of the pool. Cleancache pools, frontswap areas and grants belong to a client;
-/// no client can name another's.
+/// One client (one VM, or one disk) of the pool. Cleancache pools, frontswap areas and grants
+/// belong to a client; no client can name another's.
+///
+/// The low 32 bits name a slot of the pool's client table, the high 32 bits its generation: slots
+/// are reused when clients go, and an old id never reaches the slot's next client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u32);
+pub struct ClientId(pub u64);
+
+impl ClientId {
+    /// The id of generation `gen` of client slot `slot`.
+    pub fn new(slot: u32, gen: u32) -> Self {
+        ClientId(u64::from(gen) << 32 | u64::from(slot))
+    }
+
+    /// The client table slot.
+    pub fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The slot's generation this id belongs to.
+    pub fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
 
 /// A contiguous run of pool pages handed to one client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,8 +150,13 @@ pub trait GcmaBackend: Send + Sync {
     /// Registers a client (one VM). Its name only labels metrics and logs.
     fn register_client(&self, name: &str) -> ClientId;
     /// Drops everything a client holds: its grants are freed, its cleancache pools destroyed, its
-    /// frontswap pages invalidated.
+    /// frontswap pages invalidated. Its id is then unknown; the slot may go to a new client.
     fn unregister_client(&self, client: ClientId) -> Result<(), PoolError>;
+    /// Like [`Self::unregister_client`], but keeps the grants the client still holds: for a client
+    /// whose grants may still be mapped into its guest (a mapping that could not be removed). The
+    /// retired client accepts only [`Self::free_contig`]; its pages are never handed to anyone
+    /// else before that, and its slot is reused only after its last grant is freed.
+    fn retire_client(&self, client: ClientId) -> Result<(), PoolError>;
 
     /// Grants `nr_pages` contiguous pool pages whose first page number is a multiple of
     /// `align_pages` (a power of two ≥ 1). Second-class pages in the chosen run are evicted; every

@@ -162,6 +162,14 @@ enum Op {
     Reregister {
         c: usize,
     },
+    /// Retire the client keeping its grants (as a device reset does when unmaps fail), then
+    /// register a new one in its place.
+    Retire {
+        c: usize,
+    },
+    FreeRetired {
+        which: usize,
+    },
     ZeroIdle {
         max: u64,
     },
@@ -191,7 +199,9 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (c.clone(), 0..2u32, 0..12u64).prop_map(|(c, area, off)| Op::FsLoad { c, area, off }),
         1 => (c.clone(), 0..2u32, 0..12u64).prop_map(|(c, area, off)| Op::FsInvalidate { c, area, off }),
         1 => (c.clone(), 0..2u32).prop_map(|(c, area)| Op::FsInvalidateArea { c, area }),
-        1 => c.prop_map(|c| Op::Reregister { c }),
+        1 => c.clone().prop_map(|c| Op::Reregister { c }),
+        1 => c.prop_map(|c| Op::Retire { c }),
+        1 => (0..8usize).prop_map(|which| Op::FreeRetired { which }),
         1 => (0..20u64).prop_map(|max| Op::ZeroIdle { max }),
         1 => (0..8u8).prop_map(|kind| Op::Bad { kind }),
     ]
@@ -209,6 +219,8 @@ struct Model {
     ids: Vec<ClientId>,
     /// (client slot, first page, nr pages)
     grants: Vec<(usize, u64, u64)>,
+    /// Grants of retired clients: (old id, first page, nr pages).
+    retired: Vec<(ClientId, u64, u64)>,
     cc_pools: Vec<Vec<u32>>,
     cc: HashMap<(usize, CleancacheKey), Vec<u8>>,
     fs: HashMap<(usize, FrontswapKey), Vec<u8>>,
@@ -216,12 +228,18 @@ struct Model {
 
 impl Model {
     fn granted(&self) -> u64 {
-        self.grants.iter().map(|g| g.2).sum()
+        self.runs().map(|(_, n)| n).sum()
+    }
+
+    /// Every granted run, of live and retired clients.
+    fn runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let live = self.grants.iter().map(|&(_, f, n)| (f, n));
+        live.chain(self.retired.iter().map(|&(_, f, n)| (f, n)))
     }
 
     fn has_aligned_run(&self, nr: u64, align: u64) -> bool {
         let mut busy = vec![false; NR_PAGES as usize];
-        for &(_, f, n) in &self.grants {
+        for (f, n) in self.runs() {
             for p in f..f + n {
                 busy[p as usize] = true;
             }
@@ -262,7 +280,7 @@ fn check_accounting(pool: &Pool, m: &Model) {
     let s = pool.stats();
     assert_eq!(page_counts(&s).iter().sum::<u64>(), NR_PAGES);
     assert_eq!(s.granted_pages, m.granted());
-    assert_eq!(s.live_grants, m.grants.len() as u64);
+    assert_eq!(s.live_grants, (m.grants.len() + m.retired.len()) as u64);
     assert_eq!(s.frontswap_stored_pages, m.fs.len() as u64);
     assert_eq!(
         s.frontswap_stored_pages,
@@ -286,6 +304,7 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
             .map(|i| pool.register_client(&format!("vm{i}")))
             .collect(),
         grants: Vec::new(),
+        retired: Vec::new(),
         cc_pools: vec![Vec::new(); NR_CLIENTS],
         cc: HashMap::new(),
         fs: HashMap::new(),
@@ -302,7 +321,7 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                         assert_eq!(g.nr_pages, nr);
                         assert_eq!(g.first_page % align, 0);
                         assert!(g.first_page + nr <= NR_PAGES);
-                        for &(_, f, n) in &m.grants {
+                        for (f, n) in m.runs() {
                             assert!(g.first_page + nr <= f || f + n <= g.first_page, "overlap");
                         }
                         assert!(
@@ -515,6 +534,37 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                     Err(PoolError::UnknownClient(old))
                 );
             }
+            Op::Retire { c } => {
+                let old = m.ids[c];
+                pool.retire_client(old).expect("retire");
+                assert_eq!(pool.retire_client(old), Err(PoolError::UnknownClient(old)));
+                let key = FrontswapKey { area: 0, offset: 0 };
+                assert_eq!(
+                    pool.frontswap_load(old, key, &mut out),
+                    Err(PoolError::UnknownClient(old))
+                );
+                assert_eq!(
+                    pool.alloc_contig(old, 1, 1),
+                    Err(PoolError::UnknownClient(old))
+                );
+                for (_, f, n) in m.grants.iter().filter(|g| g.0 == c) {
+                    m.retired.push((old, *f, *n));
+                }
+                m.grants.retain(|g| g.0 != c);
+                m.cc.retain(|k, _| k.0 != c);
+                m.fs.retain(|k, _| k.0 != c);
+                m.cc_pools[c].clear();
+                m.ids[c] = pool.register_client("after retire");
+                assert_ne!(m.ids[c], old);
+            }
+            Op::FreeRetired { which } => {
+                if m.retired.is_empty() {
+                    continue;
+                }
+                let (id, f, n) = m.retired.remove(which % m.retired.len());
+                assert_eq!(pool.free_contig(id, f), Ok(n));
+                assert!(pool.free_contig(id, f).is_err());
+            }
             Op::ZeroIdle { max } => {
                 let before = pool.stats();
                 let n = pool.zero_idle_pages(max);
@@ -556,6 +606,9 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
     // Granting the whole pool evicts everything and still reads as zero.
     for (c, f, _) in std::mem::take(&mut m.grants) {
         pool.free_contig(m.ids[c], f).unwrap();
+    }
+    for (id, f, _) in std::mem::take(&mut m.retired) {
+        pool.free_contig(id, f).unwrap();
     }
     let g = pool
         .alloc_contig(m.ids[0], NR_PAGES, 1)

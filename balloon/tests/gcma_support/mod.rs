@@ -35,8 +35,8 @@ pub struct FakeBackend {
 
 #[derive(Default)]
 struct FakeInner {
-    next_client: u32,
-    clients: BTreeMap<u32, FakeClient>,
+    next_client: u64,
+    clients: BTreeMap<u64, FakeClient>,
     granted: Vec<bool>,
     reject_stores: bool,
 }
@@ -50,6 +50,8 @@ struct FakeClient {
     pools: HashMap<u32, CleanPool>,
     swap: HashMap<(u32, u64), Vec<u8>>,
     grants: BTreeMap<u64, u64>,
+    /// Unregistered with grants kept (`retire_client`): only frees are accepted.
+    retired: bool,
 }
 
 impl FakeBackend {
@@ -103,7 +105,11 @@ impl FakeBackend {
         f: impl FnOnce(&mut FakeClient) -> Result<T, PoolError>,
     ) -> Result<T, PoolError> {
         let mut g = self.inner.lock().unwrap();
-        let cl = g.clients.get_mut(&c.0).ok_or(PoolError::UnknownClient(c))?;
+        let cl = g
+            .clients
+            .get_mut(&c.0)
+            .filter(|cl| !cl.retired)
+            .ok_or(PoolError::UnknownClient(c))?;
         f(cl)
     }
 }
@@ -131,6 +137,22 @@ impl GcmaBackend for FakeBackend {
         Ok(())
     }
 
+    fn retire_client(&self, client: ClientId) -> Result<(), PoolError> {
+        let mut g = self.inner.lock().unwrap();
+        let cl = g
+            .clients
+            .get_mut(&client.0)
+            .filter(|cl| !cl.retired)
+            .ok_or(PoolError::UnknownClient(client))?;
+        cl.pools.clear();
+        cl.swap.clear();
+        cl.retired = true;
+        if cl.grants.is_empty() {
+            g.clients.remove(&client.0);
+        }
+        Ok(())
+    }
+
     fn alloc_contig(
         &self,
         client: ClientId,
@@ -141,7 +163,7 @@ impl GcmaBackend for FakeBackend {
             return Err(PoolError::Invalid("size or alignment"));
         }
         let mut g = self.inner.lock().unwrap();
-        if !g.clients.contains_key(&client.0) {
+        if g.clients.get(&client.0).is_none_or(|c| c.retired) {
             return Err(PoolError::UnknownClient(client));
         }
         let free = g.granted.iter().filter(|x| !**x).count() as u64;
@@ -194,6 +216,9 @@ impl GcmaBackend for FakeBackend {
             .grants
             .remove(&first_page)
             .ok_or(PoolError::UnknownGrant(first_page))?;
+        if cl.retired && cl.grants.is_empty() {
+            g.clients.remove(&client.0);
+        }
         for p in first_page..first_page + n {
             g.granted[p as usize] = false;
         }

@@ -5,10 +5,24 @@
 //! O(1) on eviction. A put may be dropped (it returns `false`); a get that hits removes the page;
 //! a put over an existing key replaces the data in place.
 
+use super::hash::FastMap;
 use super::metrics::{Counters, EvictReason};
 use super::pages::{PageState, Tenant};
-use super::{CcObject, Inner, Pool};
+use super::{Inner, Pool};
 use crate::api::{CleancacheKey, ClientId, PoolError};
+
+/// A client's name for a cleancache object: (cleancache pool, object id).
+pub(super) type CcObjectKey = (u32, [u64; 3]);
+
+/// A cleancache object: its pages by index.
+#[derive(Debug, Default)]
+pub(super) struct CcObject {
+    /// Slot of the owning client.
+    pub(super) client: u32,
+    pub(super) pool: u32,
+    pub(super) object: [u64; 3],
+    pub(super) pages: FastMap<u32, u32>,
+}
 
 impl Inner {
     /// Removes entry `index` of object slot `obj` (the page itself is left to the caller) and
@@ -18,7 +32,7 @@ impl Inner {
         let page = o.pages.remove(&index)?;
         if o.pages.is_empty() {
             let (client, pool, object) = (o.client, o.pool, o.object);
-            if let Some(Some(c)) = self.clients.get_mut(client as usize) {
+            if let Some(c) = self.clients.by_slot_mut(client) {
                 c.cc_objects.remove(&(pool, object));
             }
             self.cc_free_objs.push(obj);
@@ -60,7 +74,7 @@ impl Inner {
             Some(o) => {
                 // Reuse the slot's map and its capacity: objects come and go all the time.
                 let s = &mut self.cc_objs[o as usize];
-                s.client = client.0;
+                s.client = client.slot();
                 s.pool = pool;
                 s.object = object;
                 s.pages.clear();
@@ -68,7 +82,7 @@ impl Inner {
             }
             None => {
                 self.cc_objs.push(CcObject {
-                    client: client.0,
+                    client: client.slot(),
                     pool,
                     object,
                     pages: Default::default(),

@@ -5,15 +5,36 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::backing::slot_offset;
 use super::metrics::{reject_index, Counters, EvictReason};
 use super::pages::{PageState, Tenant};
 use super::reservation::Reservation;
-use super::{FsEntry, FsLoc, Inner, Pool, Writeout};
+use super::{Inner, Pool};
 use crate::api::{ClientId, FrontswapKey, FrontswapPolicy, PoolError, RejectReason, PAGE_SIZE};
 
-fn slot_offset(slot: u64) -> u64 {
-    slot * PAGE_SIZE as u64
+/// Where the data of an accepted frontswap page lives.
+#[derive(Clone, Debug)]
+pub(super) enum FsLoc {
+    /// In this pool page.
+    Pool(u32),
+    /// In host memory outside the pool; `pending` while a write-back to the backing file is due.
+    Host { data: Arc<[u8]>, pending: bool },
+    /// Only in the backing file (the entry's slot).
+    Backing,
 }
+
+/// An accepted frontswap page.
+#[derive(Clone, Debug)]
+pub(super) struct FsEntry {
+    /// Changes on every replacement, so that delayed write-backs can tell they are stale.
+    pub(super) gen: u64,
+    pub(super) loc: FsLoc,
+    /// Backing-file slot holding a durable copy of this generation, if any.
+    pub(super) slot: Option<u64>,
+}
+
+/// A write-back due after the lock is released: (client, key, generation).
+pub(super) type Writeout = (u32, FrontswapKey, u64);
 
 impl Inner {
     /// Evicts frontswap page `page` of (`client`, `key`): if a durable copy exists in the backing
@@ -30,7 +51,7 @@ impl Inner {
         counters: &Counters,
         write_back: bool,
     ) {
-        let Some(Some(c)) = self.clients.get_mut(client as usize) else {
+        let Some(c) = self.clients.by_slot_mut(client) else {
             return;
         };
         let Some(e) = c.fs.get_mut(&key) else {
@@ -218,7 +239,7 @@ impl Pool {
                     p,
                     PageState::Frontswap,
                     Tenant::Frontswap {
-                        client: client.0,
+                        client: client.slot(),
                         key,
                     },
                 );
@@ -344,7 +365,7 @@ impl Pool {
             let mut g = self.lock();
             let g = &mut *g;
             for (client, key, gen) in writeouts {
-                let Some(Some(c)) = g.clients.get(client as usize) else {
+                let Some(c) = g.clients.by_slot(client) else {
                     continue;
                 };
                 if let Some(FsEntry {
@@ -379,10 +400,11 @@ impl Pool {
         let mut g = self.lock();
         let g = &mut *g;
         for ((client, key, gen, s, _), ok) in jobs.into_iter().zip(results) {
-            let entry = match g.clients.get_mut(client as usize) {
-                Some(Some(c)) => c.fs.get_mut(&key).filter(|e| e.gen == gen),
-                _ => None,
-            };
+            let entry = g
+                .clients
+                .by_slot_mut(client)
+                .and_then(|c| c.fs.get_mut(&key))
+                .filter(|e| e.gen == gen);
             match entry {
                 Some(e) if ok && e.slot.is_none() => {
                     e.loc = FsLoc::Backing;

@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
+use super::frontswap::Writeout;
 use super::metrics::{Counters, EvictReason};
 use super::pages::{PageState, Tenant};
 use super::reservation::Reservation;
-use super::{GrantRec, Inner, Pool, Writeout, ZERO_UNDER_LOCK_MAX_PAGES};
+use super::{GrantRec, Inner, Pool, ZERO_UNDER_LOCK_MAX_PAGES};
 use crate::api::{ClientId, ContigGrant, PoolError};
 use crate::range::RangeError;
 
@@ -216,7 +217,11 @@ impl Pool {
 
     pub(super) fn release(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError> {
         let mut g = self.lock_for_grant();
-        let c = g.client_mut(client)?;
+        // A retired client may still free the grants it kept.
+        let c = g
+            .clients
+            .get_any_mut(client)
+            .ok_or(PoolError::UnknownClient(client))?;
         match c.grants.get(&first_page) {
             Some(r) if r.ready => {}
             _ => return Err(PoolError::UnknownGrant(first_page)),
@@ -225,6 +230,10 @@ impl Pool {
             .grants
             .remove(&first_page)
             .ok_or(PoolError::UnknownGrant(first_page))?;
+        if c.retired && c.grants.is_empty() {
+            g.clients.remove(client);
+            log::debug!("gcma pool: retired client {client:?} freed its last grant");
+        }
         g.release_grant_pages(first_page, rec.nr_pages);
         Counters::add(&self.counters.frees, 1);
         Ok(rec.nr_pages)

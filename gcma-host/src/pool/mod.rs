@@ -60,7 +60,10 @@
 //!
 //! No operation takes the lock twice nested, and no lock is held across file I/O.
 
+mod backing;
+mod check;
 mod cleancache;
+mod clients;
 mod frontswap;
 mod grant;
 mod hash;
@@ -68,7 +71,6 @@ pub mod metrics;
 pub mod pages;
 pub mod reservation;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
@@ -81,7 +83,9 @@ use crate::api::{
 };
 use crate::range::RangeAllocator;
 
-use hash::{FastMap, FastSet};
+use backing::{open_backing_file, BackingSlots};
+use cleancache::CcObject;
+use clients::Clients;
 use metrics::{Counters, PoolCollector};
 pub use metrics::{EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
 use pages::{PageState, PageTable, Tenant};
@@ -146,105 +150,12 @@ struct GrantRec {
     ready: bool,
 }
 
-/// Where the data of an accepted frontswap page lives.
-#[derive(Clone, Debug)]
-enum FsLoc {
-    /// In this pool page.
-    Pool(u32),
-    /// In host memory outside the pool; `pending` while a write-back to the backing file is due.
-    Host { data: Arc<[u8]>, pending: bool },
-    /// Only in the backing file (the entry's slot).
-    Backing,
-}
-
-/// An accepted frontswap page.
-#[derive(Clone, Debug)]
-struct FsEntry {
-    /// Changes on every replacement, so that delayed write-backs can tell they are stale.
-    gen: u64,
-    loc: FsLoc,
-    /// Backing-file slot holding a durable copy of this generation, if any.
-    slot: Option<u64>,
-}
-
-/// One client's state.
-#[derive(Debug, Default)]
-struct Client {
-    name: String,
-    grants: FastMap<u64, GrantRec>,
-    /// Live cleancache pools, by id.
-    cc_pools: Vec<bool>,
-    /// (cleancache pool, object) → object slot.
-    cc_objects: FastMap<(u32, [u64; 3]), u32>,
-    fs: FastMap<FrontswapKey, FsEntry>,
-}
-
-/// A cleancache object: its pages by index.
-#[derive(Debug, Default)]
-struct CcObject {
-    client: u32,
-    pool: u32,
-    object: [u64; 3],
-    pages: FastMap<u32, u32>,
-}
-
-/// Slots (pages) of the backing file.
-#[derive(Debug, Default)]
-struct BackingSlots {
-    next: u64,
-    free: Vec<u64>,
-    /// Slots being read outside the lock, with reader counts.
-    pins: FastMap<u64, u32>,
-    /// Released slots still pinned: freed by their last reader.
-    zombies: FastSet<u64>,
-}
-
-impl BackingSlots {
-    fn alloc(&mut self) -> u64 {
-        self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-
-    fn release(&mut self, slot: u64) {
-        if self.pins.contains_key(&slot) {
-            self.zombies.insert(slot);
-        } else {
-            self.free.push(slot);
-        }
-    }
-
-    fn pin(&mut self, slot: u64) {
-        *self.pins.entry(slot).or_insert(0) += 1;
-    }
-
-    fn unpin(&mut self, slot: u64) {
-        if let Some(n) = self.pins.get_mut(&slot) {
-            *n -= 1;
-            if *n == 0 {
-                self.pins.remove(&slot);
-                if self.zombies.remove(&slot) {
-                    self.free.push(slot);
-                }
-            }
-        }
-    }
-
-    fn in_use(&self) -> u64 {
-        self.next - self.free.len() as u64 - self.zombies.len() as u64
-    }
-}
-
-/// A write-back due after the lock is released: (client, key, generation).
-type Writeout = (u32, FrontswapKey, u64);
-
 /// Everything the pool's lock guards. See the [module documentation](self) for the locking rules.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pages: PageTable,
     alloc: RangeAllocator,
-    clients: Vec<Option<Client>>,
+    clients: Clients,
     cc_objs: Vec<CcObject>,
     cc_free_objs: Vec<u32>,
     slots: BackingSlots,
@@ -258,25 +169,13 @@ pub(crate) struct Inner {
     next_gen: u64,
 }
 
-impl Client {
-    fn has_cc_pool(&self, pool: u32) -> bool {
-        self.cc_pools.get(pool as usize).copied().unwrap_or(false)
-    }
-}
-
 impl Inner {
-    fn client(&self, id: ClientId) -> Result<&Client, PoolError> {
-        self.clients
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .ok_or(PoolError::UnknownClient(id))
+    fn client(&self, id: ClientId) -> Result<&clients::Client, PoolError> {
+        self.clients.get(id)
     }
 
-    fn client_mut(&mut self, id: ClientId) -> Result<&mut Client, PoolError> {
-        self.clients
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
-            .ok_or(PoolError::UnknownClient(id))
+    fn client_mut(&mut self, id: ClientId) -> Result<&mut clients::Client, PoolError> {
+        self.clients.get_mut(id)
     }
 
     fn gen(&mut self) -> u64 {
@@ -309,7 +208,7 @@ pub(crate) fn snapshot(inner: &Mutex<Inner>, counters: &Counters, nr_pages: u64)
         s.frontswap_backing_only_pages = g.fs_backing_only;
         s.frontswap_host_pages = g.fs_host_pages;
         s.frontswap_stored_pages = g.fs_stored;
-        s.clients = g.clients.iter().filter(|c| c.is_some()).count() as u64;
+        s.clients = g.clients.live();
         s.live_grants = g.live_grants;
     }
     s.fill_counters(counters);
@@ -347,53 +246,6 @@ pub struct Pool {
 /// How long a second-class operation defers to waiting grants before taking its turn anyway.
 const MAX_YIELD_SPINS: u32 = 1000;
 
-fn open_backing_file(dir: Option<&PathBuf>) -> Result<File, PoolError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = dir.cloned().unwrap_or_else(std::env::temp_dir);
-    let tmp = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(&dir);
-    if let Ok(f) = tmp {
-        return Ok(f);
-    }
-    // Filesystems without O_TMPFILE: create a unique name and unlink it at once.
-    for attempt in 0..16u32 {
-        let path = dir.join(format!(
-            "gcma-backing-{}-{}-{attempt}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        ));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(f) => {
-                let _ = std::fs::remove_file(&path);
-                return Ok(f);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(PoolError::Io(format!(
-                    "cannot create the backing file in {}: {e}",
-                    dir.display()
-                )))
-            }
-        }
-    }
-    Err(PoolError::Io(format!(
-        "cannot create a unique backing file in {}",
-        dir.display()
-    )))
-}
-
 fn check_page_len(len: usize) -> Result<(), PoolError> {
     if len == PAGE_SIZE {
         Ok(())
@@ -421,7 +273,7 @@ impl Pool {
         let inner = Inner {
             pages: PageTable::new(cfg.nr_pages as u32),
             alloc,
-            clients: Vec::new(),
+            clients: Clients::default(),
             cc_objs: Vec::new(),
             cc_free_objs: Vec::new(),
             slots: BackingSlots::default(),
@@ -533,135 +385,38 @@ impl Pool {
         done
     }
 
-    /// Checks every internal invariant (page lists, allocator against page states, store indexes
-    /// against pages, counters). A debugging and testing aid; O(pool size).
-    pub fn check_consistency(&self) -> Result<(), String> {
-        let g = self.lock();
-        g.pages.check()?;
-        let nr = self.cfg.nr_pages;
-        let granted = g.pages.count(PageState::Granted);
-        if g.alloc.free_bytes() != nr - granted {
-            return Err(format!(
-                "allocator has {} free, page table {} not granted",
-                g.alloc.free_bytes(),
-                nr - granted
-            ));
-        }
-        // Every page's grant status agrees with the allocator's free ranges.
-        let mut expect_free = vec![false; nr as usize];
-        for r in g.alloc.iter_free() {
-            for p in r {
-                expect_free[p as usize] = true;
+    /// Unregisters `client`: drops its cleancache and frontswap pages and, unless `keep_grants`,
+    /// frees its grants. With `keep_grants`, a client that still holds grants stays *retired*
+    /// (see [`clients`]) until the last of them is freed.
+    fn drop_client(&self, client: ClientId, keep_grants: bool) -> Result<(), PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let c = g.clients.get_mut(client)?;
+        let cc_objects = std::mem::take(&mut c.cc_objects);
+        let fs = std::mem::take(&mut c.fs);
+        // Grants still being zeroed are released by their granting thread, which finds the
+        // client gone (or retired) when it comes back for the lock.
+        c.grants.retain(|_, rec| rec.ready);
+        let keep = keep_grants && !c.grants.is_empty();
+        let name = c.name.clone();
+        if keep {
+            c.retired = true;
+        } else if let Some(c) = g.clients.remove(client) {
+            for (first, rec) in c.grants {
+                g.release_grant_pages(first, rec.nr_pages);
             }
         }
-        for (p, &free) in expect_free.iter().enumerate() {
-            if free == (g.pages.state(p as u32) == PageState::Granted) {
-                return Err(format!("page {p}: allocator and page state disagree"));
-            }
+        for obj in cc_objects.into_values() {
+            let n = g.cc_drop_object(obj);
+            Counters::add_locked(&self.counters.cc_flushes, n);
         }
-        let mut grant_pages = 0;
-        let mut grants = 0;
-        let mut stored = 0;
-        let mut host = 0;
-        let mut backing_only = 0;
-        let mut slots = HashSet::new();
-        for (ci, c) in g.clients.iter().enumerate() {
-            let Some(c) = c else { continue };
-            for (&first, rec) in &c.grants {
-                grants += 1;
-                grant_pages += rec.nr_pages;
-                if g.alloc.allocated_len(first) != Some(rec.nr_pages) {
-                    return Err(format!("grant at {first} not allocated as recorded"));
-                }
-            }
-            for (&(pool, object), &obj) in &c.cc_objects {
-                let o = g
-                    .cc_objs
-                    .get(obj as usize)
-                    .ok_or_else(|| format!("object slot {obj} out of range"))?;
-                if o.client != ci as u32 || o.pool != pool || o.object != object {
-                    return Err(format!("object slot {obj} names another object"));
-                }
-                if !c.has_cc_pool(pool) {
-                    return Err(format!("object in destroyed pool {pool}"));
-                }
-                if o.pages.is_empty() {
-                    return Err(format!("empty object slot {obj} kept"));
-                }
-                for (&index, &page) in &o.pages {
-                    if g.pages.tenant(page) != (Tenant::Cleancache { obj, index }) {
-                        return Err(format!("cleancache page {page} has the wrong tenant"));
-                    }
-                }
-            }
-            for (key, e) in &c.fs {
-                stored += 1;
-                match &e.loc {
-                    FsLoc::Pool(p) => {
-                        let t = Tenant::Frontswap {
-                            client: ci as u32,
-                            key: *key,
-                        };
-                        if g.pages.tenant(*p) != t {
-                            return Err(format!("frontswap page {p} has the wrong tenant"));
-                        }
-                    }
-                    FsLoc::Host { .. } => host += 1,
-                    FsLoc::Backing => {
-                        backing_only += 1;
-                        if e.slot.is_none() {
-                            return Err(format!("{key:?} only in backing but has no slot"));
-                        }
-                    }
-                }
-                if let Some(s) = e.slot {
-                    if !slots.insert(s) {
-                        return Err(format!("backing slot {s} used twice"));
-                    }
-                }
-            }
+        for e in fs.into_values() {
+            g.fs_drop_entry(e);
         }
-        if grant_pages != granted || grants != g.live_grants {
-            return Err(format!(
-                "grants cover {grant_pages} pages in {grants} grants; page table {granted}, counter {}",
-                g.live_grants
-            ));
-        }
-        let cc_pages: usize = g
-            .clients
-            .iter()
-            .flatten()
-            .flat_map(|c| c.cc_objects.values())
-            .map(|&o| g.cc_objs[o as usize].pages.len())
-            .sum();
-        if cc_pages as u64 != g.pages.count(PageState::Cleancache) {
-            return Err(format!(
-                "{cc_pages} cleancache entries, {} cleancache pages",
-                g.pages.count(PageState::Cleancache)
-            ));
-        }
-        let fs_in_pool = stored - host - backing_only;
-        if stored != g.fs_stored
-            || host != g.fs_host_pages
-            || backing_only != g.fs_backing_only
-            || fs_in_pool != g.pages.count(PageState::Frontswap)
-        {
-            return Err(format!(
-                "frontswap counts: {stored} stored ({}), {host} host ({}), {backing_only} \
-                 backing ({}), {fs_in_pool} in pool ({})",
-                g.fs_stored,
-                g.fs_host_pages,
-                g.fs_backing_only,
-                g.pages.count(PageState::Frontswap)
-            ));
-        }
-        if slots.len() as u64 > g.slots.in_use() {
-            return Err("more slots named than allocated".into());
-        }
-        if self.cfg.frontswap_policy == FrontswapPolicy::PutBack
-            && g.fs_stored > self.cfg.put_back_limit_pages
-        {
-            return Err("put-back limit exceeded".into());
+        if keep {
+            log::debug!("gcma pool: client {client:?} ({name}) retired, grants kept");
+        } else {
+            log::debug!("gcma pool: client {client:?} ({name}) unregistered");
         }
         Ok(())
     }
@@ -669,39 +424,17 @@ impl Pool {
 
 impl GcmaBackend for Pool {
     fn register_client(&self, name: &str) -> ClientId {
-        let mut g = self.lock();
-        let id = ClientId(g.clients.len() as u32);
-        g.clients.push(Some(Client {
-            name: name.to_string(),
-            ..Client::default()
-        }));
+        let id = self.lock().clients.register(name);
         log::debug!("gcma pool: client {id:?} ({name}) registered");
         id
     }
 
     fn unregister_client(&self, client: ClientId) -> Result<(), PoolError> {
-        let mut g = self.lock();
-        let g = &mut *g;
-        g.client(client)?;
-        let c = g.clients[client.0 as usize]
-            .take()
-            .ok_or(PoolError::UnknownClient(client))?;
-        for (first, rec) in c.grants {
-            // Grants still being zeroed are released by their granting thread, which finds the
-            // client gone.
-            if rec.ready {
-                g.release_grant_pages(first, rec.nr_pages);
-            }
-        }
-        for obj in c.cc_objects.into_values() {
-            let n = g.cc_drop_object(obj);
-            Counters::add_locked(&self.counters.cc_flushes, n);
-        }
-        for e in c.fs.into_values() {
-            g.fs_drop_entry(e);
-        }
-        log::debug!("gcma pool: client {client:?} ({}) unregistered", c.name);
-        Ok(())
+        self.drop_client(client, false)
+    }
+
+    fn retire_client(&self, client: ClientId) -> Result<(), PoolError> {
+        self.drop_client(client, true)
     }
 
     fn alloc_contig(
