@@ -233,8 +233,8 @@ mod gcma {
     fn guest(pool: Arc<Pool>) -> Result<Guest, Box<dyn Error>> {
         let mem_len = (KEYS + 1024) * PAGE_SIZE;
         let mem = Arc::new(memfd_guest_memory(&[(0, mem_len)])?);
-        let mapper = Arc::new(MemfdGrantMapper::new(1 << 40, 1 << 30));
-        let dev = GcmaDevice::new(pool, mapper, "bench-vm");
+        let mapper = MemfdGrantMapper::new(pool, 1 << 40, 1 << 30);
+        let dev = GcmaDevice::new(mapper.window(), "bench-vm");
         let t = MmioTransport::new(dev, mem.clone(), Arc::new(CountingIrq::default()));
         let mut d = Driver::new(t, mem, 0..mem_len as u64);
         d.init(VIRTIO_GCMA_F_CLEANCACHE | VIRTIO_GCMA_F_FRONTSWAP, 256)?;

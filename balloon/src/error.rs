@@ -6,7 +6,7 @@ use vm_memory::GuestAddress;
 ///
 /// Structural faults (the ring itself is broken) make the device set `DEVICE_NEEDS_RESET`;
 /// faults confined to one chain's buffers are answered by returning that chain unused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// A descriptor index (head or `next`) is not below the queue size.
     #[error("descriptor index {index} out of range for queue size {size}")]
@@ -37,8 +37,11 @@ pub enum ChainError {
     #[error("ring access at {0:?} failed")]
     RingAccess(GuestAddress),
     /// virtio-queue reported an error on the available or used ring.
-    #[error("virtqueue error: {0}")]
-    Queue(String),
+    #[error("virtqueue error")]
+    Queue(#[from] virtio_queue::Error),
+    /// Signalling used buffers to the guest failed.
+    #[error("interrupt delivery failed")]
+    Interrupt(#[source] std::io::Error),
 }
 
 impl ChainError {
@@ -46,12 +49,6 @@ impl ChainError {
     /// just one chain.
     pub fn is_structural(&self) -> bool {
         !matches!(self, ChainError::BufferOutOfRange { .. })
-    }
-}
-
-impl From<virtio_queue::Error> for ChainError {
-    fn from(e: virtio_queue::Error) -> Self {
-        ChainError::Queue(e.to_string())
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use balloon::error::DeviceError;
 use balloon::testing::{memfd_guest_memory, CountingIrq, Driver, HarnessError, QueueLayout};
-use balloon::transport::chain::{self, Popped};
+use balloon::transport::drain::{drain_queue, Chain, Completion};
 use balloon::transport::mmio::{regs, MMIO_MAGIC};
 use balloon::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, MmioTransport, Queue, QueueT, ShmRegion,
@@ -68,39 +68,33 @@ impl VirtioDevice for Echo {
         let q = queues
             .get_mut(usize::from(index))
             .ok_or(DeviceError::NoSuchQueue(index))?;
-        let broken = |source| DeviceError::BrokenRing {
+        let rejected = &mut self.rejected;
+        let mut descs = Vec::new();
+        drain_queue(q, mem, irq, &mut descs, u32::MAX, |chain| match chain {
+            Chain::Rejected { .. } => {
+                *rejected += 1;
+                Completion::Used(0)
+            }
+            Chain::Valid(c) => {
+                let mut data = Vec::new();
+                for d in c.readable() {
+                    let mut b = vec![0u8; d.len as usize];
+                    mem.read_slice(&mut b, d.addr).ok();
+                    data.extend(b);
+                }
+                let mut written = 0usize;
+                for d in c.writable() {
+                    let n = (d.len as usize).min(data.len() - written);
+                    mem.write_slice(&data[written..written + n], d.addr).ok();
+                    written += n;
+                }
+                Completion::Used(written as u32)
+            }
+        })
+        .map_err(|source| DeviceError::BrokenRing {
             queue: index,
             source,
-        };
-        let mut returned = 0;
-        while let Some(p) = chain::pop_chain(q, mem).map_err(broken)? {
-            let (head, written) = match p {
-                Popped::Rejected { head, .. } => {
-                    self.rejected += 1;
-                    (head, 0)
-                }
-                Popped::Chain(c) => {
-                    let mut data = Vec::new();
-                    for d in c.readable() {
-                        let mut b = vec![0u8; d.len as usize];
-                        mem.read_slice(&mut b, d.addr).ok();
-                        data.extend(b);
-                    }
-                    let mut written = 0usize;
-                    for d in c.writable() {
-                        let n = (d.len as usize).min(data.len() - written);
-                        mem.write_slice(&data[written..written + n], d.addr).ok();
-                        written += n;
-                    }
-                    (c.head, written as u32)
-                }
-            };
-            chain::add_used(q, mem, head, written).map_err(broken)?;
-            returned += 1;
-        }
-        if returned > 0 {
-            chain::notify_used(q, mem, irq).map_err(broken)?;
-        }
+        })?;
         Ok(())
     }
     fn reset(&mut self) {

@@ -119,10 +119,11 @@ fn setup_with(pool_cfg: PoolConfig, window_pages: u64, cfg: DriverConfig) -> Set
     let pool = Pool::new(pool_cfg).expect("pool");
     let mem = Arc::new(memfd_guest_memory(&[(0, GUEST_MEM)]).expect("guest memory"));
     let mapper = Arc::new(MemfdGrantMapper::new(
+        pool.clone(),
         WINDOW_GPA,
         window_pages * PAGE_SIZE as u64,
     ));
-    let dev = GcmaDevice::new(pool.clone(), mapper.clone(), "agent-test");
+    let dev = GcmaDevice::new(mapper.window(), "agent-test");
     let transport = MmioTransport::new(dev, mem.clone(), Arc::new(CountingIrq::default()));
     let hal = HarnessHal {
         transport,

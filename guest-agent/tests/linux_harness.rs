@@ -80,10 +80,11 @@ fn rig(pool_pages: u64) -> Rig {
     let pool = Pool::new(PoolConfig::new(pool_pages)).expect("pool");
     let mem = Arc::new(memfd_guest_memory(&[(0, GUEST_MEM)]).expect("guest memory"));
     let mapper = Arc::new(MemfdGrantMapper::new(
+        pool.clone(),
         WINDOW_GPA,
         WINDOW_PAGES * PAGE_SIZE as u64,
     ));
-    let dev = GcmaDevice::new(pool.clone(), mapper.clone(), "linux-agent-test");
+    let dev = GcmaDevice::new(mapper.window(), "linux-agent-test");
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         dev,
         mem.clone(),
@@ -110,7 +111,13 @@ impl Rig {
     }
 
     fn device_grants(&self) -> usize {
-        self.transport.lock().unwrap().device().grants().len()
+        self.transport
+            .lock()
+            .unwrap()
+            .device()
+            .window()
+            .grants()
+            .len()
     }
 }
 

@@ -9,28 +9,19 @@
 //!   the first MMIO exit. The floor our abstractions are measured against.
 //! * `create_vm`: `KVM_CREATE_VM` and close alone: the part no VMM can avoid.
 //!
-//! Second part: grant map + first guest write, for grants of 1..32000 pages. The `fill` payload
-//! writes the first word of every page of a grant the host just mapped into the grant window
-//! (`KvmGrantMapper::map`: range allocation, `mmap` of the pool memfd, a KVM memory slot). Baseline
-//! in the same run: the same payload touching as many pages of ordinary guest RAM. Both memfds are
-//! populated beforehand (a pool holds its memory), so the difference is the cost of the grant.
+//! Grants are measured by `grant_bench`.
 //!
 //! Run: `cargo run --release -p vmm --example launch_bench`. Ends with
-//! `RESULT launch_to_first_exit_ms_p50=<x>` and `RESULT grant_map_32000_ms=<x>` (p50 of map +
-//! guest first write of every page of a 32000-page grant).
+//! `RESULT launch_to_first_exit_ms_p50=<x>`.
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use balloon::gcma::GrantMapper;
-use gcma_host::api::{ClientId, ContigGrant};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VcpuExit;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::kvm::x86;
-use vmm::payloads::{fill_arg, BuiltinPayload};
+use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 const LAUNCHES: usize = 100;
@@ -177,112 +168,6 @@ fn summarize(samples: &[Duration]) -> Summary {
     }
 }
 
-const GRANT_SIZES: [u64; 6] = [1, 512, 1024, 4096, 16384, 32000];
-const GRANT_REPEATS: usize = 10;
-const GRANT_VM_MEM: u64 = 256 << 20;
-/// Where the RAM baseline's pages start (above the payload, below the stack).
-const RAM_TOUCH_BASE: u64 = 64 << 20;
-
-fn populated_memfd(bytes: u64) -> File {
-    // SAFETY: a valid name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"bench-pool".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create");
-    // SAFETY: `fd` is fresh and owned by the File from here on.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(bytes).expect("size pool");
-    let chunk = vec![1u8; 1 << 20];
-    for off in (0..bytes).step_by(chunk.len()) {
-        file.write_all_at(&chunk, off).expect("populate pool");
-    }
-    file
-}
-
-fn grant_vm(hv: &Hypervisor) -> MicroVm {
-    let config = VmConfig {
-        mem_bytes: GRANT_VM_MEM,
-        serial: SerialOutput::Sink,
-        grant_window_bytes: 1 << 30,
-        ..VmConfig::default()
-    };
-    MicroVm::new(hv, &config).expect("create VM")
-}
-
-/// Map a grant of `nr_pages` and let the guest write the first word of each page.
-fn grant_first_touch(hv: &Hypervisor, pool: &File, nr_pages: u64) -> Duration {
-    let mut vm = grant_vm(hv);
-    let mapper = vm.grant_mapper().expect("grant window");
-    // The VMM maps the pool once when it sets the VM up (`KvmGrantMapper::premap`); that one-time
-    // cost is part of launching, not of each grant.
-    mapper.premap(pool.as_fd()).expect("map the pool");
-    let grant = ContigGrant {
-        client: ClientId(1),
-        first_page: 0,
-        nr_pages,
-    };
-    let start = Instant::now();
-    let gpa = mapper.map(pool.as_fd(), &grant, 1).expect("map grant");
-    vm.set_payload_arg(fill_arg(gpa, nr_pages, true));
-    vm.load_payload(BuiltinPayload::Fill.elf()).expect("load");
-    assert_eq!(vm.run().expect("run"), VmOutcome::Exited { code: 0 });
-    let elapsed = start.elapsed();
-    mapper.unmap(gpa, &grant).expect("unmap");
-    elapsed
-}
-
-/// The same payload touching as many pages of ordinary (populated) guest RAM.
-fn ram_first_touch(hv: &Hypervisor, nr_pages: u64) -> Duration {
-    let mut vm = grant_vm(hv);
-    let chunk = vec![1u8; 1 << 20];
-    let len = nr_pages * PAGE as u64;
-    for off in (0..len).step_by(chunk.len()) {
-        let n = (len - off).min(chunk.len() as u64) as usize;
-        vm.ram()
-            .memory()
-            .write_slice(&chunk[..n], GuestAddress(RAM_TOUCH_BASE + off))
-            .expect("populate RAM");
-    }
-    let start = Instant::now();
-    vm.set_payload_arg(fill_arg(RAM_TOUCH_BASE, nr_pages, true));
-    vm.load_payload(BuiltinPayload::Fill.elf()).expect("load");
-    assert_eq!(vm.run().expect("run"), VmOutcome::Exited { code: 0 });
-    start.elapsed()
-}
-
-fn grant_section(hv: &Hypervisor) -> f64 {
-    let max_pages = *GRANT_SIZES.iter().max().expect("sizes");
-    let pool = populated_memfd(max_pages * PAGE as u64);
-    println!();
-    println!(
-        "grant map + guest first write of every page, {GRANT_REPEATS} runs per size, interleaved"
-    );
-    println!(
-        "{:>7} {:>14} {:>14} {:>14} {:>14} {:>8}",
-        "pages", "grant p50 ms", "grant max ms", "RAM p50 ms", "RAM max ms", "ratio"
-    );
-    let mut p50_at_max = 0.0;
-    for nr_pages in GRANT_SIZES {
-        let (mut grant, mut ram) = (Vec::new(), Vec::new());
-        for _ in 0..GRANT_REPEATS {
-            grant.push(grant_first_touch(hv, &pool, nr_pages));
-            ram.push(ram_first_touch(hv, nr_pages));
-        }
-        let (g, r) = (summarize(&grant), summarize(&ram));
-        let gmax = grant.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        let rmax = ram.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        println!(
-            "{nr_pages:>7} {:>14.3} {gmax:>14.3} {:>14.3} {rmax:>14.3} {:>7.2}x",
-            g.p50,
-            r.p50,
-            g.p50 / r.p50
-        );
-        if nr_pages == max_pages {
-            p50_at_max = g.p50;
-        }
-    }
-    println!("(ratio = grant / ordinary RAM: the cost of mapping a grant on top of first touch)");
-    p50_at_max
-}
-
 fn main() {
     let hv = match Hypervisor::open() {
         Ok(hv) => hv,
@@ -338,7 +223,5 @@ fn main() {
         "ratio vmm / KVM_CREATE_VM alone (p50): {:.2}x",
         ours.p50 / create.p50
     );
-    let grant_32000 = grant_section(&hv);
     println!("RESULT launch_to_first_exit_ms_p50={:.3}", ours.p50);
-    println!("RESULT grant_map_32000_ms={grant_32000:.3}");
 }

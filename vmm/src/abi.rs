@@ -101,6 +101,9 @@ pub const DEMO_PARAM_SIZES: u64 = 4;
 pub const DEMO_ROLE_TENANT: u64 = 1;
 /// Role: ask for contiguous grants of the listed sizes.
 pub const DEMO_ROLE_GRANTS: u64 = 2;
+/// Role: time [`DEMO_PARAM_REPS`] bare MMIO exits (a read of the mailbox's control register),
+/// the floor under any request a guest makes by notification (benchmarks).
+pub const DEMO_ROLE_EXITS: u64 = 3;
 
 /// Event: the driver is up; value = negotiated features.
 pub const EV_READY: u64 = 1;
@@ -120,6 +123,8 @@ pub const EV_GRANT_NONZERO: u64 = 13;
 pub const EV_GRANT_PATTERN_BAD: u64 = 14;
 /// Event: a free failed; value = error code.
 pub const EV_GRANT_FREE_FAILED: u64 = 15;
+/// Event: one MMIO exit round trip took this many TSC cycles ([`DEMO_ROLE_EXITS`]).
+pub const EV_EXIT_CYCLES: u64 = 16;
 /// Event: a tenant round ended; value = round number.
 pub const EV_TENANT_ROUND: u64 = 20;
 /// Event: cleancache puts kept so far.

@@ -72,6 +72,9 @@ pub enum Error {
     /// A device could not be placed on the bus.
     #[error("MMIO bus: {0}")]
     Bus(#[from] BusError),
+    /// Notification or interrupt plumbing (ioeventfd, irqfd, the device thread) failed.
+    #[error("device events: {0}")]
+    Events(#[from] crate::kvm::events::EventsError),
     /// `run` was called before a payload was loaded.
     #[error("no payload loaded")]
     NoPayload,

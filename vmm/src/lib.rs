@@ -7,6 +7,7 @@
 //!   mailbox) and the slots that put `balloon`'s virtio devices there.
 //! * [`grant`]: the grant window where contiguous pool grants are mapped into a guest.
 //! * [`api`]: the control plane: a running VM as operators see it, the control API, metrics.
+//! * [`launch`]: assembling a VM with its devices ([`launch::VmBuilder`]).
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
 //! * [`abi`]: the guest-physical layout payloads are built against.
 //!
@@ -31,6 +32,7 @@ pub mod devices;
 mod error;
 pub mod grant;
 pub mod kvm;
+pub mod launch;
 pub mod payloads;
 
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use balloon::virtio_balloon::{Balloon, BalloonConfig};
+use balloon::virtio_balloon::BalloonConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +12,9 @@ use clap::{Parser, Subcommand};
 use vmm::api::control::{control_handler, metrics_handler};
 use vmm::api::http::HttpServer;
 use vmm::api::metrics::VmmMetrics;
-use vmm::kvm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
+use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
-use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
 
 mod demo;
 
@@ -197,9 +197,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         },
         ..VmConfig::default()
     };
-    let mut vm = MicroVm::new(&hv, &config).map_err(|e| e.to_string())?;
-    let mut gcma = None;
-    let mut notifiers: Vec<DeviceSubscriber> = Vec::new();
+    let mut builder =
+        VmBuilder::new("vm0", config.clone(), args.payload.clone()).ioeventfd(args.ioeventfd);
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool_pages = pool_mib << 8;
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
@@ -208,58 +207,23 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
         .map_err(|e| format!("creating the gcma pool: {e}"))?;
-        let mapper = vm.grant_mapper().ok_or("the VM has no grant window")?;
-        mapper
-            .premap(gcma_host::api::GcmaBackend::memfd(pool.as_ref()))
-            .map_err(|e| format!("mapping the gcma pool: {e}"))?;
-        let device = balloon::gcma::GcmaDevice::new(pool.clone(), mapper.clone(), "vm0");
-        let metrics = device.metrics();
-        let slot = vm.add_virtio_device(device).map_err(|e| e.to_string())?;
-        if args.ioeventfd {
-            notifiers.push(Box::new(
-                QueueNotifier::new(vm.shared_vm_fd(), slot.base, slot.transport.clone())
-                    .map_err(|e| e.to_string())?,
-            ));
-        }
-        gcma = Some(vmm::api::runtime::GcmaParts {
-            metrics,
-            mapper,
-            pool,
+        builder = builder.gcma(pool);
+    }
+    if let Some(target_pages) = args.balloon_pages {
+        builder = builder.balloon(BalloonConfig {
+            target_pages,
+            ..BalloonConfig::default()
         });
     }
-    let balloon = match args.balloon_pages {
-        Some(target_pages) => Some(
-            vm.add_virtio_device(Balloon::new(BalloonConfig {
-                target_pages,
-                ..BalloonConfig::default()
-            }))
-            .map_err(|e| e.to_string())?,
-        ),
-        None => None,
-    };
-    if let (true, Some(slot)) = (args.ioeventfd, &balloon) {
-        notifiers.push(Box::new(
-            QueueNotifier::new(vm.shared_vm_fd(), slot.base, slot.transport.clone())
-                .map_err(|e| e.to_string())?,
-        ));
-    }
-    let events = if notifiers.is_empty() {
-        None
-    } else {
-        Some(DeviceEventLoop::start(notifiers).map_err(|e| e.to_string())?)
-    };
+    let BuiltVm {
+        mut vm,
+        handle,
+        balloon,
+        events,
+        ..
+    } = builder.build(&hv).map_err(|e| e.to_string())?;
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
 
-    let pool_for_metrics = gcma.as_ref().map(|g| g.pool.clone());
-    let handle = Arc::new(vmm::api::runtime::VmHandle::new(
-        "vm0",
-        config.mem_bytes,
-        args.payload.clone(),
-        vm.exit_counters(),
-        vm.stop_handle(),
-        balloon.clone(),
-        gcma,
-    ));
     let _api = match &args.api_sock {
         Some(path) => {
             let s = HttpServer::unix(path, "api", control_handler(handle.clone()))
@@ -272,7 +236,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     let _metrics = match args.metrics_addr {
         Some(addr) => {
             let mut m = VmmMetrics::new();
-            if let Some(pool) = &pool_for_metrics {
+            if let Some(pool) = handle.pool() {
                 pool.register_metrics(m.registry_mut());
             }
             m.add_vm(handle.clone());
@@ -351,6 +315,15 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
         VmOutcome::Halted { rip } => {
             eprintln!("vmm: guest halted at rip {rip:#x}");
+            ExitCode::from(125)
+        }
+        VmOutcome::MemoryFault { gpa, rip } => {
+            match gpa {
+                Some(gpa) => eprintln!(
+                    "vmm: guest fault: access to unbacked guest-physical {gpa:#x} (no grant mapped there) at rip {rip:#x}"
+                ),
+                None => eprintln!("vmm: guest fault: access to unbacked memory at rip {rip:#x}"),
+            }
             ExitCode::from(125)
         }
     })

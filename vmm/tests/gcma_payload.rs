@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use balloon::gcma::GcmaDevice;
+use balloon::gcma::{GcmaDevice, GrantWindow};
 use gcma_host::api::GcmaBackend;
 use gcma_host::pool::{Pool, PoolConfig};
 use vmm::abi::GRANT_WINDOW_BASE;
@@ -18,7 +18,11 @@ use vmm::{MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 const POOL_PAGES: u64 = 4096;
 
-fn setup(hv: &vmm::Hypervisor, pool: &Arc<Pool>, out: &SharedBuffer) -> MicroVm {
+fn setup(
+    hv: &vmm::Hypervisor,
+    pool: &Arc<Pool>,
+    out: &SharedBuffer,
+) -> (MicroVm, Arc<GrantWindow>) {
     let config = VmConfig {
         mem_bytes: 32 << 20,
         serial: SerialOutput::Buffer(out.clone()),
@@ -26,11 +30,10 @@ fn setup(hv: &vmm::Hypervisor, pool: &Arc<Pool>, out: &SharedBuffer) -> MicroVm 
         ..VmConfig::default()
     };
     let mut vm = MicroVm::new(hv, &config).unwrap();
-    let mapper = vm.grant_mapper().unwrap();
-    let backend: Arc<dyn GcmaBackend> = pool.clone();
-    vm.add_virtio_device(GcmaDevice::new(backend, mapper, "test-vm"))
+    let window = vm.bind_grant_window(pool.clone()).unwrap();
+    vm.add_virtio_device(GcmaDevice::new(window.clone(), "test-vm"))
         .unwrap();
-    vm
+    (vm, window)
 }
 
 fn granted_gpa(text: &str, nr_pages: u32) -> u64 {
@@ -47,7 +50,7 @@ fn guest_pattern_in_a_contiguous_grant_lands_in_pool_memory() {
     };
     let pool = Pool::new(PoolConfig::new(POOL_PAGES)).unwrap();
     let out = SharedBuffer::default();
-    let mut vm = setup(&hv, &pool, &out);
+    let (mut vm, window) = setup(&hv, &pool, &out);
     const PAGES: u32 = 300;
     vm.set_payload_arg(gcma_arg(PAGES, true));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
@@ -57,7 +60,7 @@ fn guest_pattern_in_a_contiguous_grant_lands_in_pool_memory() {
 
     let gpa = granted_gpa(&text, PAGES);
     assert!(gpa >= GRANT_WINDOW_BASE);
-    let grants = vm.grant_mapper().unwrap().grants();
+    let grants = window.grants();
     assert_eq!(grants.len(), 1, "{grants:?}");
     let (mapped_gpa, grant) = grants[0];
     assert_eq!(mapped_gpa, gpa);
@@ -86,7 +89,7 @@ fn guest_frees_its_grant_and_the_window_is_empty_again() {
     };
     let pool = Pool::new(PoolConfig::new(POOL_PAGES)).unwrap();
     let out = SharedBuffer::default();
-    let mut vm = setup(&hv, &pool, &out);
+    let (mut vm, window) = setup(&hv, &pool, &out);
     vm.set_payload_arg(gcma_arg(1000, false));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
     let outcome = support::run(&mut vm).unwrap();
@@ -94,9 +97,8 @@ fn guest_frees_its_grant_and_the_window_is_empty_again() {
     assert_eq!(outcome, VmOutcome::Exited { code: 0 }, "{text}");
     granted_gpa(&text, 1000);
     assert!(text.ends_with("gcma: freed\n"), "{text:?}");
-    let mapper = vm.grant_mapper().unwrap();
-    assert_eq!(mapper.usage().mapped, 0);
-    assert_eq!(mapper.usage().free_bytes, 64 << 20);
+    assert_eq!(window.usage().grants, 0);
+    assert_eq!(window.usage().free_bytes, 64 << 20);
 }
 
 #[test]
@@ -106,7 +108,7 @@ fn a_grant_larger_than_the_pool_is_refused_to_the_guest() {
     };
     let pool = Pool::new(PoolConfig::new(POOL_PAGES)).unwrap();
     let out = SharedBuffer::default();
-    let mut vm = setup(&hv, &pool, &out);
+    let (mut vm, window) = setup(&hv, &pool, &out);
     vm.set_payload_arg(gcma_arg(POOL_PAGES as u32 + 1, false));
     vm.load_payload(BuiltinPayload::Gcma.elf()).unwrap();
     assert_eq!(
@@ -114,5 +116,5 @@ fn a_grant_larger_than_the_pool_is_refused_to_the_guest() {
         VmOutcome::Exited { code: 4 }
     );
     assert!(String::from_utf8_lossy(&out.contents()).contains("ALLOC_CONTIG of 4097 pages failed"));
-    assert_eq!(vm.grant_mapper().unwrap().usage().mapped, 0);
+    assert_eq!(window.usage().grants, 0);
 }

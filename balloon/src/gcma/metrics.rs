@@ -3,9 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::proto::{self, status, NUM_QUEUES};
+use super::window::WindowUsage;
 
-/// Per-device counters. All are monotonic except [`GcmaCounters::grants`] and
-/// [`GcmaCounters::granted_pages`], which are gauges.
+/// Per-device counters. All are monotonic except the grant gauges ([`GcmaCounters::grants`],
+/// [`GcmaCounters::granted_pages`], [`GcmaCounters::stuck_grants`],
+/// [`GcmaCounters::stuck_pages`]), which mirror the device's grant window.
 #[derive(Debug, Default)]
 pub struct GcmaMetrics {
     by_status: [[AtomicU64; status::COUNT]; NUM_QUEUES],
@@ -13,8 +15,13 @@ pub struct GcmaMetrics {
     notifications: [AtomicU64; NUM_QUEUES],
     broken_rings: AtomicU64,
     resets: AtomicU64,
+    map_failures: AtomicU64,
+    pool_errors: AtomicU64,
+    rejected_chains: AtomicU64,
     grants: AtomicU64,
     granted_pages: AtomicU64,
+    stuck_grants: AtomicU64,
+    stuck_pages: AtomicU64,
     cleancache_puts: AtomicU64,
     cleancache_succ_gets: AtomicU64,
     cleancache_failed_gets: AtomicU64,
@@ -39,10 +46,20 @@ pub struct GcmaCounters {
     pub broken_rings: u64,
     /// Device resets.
     pub resets: u64,
+    /// Grants that could not be mapped into, or unmapped from, the guest.
+    pub map_failures: u64,
+    /// Requests the pool failed with a host error.
+    pub pool_errors: u64,
+    /// Chains with a buffer outside guest memory (answered `BAD_REQUEST` where possible).
+    pub rejected_chains: u64,
     /// Grants held now.
     pub grants: u64,
     /// Pages granted now.
     pub granted_pages: u64,
+    /// Grants whose unmap failed: kept granted (never reused by anyone) until an unmap works.
+    pub stuck_grants: u64,
+    /// Pages of stuck grants.
+    pub stuck_pages: u64,
     /// Cleancache puts kept.
     pub cleancache_puts: u64,
     /// Cleancache gets that hit.
@@ -123,9 +140,26 @@ impl GcmaMetrics {
         self.resets.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_grants(&self, grants: u64, pages: u64) {
-        self.grants.store(grants, Ordering::Relaxed);
-        self.granted_pages.store(pages, Ordering::Relaxed);
+    /// Counts a failed grant mapping or unmapping; returns the new count.
+    pub(crate) fn map_failed(&self) -> u64 {
+        self.map_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a chain with a buffer outside guest memory; returns the new count.
+    pub(crate) fn rejected_chain(&self) -> u64 {
+        self.rejected_chains.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a host error of the pool; returns the new count.
+    pub(crate) fn pool_error(&self) -> u64 {
+        self.pool_errors.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn set_grants(&self, u: &WindowUsage) {
+        self.grants.store(u.grants, Ordering::Relaxed);
+        self.granted_pages.store(u.granted_pages, Ordering::Relaxed);
+        self.stuck_grants.store(u.stuck_grants, Ordering::Relaxed);
+        self.stuck_pages.store(u.stuck_pages, Ordering::Relaxed);
     }
 
     pub(crate) fn tmem(&self, what: Tmem) {
@@ -155,8 +189,13 @@ impl GcmaMetrics {
         }
         c.broken_rings = ld(&self.broken_rings);
         c.resets = ld(&self.resets);
+        c.map_failures = ld(&self.map_failures);
+        c.pool_errors = ld(&self.pool_errors);
+        c.rejected_chains = ld(&self.rejected_chains);
         c.grants = ld(&self.grants);
         c.granted_pages = ld(&self.granted_pages);
+        c.stuck_grants = ld(&self.stuck_grants);
+        c.stuck_pages = ld(&self.stuck_pages);
         c.cleancache_puts = ld(&self.cleancache_puts);
         c.cleancache_succ_gets = ld(&self.cleancache_succ_gets);
         c.cleancache_failed_gets = ld(&self.cleancache_failed_gets);

@@ -1,9 +1,10 @@
 //! Strict descriptor-chain handling on top of `virtio-queue`.
 //!
 //! `virtio-queue`'s own chain iterator silently stops at loops and unreadable descriptors; a device
-//! that must count and report hostile guests needs to know *why* a chain ended. [`pop_chain`] takes
-//! the next head from the available ring through [`Queue`], then walks the descriptor table itself
-//! and returns either a fully validated [`Chain`] or a [`ChainError`].
+//! that must count and report hostile guests needs to know *why* a chain ended. [`pop_chain_into`]
+//! takes the next head from the available ring through [`Queue`], then walks the descriptor table
+//! itself and returns either a fully validated chain or a [`ChainError`]. Devices drain queues
+//! with [`super::drain::drain_queue`], which is built on it.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -35,23 +36,24 @@ pub struct Desc {
     pub writable: bool,
 }
 
-/// A descriptor chain whose structure has been validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chain {
+/// One chain as a device handles it: its head index and its validated buffers, in chain order
+/// (borrowed from the vector [`pop_chain_into`] filled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRef<'a> {
     /// Index of the head descriptor (what goes into the used ring).
     pub head: u16,
     /// The buffers in chain order.
-    pub descs: Vec<Desc>,
+    pub descs: &'a [Desc],
 }
 
-impl Chain {
+impl<'a> ChainRef<'a> {
     /// The device-readable buffers, in order.
-    pub fn readable(&self) -> impl Iterator<Item = &Desc> {
+    pub fn readable(&self) -> impl Iterator<Item = &'a Desc> {
         self.descs.iter().filter(|d| !d.writable)
     }
 
     /// The device-writable buffers, in order.
-    pub fn writable(&self) -> impl Iterator<Item = &Desc> {
+    pub fn writable(&self) -> impl Iterator<Item = &'a Desc> {
         self.descs.iter().filter(|d| d.writable)
     }
 
@@ -66,27 +68,13 @@ impl Chain {
     }
 }
 
-/// The result of taking one entry off the available ring.
-#[derive(Debug)]
-pub enum Popped {
-    /// A chain with valid structure and all buffers inside guest memory.
-    Chain(Chain),
-    /// The head was valid but the chain is not usable: the device should return `head` with a
-    /// used length of 0 and count the error. Only non-structural errors land here.
-    Rejected {
-        /// Head index to return.
-        head: u16,
-        /// What was wrong.
-        error: ChainError,
-    },
-}
-
 /// What [`pop_chain_into`] took off the available ring; the buffers are in the caller's vector.
 #[derive(Debug)]
 pub enum PoppedHead {
     /// A chain with valid structure and all buffers inside guest memory, headed by this index.
     Chain(u16),
-    /// As [`Popped::Rejected`]: return `head` with a used length of 0 and count the error.
+    /// The head was valid but the chain is not usable (a buffer outside guest memory): the device
+    /// answers it with an error where it can, and counts it. Only non-structural errors land here.
     Rejected {
         /// Head index to return.
         head: u16,
@@ -95,22 +83,14 @@ pub enum PoppedHead {
     },
 }
 
-/// Take the next chain off `queue`'s available ring, if any.
+/// Takes the next chain off `queue`'s available ring, if any. The chain's buffers replace the
+/// contents of `descs`, which a device keeps and reuses for every chain (no allocation per
+/// chain); after `Ok(None)` or `Err` its contents are unspecified.
 ///
 /// `Err` means the ring itself is broken (available index too far ahead, descriptor loop, index
 /// out of range, indirect descriptors we never offered): the device should enter
-/// `DEVICE_NEEDS_RESET`.
-pub fn pop_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Popped>, ChainError> {
-    let mut descs = Vec::new();
-    Ok(pop_chain_into(queue, mem, &mut descs)?.map(|p| match p {
-        PoppedHead::Chain(head) => Popped::Chain(Chain { head, descs }),
-        PoppedHead::Rejected { head, error } => Popped::Rejected { head, error },
-    }))
-}
-
-/// [`pop_chain`] without allocating: the chain's buffers replace the contents of `descs`, which a
-/// device keeps and reuses for every chain. Same checks, same errors; after `Ok(None)` or `Err`
-/// the contents of `descs` are unspecified.
+/// `DEVICE_NEEDS_RESET`. A chain whose structure is sound but whose buffers leave guest memory
+/// comes back as [`PoppedHead::Rejected`], with its buffers in `descs` as the guest described them.
 pub fn pop_chain_into(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -246,9 +226,7 @@ pub fn notify_used(
     interrupt: &InterruptHandle,
 ) -> Result<bool, ChainError> {
     if queue.needs_notification(mem)? {
-        interrupt
-            .signal_used()
-            .map_err(|e| ChainError::Queue(format!("interrupt: {e}")))?;
+        interrupt.signal_used().map_err(ChainError::Interrupt)?;
         return Ok(true);
     }
     Ok(false)

@@ -9,7 +9,9 @@
 //! may call [`MmioTransport::process_queue`] when an ioeventfd fires.
 
 pub mod chain;
+pub mod drain;
 pub mod mmio;
+pub mod stream;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

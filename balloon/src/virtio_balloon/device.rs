@@ -12,9 +12,10 @@ use super::{
     NR_STAT_TAGS, STAT_ENTRY_LEN, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_PAGE_POISON,
     VIRTIO_BALLOON_F_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ, VIRTIO_ID_BALLOON,
 };
-use crate::error::{ChainError, DeviceError};
+use crate::error::DeviceError;
 use crate::memory_release::{self, GUEST_PAGE_SIZE};
-use crate::transport::chain::{self, Chain, Popped};
+use crate::transport::chain::{self, ChainRef, Desc};
+use crate::transport::drain::{drain_queue, Chain, Completion};
 use crate::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -74,6 +75,8 @@ struct Running {
     interrupt: InterruptHandle,
     stats_head: Option<(usize, u16)>,
     regions: Vec<RegionPages>,
+    /// The buffers of the chain being handled, reused from chain to chain.
+    descs: Vec<Desc>,
 }
 
 /// The virtio-balloon device. Put it behind a transport; drive the target with
@@ -282,6 +285,7 @@ impl VirtioDevice for Balloon {
             interrupt: a.interrupt,
             stats_head: None,
             regions,
+            descs: Vec::new(),
         });
         Ok(())
     }
@@ -299,6 +303,7 @@ impl VirtioDevice for Balloon {
             interrupt,
             stats_head,
             regions,
+            descs,
         } = run;
         let (kind, queue) = queues.get_mut(qi).ok_or(DeviceError::NoSuchQueue(index))?;
         let kind = *kind;
@@ -306,31 +311,23 @@ impl VirtioDevice for Balloon {
             debug!("virtio-balloon: notify of queue {index} that was never made ready, ignored");
             return Ok(());
         }
-        let broken = |source: ChainError| DeviceError::BrokenRing {
-            queue: index,
-            source,
-        };
-        let mut returned = 0u32;
-        while let Some(popped) = chain::pop_chain(queue, mem).map_err(broken)? {
-            let c = match popped {
-                Popped::Chain(c) => c,
-                Popped::Rejected { head, error } => {
+        let drained = drain_queue(queue, mem, interrupt, descs, u32::MAX, |chain| {
+            let c = match chain {
+                Chain::Valid(c) => c,
+                Chain::Rejected { chain, error } => {
                     counters.rejected_chains += 1;
                     guest_warn!(
                         counters.rejected_chains,
-                        "virtio-balloon: queue {index}: chain {head} rejected: {error}"
+                        "virtio-balloon: queue {index}: chain {} rejected: {error}",
+                        chain.head
                     );
-                    chain::add_used(queue, mem, head, 0).map_err(broken)?;
-                    returned += 1;
-                    continue;
+                    return Completion::Used(0);
                 }
             };
-            let head = c.head;
             match kind {
                 QueueKind::Inflate | QueueKind::Deflate => {
-                    let inflate = kind == QueueKind::Inflate;
                     if let Some(pfns) = read_pfns(mem, &c, index, counters) {
-                        if inflate {
+                        if kind == QueueKind::Inflate {
                             counters.inflate_chains += 1;
                             inflate_pfns(mem, regions, &pfns, counters);
                         } else {
@@ -340,17 +337,11 @@ impl VirtioDevice for Balloon {
                     }
                 }
                 QueueKind::Stats => {
-                    if !parse_stats(mem, &c, stats, counters) {
-                        chain::add_used(queue, mem, head, 0).map_err(broken)?;
-                        returned += 1;
-                        continue;
+                    if parse_stats(mem, &c, stats, counters) {
+                        // Keep the newest buffer; give an older one back.
+                        let release = stats_head.replace((qi, c.head)).map(|(_, old)| old);
+                        return Completion::Held { release };
                     }
-                    // Keep the newest buffer; give an older one back.
-                    if let Some((_, old)) = stats_head.replace((qi, head)) {
-                        chain::add_used(queue, mem, old, 0).map_err(broken)?;
-                        returned += 1;
-                    }
-                    continue;
                 }
                 QueueKind::Reporting => {
                     counters.report_chains += 1;
@@ -358,13 +349,14 @@ impl VirtioDevice for Balloon {
                     report_free(mem, regions, &c, poisoned, counters);
                 }
             }
-            chain::add_used(queue, mem, head, 0).map_err(broken)?;
-            returned += 1;
-        }
-        if returned > 0 {
-            chain::notify_used(queue, mem, interrupt).map_err(broken)?;
-        }
-        Ok(())
+            Completion::Used(0)
+        });
+        drained
+            .map(|_| ())
+            .map_err(|source| DeviceError::BrokenRing {
+                queue: index,
+                source,
+            })
     }
 
     fn supports_queue_reset(&self) -> bool {
@@ -408,7 +400,7 @@ impl VirtioDevice for Balloon {
 /// Read the PFN list of an inflate/deflate chain, or count it as malformed.
 fn read_pfns(
     mem: &GuestMemoryMmap,
-    c: &Chain,
+    c: &ChainRef<'_>,
     queue: u16,
     counters: &mut BalloonCounters,
 ) -> Option<Vec<u32>> {
@@ -583,7 +575,7 @@ fn deflate_pfns(regions: &mut [RegionPages], pfns: &[u32], counters: &mut Balloo
 /// Parse a stats buffer into `stats`; `false` if the chain is unusable (return it at once).
 fn parse_stats(
     mem: &GuestMemoryMmap,
-    c: &Chain,
+    c: &ChainRef<'_>,
     stats: &mut BalloonStats,
     counters: &mut BalloonCounters,
 ) -> bool {
@@ -631,7 +623,7 @@ fn parse_stats(
 fn report_free(
     mem: &GuestMemoryMmap,
     regions: &[RegionPages],
-    c: &Chain,
+    c: &ChainRef<'_>,
     poisoned: bool,
     counters: &mut BalloonCounters,
 ) {

@@ -408,10 +408,11 @@ impl Rig {
     ) -> Rig {
         let mem = Arc::new(memfd_guest_memory(&[(0, GUEST_MEM)]).expect("guest memory"));
         let mapper = Arc::new(MemfdGrantMapper::new(
+            backend,
             WINDOW_GPA,
             window_pages * PAGE_SIZE as u64,
         ));
-        let dev = GcmaDevice::new(backend, mapper.clone(), "test-vm");
+        let dev = GcmaDevice::new(mapper.window(), "test-vm");
         let irq = Arc::new(CountingIrq::default());
         let transport = MmioTransport::new(dev, mem.clone(), irq.clone());
         let mut driver = Driver::new(transport, mem, 0x1000..GUEST_MEM as u64);

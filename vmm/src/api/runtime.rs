@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balloon::gcma::{GcmaCounters, GcmaMetrics};
+use balloon::gcma::{GcmaCounters, GcmaMetrics, GrantWindow};
 use balloon::virtio_balloon::{Balloon, BalloonStatus, STAT_NAMES};
 use gcma_host::pool::Pool;
 use serde_json::{json, Value};
@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use crate::api::control::{ControlError, VmControl};
 use crate::api::metrics::VmMetricsSource;
 use crate::devices::VirtioSlot;
-use crate::grant::KvmGrantMapper;
 use crate::kvm::vm::{ExitCounters, ExitStats, StopHandle};
 
 /// The gcma side of a VM: its device's counters, its grant window and the pool.
@@ -22,7 +21,7 @@ pub struct GcmaParts {
     /// The device's counters.
     pub metrics: Arc<GcmaMetrics>,
     /// The VM's grant window.
-    pub mapper: Arc<KvmGrantMapper>,
+    pub window: Arc<GrantWindow>,
     /// The pool the device draws from.
     pub pool: Arc<Pool>,
 }
@@ -68,6 +67,11 @@ impl VmHandle {
     /// Records how the run ended (shown by `GET /vm`).
     pub fn set_state(&self, state: impl Into<String>) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state.into();
+    }
+
+    /// The pool the VM's virtio-gcma device draws from, if it has one.
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        self.gcma.as_ref().map(|g| &g.pool)
     }
 
     /// Whether `PUT /actions {"action":"shutdown"}` was received.
@@ -200,19 +204,21 @@ impl VmControl for VmHandle {
             )
         })?;
         let grants: Vec<Value> = g
-            .mapper
+            .window
             .grants()
             .into_iter()
             .map(|(gpa, gr)| {
                 json!({"gpa": gpa, "nr_pages": gr.nr_pages, "pool_first_page": gr.first_page})
             })
             .collect();
-        let u = g.mapper.usage();
+        let u = g.window.usage();
         let p = g.pool.stats();
         let c = g.metrics.snapshot();
         Ok(json!({
             "grants": grants,
             "window_free_bytes": u.free_bytes,
+            "stuck_grants": u.stuck_grants,
+            "stuck_pages": u.stuck_pages,
             "requests": c.by_status.iter().map(|q| q.iter().sum::<u64>()).collect::<Vec<u64>>(),
             "pool": {
                 "nr_pages": p.nr_pages,

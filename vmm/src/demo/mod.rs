@@ -12,20 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use balloon::gcma::GcmaDevice;
 use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError};
-use gcma_host::api::{FrontswapPolicy, GcmaBackend};
+use gcma_host::api::FrontswapPolicy;
 use gcma_host::pool::{Pool, PoolConfig, PoolStats};
 
 use vmm::abi::*;
 use vmm::api::control::metrics_handler;
 use vmm::api::http::HttpServer;
 use vmm::api::metrics::VmmMetrics;
-use vmm::api::runtime::{GcmaParts, VmHandle};
+use vmm::api::runtime::VmHandle;
 use vmm::devices::mailbox::{Mailbox, MailboxEvent};
 use vmm::kvm::vm::{SharedBuffer, StopHandle};
+use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
-use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
+use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
 
 use report::{SizeRow, Summary};
 
@@ -231,18 +231,13 @@ fn launch(
         grant_window_bytes: window_bytes,
         ..VmConfig::default()
     };
-    let mut vm = MicroVm::new(hv, &config).map_err(|e| err(e.to_string()))?;
-    let mapper = vm
-        .grant_mapper()
-        .ok_or_else(|| err("no grant window".into()))?;
-    // Map the pool once now, so that grants cost one memory slot each (see `grant`).
-    mapper
-        .premap(pool.memfd())
-        .map_err(|e| err(format!("mapping the pool: {e}")))?;
-    let backend: Arc<dyn GcmaBackend> = pool.clone();
-    let device = GcmaDevice::new(backend, mapper.clone(), name);
-    let gcma = device.metrics();
-    vm.add_virtio_device(device)
+    let BuiltVm {
+        mut vm,
+        handle: metrics,
+        ..
+    } = VmBuilder::new(name, config, BuiltinPayload::Agent.name())
+        .gcma(pool.clone())
+        .build(hv)
         .map_err(|e| err(e.to_string()))?;
     let (mailbox, control) = Mailbox::new(index, params, events.clone());
     vm.bus_mut()
@@ -251,19 +246,6 @@ fn launch(
     vm.load_payload(BuiltinPayload::Agent.elf())
         .map_err(|e| err(e.to_string()))?;
     let stop = vm.stop_handle();
-    let metrics = Arc::new(VmHandle::new(
-        name,
-        mem_mib << 20,
-        BuiltinPayload::Agent.name(),
-        vm.exit_counters(),
-        stop.clone(),
-        None,
-        Some(GcmaParts {
-            metrics: gcma,
-            mapper,
-            pool: pool.clone(),
-        }),
-    ));
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
         .spawn(move || vm.run().map_err(|e| e.to_string()))

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use balloon::gcma::GrantWindow;
+use balloon::gcma::{GrantWindow, WindowRange};
 use balloon::transport::mmio::MmioTransport;
 use balloon::transport::VirtioDevice;
+use gcma_host::api::GcmaBackend;
 
 use crate::abi::{
     CONSOLE_BASE, CONSOLE_SIZE, EXIT_BASE, EXIT_SIZE, GRANT_WINDOW_BASE, MMIO_BASE, MMIO_SIZE,
@@ -22,7 +23,8 @@ use crate::devices::{
     ConsoleDevice, ExitDevice, ExitLatch, PolledIrq, SerialDevice, SharedWriter, VirtioSlot,
 };
 use crate::error::{Error, Result};
-use crate::grant::KvmGrantMapper;
+use crate::grant::slots::SlotPerGrant;
+use crate::grant::KvmWindow;
 use crate::kvm::bus::{MmioBus, SharedMmioDevice};
 use crate::kvm::loader::{load_elf, LoadedImage};
 use crate::kvm::memory::GuestRam;
@@ -35,6 +37,9 @@ pub const MIN_MEM_BYTES: u64 = 8 << 20;
 pub const STACK_RESERVE_BYTES: u64 = 1 << 20;
 /// Memory slot used for guest RAM.
 const RAM_SLOT: u32 = 0;
+/// Memory slot of the grant window (the first of the per-grant slots with
+/// [`GrantMapping::SlotPerGrant`]).
+const GRANT_WINDOW_SLOT: u32 = 1;
 /// How many virtio-mmio devices one microVM can have.
 pub const MAX_VIRTIO_DEVICES: u32 = 32;
 /// Interrupt number of the first virtio device (the next ones count up), clear of the legacy ISA
@@ -96,6 +101,34 @@ pub struct VmConfig {
     /// Create the in-kernel irqchip (before the vCPU), needed for irqfd interrupt lines
     /// ([`crate::kvm::events::IrqfdLine`]). Off by default: payloads poll with interrupts off.
     pub irqchip: bool,
+    /// How grants are mapped into the grant window.
+    pub grant_mapping: GrantMapping,
+}
+
+/// How contiguous grants are made visible in a VM's grant window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GrantMapping {
+    /// One memory slot over the whole window; grants are `mmap`ped into its host range.
+    #[default]
+    OneSlot,
+    /// A memory slot per grant (the previous design, kept to measure against).
+    SlotPerGrant,
+}
+
+/// The grant window's guest-physical space and how grants get into it.
+#[derive(Debug)]
+enum GrantSpace {
+    OneSlot(KvmWindow),
+    SlotPerGrant { range: WindowRange, first_slot: u32 },
+}
+
+impl GrantSpace {
+    fn range(&self) -> WindowRange {
+        match self {
+            GrantSpace::OneSlot(w) => w.range(),
+            GrantSpace::SlotPerGrant { range, .. } => *range,
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -106,6 +139,7 @@ impl Default for VmConfig {
             serial: SerialOutput::Stdout,
             grant_window_bytes: 0,
             irqchip: false,
+            grant_mapping: GrantMapping::OneSlot,
         }
     }
 }
@@ -131,6 +165,14 @@ pub enum VmOutcome {
     /// [`StopHandle::stop`] interrupted the vCPU; `run` may be called again to resume.
     Stopped {
         /// Guest instruction pointer where it stopped.
+        rip: u64,
+    },
+    /// The guest touched guest-physical memory that nothing backs: a part of its grant window
+    /// where no grant is mapped (or memory KVM could not reach).
+    MemoryFault {
+        /// The guest-physical address, when KVM reported it.
+        gpa: Option<u64>,
+        /// Guest instruction pointer of the access.
         rip: u64,
     },
 }
@@ -187,7 +229,7 @@ pub struct MicroVm {
     // slots); then the VM; the memory it maps last.
     vcpu: VcpuFd,
     bus: MmioBus,
-    grants: Option<Arc<KvmGrantMapper>>,
+    grant_space: Option<GrantSpace>,
     vm: Arc<VmFd>,
     ram: GuestRam,
     exit_latch: Arc<ExitLatch>,
@@ -196,6 +238,7 @@ pub struct MicroVm {
     stats: Arc<ExitCounters>,
     virtio_devices: u32,
     run_state: Arc<RunState>,
+    max_memslots: u32,
 }
 
 impl std::fmt::Debug for MicroVm {
@@ -258,19 +301,21 @@ impl MicroVm {
                 GRANT_WINDOW_BASE..GRANT_WINDOW_BASE + window,
             ],
         )?;
-        let grants = if window > 0 {
-            let slot_limit = u32::try_from(hv.max_memslots()).unwrap_or(u32::MAX);
-            Some(Arc::new(KvmGrantMapper::new(
+        let range = WindowRange {
+            gpa: GRANT_WINDOW_BASE,
+            len_bytes: window,
+        };
+        let grant_space = match (window, config.grant_mapping) {
+            (0, _) => None,
+            (_, GrantMapping::OneSlot) => Some(GrantSpace::OneSlot(KvmWindow::new(
                 vm.clone(),
-                GrantWindow {
-                    gpa: GRANT_WINDOW_BASE,
-                    len_bytes: window,
-                },
-                RAM_SLOT + 1,
-                slot_limit,
-            )?))
-        } else {
-            None
+                range,
+                GRANT_WINDOW_SLOT,
+            )?)),
+            (_, GrantMapping::SlotPerGrant) => Some(GrantSpace::SlotPerGrant {
+                range,
+                first_slot: GRANT_WINDOW_SLOT,
+            }),
         };
         if config.irqchip {
             vm.create_irq_chip()
@@ -296,7 +341,8 @@ impl MicroVm {
         Ok(MicroVm {
             vcpu,
             bus,
-            grants,
+            grant_space,
+            max_memslots: u32::try_from(hv.max_memslots()).unwrap_or(u32::MAX),
             vm,
             ram,
             exit_latch,
@@ -356,9 +402,35 @@ impl MicroVm {
         self.vm.clone()
     }
 
-    /// The grant window's mapper, if the VM has a window (hand it to a virtio-gcma device).
-    pub fn grant_mapper(&self) -> Option<Arc<KvmGrantMapper>> {
-        self.grants.clone()
+    /// Where the grant window lies, if the VM has one.
+    pub fn grant_window_range(&self) -> Option<WindowRange> {
+        self.grant_space.as_ref().map(GrantSpace::range)
+    }
+
+    /// The grant window bound to `pool`, for this VM's virtio-gcma device: grants come from
+    /// `pool` and appear in the window. Bind it once.
+    pub fn bind_grant_window(&self, pool: Arc<dyn GcmaBackend>) -> Result<Arc<GrantWindow>> {
+        match &self.grant_space {
+            None => Err(Error::Config("the VM has no grant window".into())),
+            Some(GrantSpace::OneSlot(w)) => w.bind(pool),
+            Some(GrantSpace::SlotPerGrant { range, first_slot }) => {
+                let mapper = SlotPerGrant::new(
+                    self.vm.clone(),
+                    *range,
+                    pool.memfd(),
+                    pool.nr_pages() * crate::abi::PAGE_SIZE,
+                    *first_slot,
+                    self.max_memslots,
+                )
+                .map_err(|source| Error::Io {
+                    op: "mapping the pool for per-grant memory slots",
+                    source,
+                })?;
+                let window = GrantWindow::new(*range, pool, Arc::new(mapper))
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                Ok(Arc::new(window))
+            }
+        }
     }
 
     /// The MMIO bus, to place more devices on it before running.
@@ -430,6 +502,7 @@ impl MicroVm {
     }
 
     fn run_loop(&mut self) -> Result<VmOutcome> {
+        let window = self.grant_window_range();
         loop {
             if self.run_state.stop.swap(false, Ordering::AcqRel) {
                 return Ok(VmOutcome::Stopped { rip: self.rip()? });
@@ -437,6 +510,12 @@ impl MicroVm {
             let stop = {
                 let exit = self.vcpu.run();
                 match exit {
+                    Ok(VcpuExit::MmioWrite(addr, _)) | Ok(VcpuExit::MmioRead(addr, _))
+                        if window.is_some_and(|w| addr >= w.gpa && addr - w.gpa < w.len_bytes) =>
+                    {
+                        Some(Stop::MemoryFault(Some(addr)))
+                    }
+                    Ok(VcpuExit::MemoryFault { gpa, .. }) => Some(Stop::MemoryFault(Some(gpa))),
                     Ok(VcpuExit::MmioWrite(addr, data)) => {
                         if self.bus.write(addr, data) {
                             ExitCounters::bump(&self.stats.mmio_writes);
@@ -471,6 +550,10 @@ impl MicroVm {
                     Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                         Some(Stop::Interrupted)
                     }
+                    // Memory behind a slot that KVM could not fault in (an unmapped part of the
+                    // grant window), reported without the address: kvm-pvm, and hardware KVM
+                    // before 6.8 (KVM_CAP_MEMORY_FAULT_INFO).
+                    Err(e) if e.errno() == libc::EFAULT => Some(Stop::MemoryFault(None)),
                     Err(source) => {
                         return Err(Error::Kvm {
                             op: "KVM_RUN",
@@ -496,6 +579,16 @@ impl MicroVm {
                     Ok(VmOutcome::Shutdown { rip })
                 }
                 Stop::Interrupted => continue,
+                Stop::MemoryFault(gpa) => {
+                    let rip = self.rip()?;
+                    match gpa {
+                        Some(gpa) => log::info!(
+                            "guest touched unbacked memory at gpa {gpa:#x} (rip {rip:#x})"
+                        ),
+                        None => log::info!("guest touched unbacked memory (rip {rip:#x})"),
+                    }
+                    Ok(VmOutcome::MemoryFault { gpa, rip })
+                }
                 Stop::Unhandled(reason) => Err(Error::UnhandledExit {
                     reason,
                     rip: self.rip().unwrap_or(0),
@@ -518,6 +611,7 @@ enum Stop {
     Interrupted,
     Halt,
     Shutdown,
+    MemoryFault(Option<u64>),
     Unhandled(String),
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use balloon::error::DeviceError;
-use balloon::transport::chain::{self, Popped};
+use balloon::transport::drain::{drain_queue, Completion};
 use balloon::transport::mmio::{regs, MmioTransport};
 use balloon::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, Queue, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -52,22 +52,15 @@ impl VirtioDevice for NullDevice {
     }
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
         let (mem, queue, interrupt) = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
-        let broken = |source| DeviceError::BrokenRing {
+        // Every chain goes straight back, with nothing written.
+        let mut descs = Vec::new();
+        drain_queue(queue, mem, interrupt, &mut descs, u32::MAX, |_| {
+            Completion::Used(0)
+        })
+        .map_err(|source| DeviceError::BrokenRing {
             queue: index,
             source,
-        };
-        let mut returned = false;
-        while let Some(p) = chain::pop_chain(queue, mem).map_err(broken)? {
-            let head = match p {
-                Popped::Chain(c) => c.head,
-                Popped::Rejected { head, .. } => head,
-            };
-            chain::add_used(queue, mem, head, 0).map_err(broken)?;
-            returned = true;
-        }
-        if returned {
-            interrupt.signal_used()?;
-        }
+        })?;
         Ok(())
     }
     fn reset(&mut self) {

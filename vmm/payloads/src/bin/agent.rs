@@ -9,6 +9,7 @@
 //!   holds and checks each one.
 //! * **Grants**: for each size the host lists, `reps` times: `ALLOC_CONTIG` timed with `rdtsc`,
 //!   check the grant reads as zero, write a pattern over it, check it, `FREE_CONTIG`.
+//! * **Exits** (benchmarks): `reps` bare MMIO exits timed with `rdtsc`, no device involved.
 //!
 //! Progress and verdicts go to the host as mailbox events (`abi::EV_*`). Exit code 0 when every
 //! check passed, 1 otherwise, 2 when the device or driver could not be set up.
@@ -98,6 +99,11 @@ fn error_code(e: &Error) -> u64 {
 
 fn main(_ram_bytes: u64, _arg: u64) -> u32 {
     let role = param(DEMO_PARAM_ROLE);
+    if role == DEMO_ROLE_EXITS {
+        exits();
+        event(EV_DONE, 1);
+        return 0;
+    }
     let Ok(dev) = Device::find(VIRTIO_ID_GCMA) else {
         println!("agent: no virtio-gcma device");
         return 2;
@@ -296,6 +302,16 @@ fn load_and_check(
         }
     }
     (lost, corrupt, errors)
+}
+
+/// Times bare MMIO exit round trips (reads of the mailbox's control register).
+fn exits() {
+    for _ in 0..param(DEMO_PARAM_REPS).max(1) {
+        let t0 = rdtsc();
+        let _ = mmio_read(MAILBOX_REG_CONTROL);
+        let t1 = rdtsc();
+        event(EV_EXIT_CYCLES, t1.wrapping_sub(t0));
+    }
 }
 
 fn grants(d: &mut GcmaDriver<RawHal>) -> bool {
