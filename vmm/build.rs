@@ -27,7 +27,8 @@ fn main() {
         "src/abi.rs",
         "../guest-agent/src",
         "../guest-agent/Cargo.toml",
-        "../balloon/src/gcma/proto.rs",
+        "../balloon/proto/src",
+        "../balloon/proto/Cargo.toml",
     ] {
         println!(
             "cargo:rerun-if-changed={}",

@@ -40,4 +40,4 @@ pub mod testing;
 pub mod transport;
 #[cfg(feature = "device")]
 pub mod virtio_balloon;
-pub mod virtio_mmio;
+pub use gcma_proto::virtio_mmio;

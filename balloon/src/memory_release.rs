@@ -19,8 +19,9 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use crate::error::ReleaseError;
 use crate::transport::GuestMemoryMmap;
 
-/// The guest page size the balloon protocol works in.
-pub const GUEST_PAGE_SIZE: u64 = 4096;
+/// The page size the balloon protocol works in: virtio-balloon PFNs always name 4 KiB pages
+/// (`VIRTIO_BALLOON_PFN_SHIFT` is 12 whatever the guest's page size), the pool's page.
+pub const GUEST_PAGE_SIZE: u64 = gcma_proto::PAGE_SIZE as u64;
 
 /// Which call released a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,7 @@
 
 use std::os::fd::BorrowedFd;
 
-/// Size of one pool page, and of every cleancache / frontswap page, in bytes.
-pub const PAGE_SIZE: usize = 4096;
+pub use gcma_proto::PAGE_SIZE;
 
 /// One client (one VM, or one disk) of the pool. Cleancache pools, frontswap areas and grants
 /// belong to a client; no client can name another's.

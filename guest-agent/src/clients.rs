@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use balloon::gcma::proto::{status, PageKey, Request, SwapKey};
+use gcma_proto::gcma::{status, PageKey, Request, SwapKey};
 
 use crate::driver::{Data, GcmaDriver, Op};
 use crate::error::Error;

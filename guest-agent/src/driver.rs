@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use balloon::gcma::proto::{
+use gcma_proto::gcma::{
     status, Config, DataDir, Request, Response, StatEntry, CONFIG_LEN, NUM_QUEUES, PAGE_SIZE,
     RESPONSE_LEN, STAT_ENTRY_LEN, VIRTIO_GCMA_F_CLEANCACHE, VIRTIO_GCMA_F_CONTIG,
     VIRTIO_GCMA_F_FRONTSWAP, VIRTIO_ID_GCMA,
@@ -268,7 +268,7 @@ impl<H: Hal> GcmaDriver<H> {
         }
         self.config = self.read_config();
         let h = &mut self.hal;
-        h.mmio_write32(SHM_SEL, u32::from(balloon::gcma::proto::SHM_GRANT_WINDOW));
+        h.mmio_write32(SHM_SEL, u32::from(gcma_proto::gcma::SHM_GRANT_WINDOW));
         let len =
             u64::from(h.mmio_read32(SHM_LEN_LOW)) | (u64::from(h.mmio_read32(SHM_LEN_HIGH)) << 32);
         let gpa = u64::from(h.mmio_read32(SHM_BASE_LOW))

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use balloon::gcma::proto::{status, Response};
+use gcma_proto::gcma::{status, Response};
 
 /// What went wrong talking to the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 use core::ptr::NonNull;
 
-use balloon::gcma::proto::PAGE_SIZE;
+use gcma_proto::gcma::PAGE_SIZE;
 
 /// A run of DMA pages handed out by a [`Hal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

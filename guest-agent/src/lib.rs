@@ -10,7 +10,7 @@
 //! * [`CleancacheClient`] and [`FrontswapClient`]: the tmem semantics on top;
 //! * [`mmio`]: virtio-mmio register offsets.
 //!
-//! The wire format is `balloon::gcma::proto` (re-exported as [`proto`]).
+//! The wire format is `gcma_proto::gcma` (re-exported as [`proto`]).
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
@@ -26,8 +26,8 @@ pub mod linux;
 pub mod mmio;
 mod queue;
 
-pub use balloon::gcma::proto;
 pub use clients::{CleancacheClient, CleancacheCounters, FrontswapClient, FrontswapCounters};
 pub use driver::{ContigRegion, Data, DriverConfig, DriverCounters, GcmaDriver, Op, Window};
 pub use error::Error;
+pub use gcma_proto::gcma as proto;
 pub use hal::{DmaExhausted, DmaRegion, Hal, RawHal};

@@ -8,10 +8,10 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 
-use balloon::gcma::proto::{PAGE_SIZE, REQUEST_HEADER_LEN, RESPONSE_LEN};
+use gcma_proto::gcma::{PAGE_SIZE, REQUEST_HEADER_LEN, RESPONSE_LEN};
 
 use crate::hal::DmaRegion;
-use crate::mmio::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_AVAIL_F_NO_INTERRUPT};
+use crate::mmio::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 
 /// Most request slots per queue (a queue of 256 entries has 85).
 pub(crate) const MAX_SLOTS: usize = 128;
@@ -207,7 +207,7 @@ impl SplitQueue {
     pub(crate) fn clear(&mut self) {
         self.ring.zero();
         self.ring
-            .write_u16(self.avail_off, VRING_AVAIL_F_NO_INTERRUPT);
+            .write_u16(self.avail_off, VIRTQ_AVAIL_F_NO_INTERRUPT);
         self.avail_idx = 0;
         self.last_used = 0;
     }

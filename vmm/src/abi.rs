@@ -10,7 +10,7 @@
 //! RAM; `rdi` = guest RAM size in bytes; `rsi` = the payload argument given to the VMM.
 
 /// Size of a guest page as the payload and the VMM see it.
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = gcma_proto::PAGE_SIZE as u64;
 
 /// Guest-physical address where payload ELF images are linked (`--image-base`). Everything below
 /// it is reserved for the VMM's boot structures (GDT, TSS, page tables).

@@ -13,7 +13,7 @@
 //! * `testing` (feature `test-utils`): `MemfdGrantMapper`, a grant window mapped into the test
 //!   process.
 
-pub mod proto;
+pub use gcma_proto::gcma as proto;
 
 #[cfg(feature = "device")]
 mod device;

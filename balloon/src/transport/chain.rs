@@ -15,15 +15,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use super::{GuestMemoryMmap, InterruptHandle};
 use crate::error::ChainError;
 
-/// Descriptor flag: the chain continues at `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the buffer is device-writable.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer holds an indirect descriptor table.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-
-/// Size in bytes of one split-ring descriptor.
-pub const DESC_SIZE: u64 = 16;
+pub use gcma_proto::virtq::{
+    DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 /// One validated buffer of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use balloon::gcma::proto::PAGE_SIZE;
+use gcma_proto::gcma::PAGE_SIZE;
 
 use crate::driver::{ContigRegion, DriverConfig, GcmaDriver};
 use crate::error::Error;

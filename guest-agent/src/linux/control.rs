@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use balloon::gcma::proto::stat;
+use gcma_proto::gcma::stat;
 
 use super::discovery::parse_c_int;
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use balloon::gcma::proto::VIRTIO_ID_GCMA;
+use gcma_proto::gcma::VIRTIO_ID_GCMA;
 use log::{info, warn};
 
 use super::agent::Agent;

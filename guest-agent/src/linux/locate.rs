@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use balloon::gcma::proto::VIRTIO_ID_GCMA;
+use gcma_proto::gcma::VIRTIO_ID_GCMA;
 
 use super::discovery::{Candidate, ScanResult};
 use super::regs::{probe, Identity, MapError, ProbeError, RegisterWindow};

@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-use balloon::gcma::proto::VIRTIO_ID_GCMA;
+use gcma_proto::gcma::VIRTIO_ID_GCMA;
 
 /// `MagicValue` register offset.
 pub const REG_MAGIC_VALUE: usize = 0x000;

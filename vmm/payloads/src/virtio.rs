@@ -7,33 +7,23 @@
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{compiler_fence, Ordering};
 
+use gcma_proto::virtio_mmio::regs::{
+    CONFIG as REG_CONFIG, DEVICE_FEATURES as REG_DEVICE_FEATURES,
+    DEVICE_FEATURES_SEL as REG_DEVICE_FEATURES_SEL, DEVICE_ID as REG_DEVICE_ID,
+    DRIVER_FEATURES as REG_DRIVER_FEATURES, DRIVER_FEATURES_SEL as REG_DRIVER_FEATURES_SEL,
+    MAGIC_VALUE as REG_MAGIC, QUEUE_DESC_LOW as REG_QUEUE_DESC,
+    QUEUE_DEVICE_LOW as REG_QUEUE_DEVICE, QUEUE_DRIVER_LOW as REG_QUEUE_DRIVER,
+    QUEUE_NOTIFY as REG_QUEUE_NOTIFY, QUEUE_NUM as REG_QUEUE_NUM,
+    QUEUE_NUM_MAX as REG_QUEUE_NUM_MAX, QUEUE_READY as REG_QUEUE_READY, QUEUE_SEL as REG_QUEUE_SEL,
+    STATUS as REG_STATUS, VERSION as REG_VERSION,
+};
+pub use gcma_proto::virtio_mmio::VIRTIO_F_VERSION_1 as F_VERSION_1;
+use gcma_proto::virtio_mmio::{
+    MMIO_MAGIC as MAGIC, MMIO_VERSION, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
+    STATUS_FEATURES_OK,
+};
+
 use crate::abi::{PAGE_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-
-const MAGIC: u32 = 0x7472_6976; // "virt"
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC: u64 = 0x080;
-const REG_QUEUE_DRIVER: u64 = 0x090;
-const REG_QUEUE_DEVICE: u64 = 0x0a0;
-const REG_CONFIG: u64 = 0x100;
-
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-/// `VIRTIO_F_VERSION_1`.
-pub const F_VERSION_1: u64 = 1 << 32;
 
 /// Entries per queue this driver sets up (at most; less if the device offers less).
 pub const QUEUE_SIZE: u16 = 16;
@@ -67,7 +57,7 @@ impl Device {
             })
             .find(|d| {
                 d.read32(REG_MAGIC) == MAGIC
-                    && d.read32(REG_VERSION) == 2
+                    && d.read32(REG_VERSION) == MMIO_VERSION
                     && d.read32(REG_DEVICE_ID) == device_id
             })
             .ok_or(VirtioError::NotFound)

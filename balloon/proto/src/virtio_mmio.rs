@@ -1,6 +1,6 @@
 //! The virtio-mmio (version 2) register layout, status bits and transport feature bits, as the
-//! virtio specification defines them. `no_std` and always built: the device side
-//! ([`crate::transport`]) and the guest's driver (`guest-agent`) use the same constants.
+//! virtio specification defines them: the device side (`balloon::transport`), the guest's driver
+//! (`guest-agent`) and the kernel-less payloads use the same constants.
 
 /// Register offsets (virtio 1.2 §4.2.2).
 pub mod regs {

@@ -1,4 +1,5 @@
-//! The virtio-gcma wire format, shared by the device (host) and the driver (`guest-agent`).
+//! The virtio-gcma wire format, shared by the device (host, `balloon::gcma`) and the driver
+//! (`guest-agent`).
 //!
 //! `no_std`, no dependencies, no `unsafe`: every structure is encoded and decoded field by field in
 //! little-endian, so the same code runs in the VMM and in a kernel-less guest payload.
@@ -25,8 +26,7 @@
 /// as a virtio-pci device id.
 pub const VIRTIO_ID_GCMA: u32 = 0x4743;
 
-/// Size of every data page, and the unit of grants, in bytes.
-pub const PAGE_SIZE: usize = 4096;
+pub use crate::PAGE_SIZE;
 
 /// Queue index of the control queue (`ALLOC_CONTIG`, `FREE_CONTIG`, `STATS`).
 pub const CONTROL_QUEUE: u16 = 0;
