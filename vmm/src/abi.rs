@@ -4,7 +4,7 @@
 //! This file holds only `const` items so that the `no_std` payload crate (`vmm/payloads`) can
 //! include the very same file with `#[path]`; the two sides cannot drift apart.
 //!
-//! Entry state (see `DESIGN.md`, "Environment facts"): 64-bit mode, ring 3, paging on with an
+//! Entry state (see ARCHITECTURE.md, "Where guests run"): 64-bit mode, ring 3, paging on with an
 //! identity map of guest RAM, the MMIO window and (when configured) the grant window; interrupts
 //! off; `rsp` 16-byte aligned minus 8 (as if a `call` had just happened) just below the top of
 //! RAM; `rdi` = guest RAM size in bytes; `rsi` = the payload argument given to the VMM.

@@ -1,6 +1,7 @@
 //! x86-64 CPU set-up for kernel-less payloads entered directly in ring 3, 64-bit mode.
 //!
-//! This is the set-up `DESIGN.md` records as working under the nested `kvm-pvm` KVM here: an
+//! This is the set-up ARCHITECTURE.md ("Where guests run") records as working under the nested
+//! `kvm-pvm` KVM of the development hosts: an
 //! identity map with the user bit set on every entry, 64-bit code and data segments of DPL 3,
 //! a task register, `EFER.LME|LMA`, `CR0.PG|PE|MP|NE`, `CR4.PAE|OSFXSR|OSXMMEXCPT`, interrupts
 //! off, no IDT (so any guest exception escalates to a triple fault, which KVM reports as
