@@ -124,7 +124,11 @@ fn family(
 const QUEUE_NAMES: [&str; proto::NUM_QUEUES] = ["control", "cleancache", "frontswap"];
 
 /// A balloon statistic's family, the family's help, and its label (name, value).
-type GuestStat = (&'static str, &'static str, Option<(&'static str, &'static str)>);
+type GuestStat = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+);
 
 /// Where each balloon statistic goes, in virtio tag order (`STAT_NAMES`): family, its help, and
 /// the label that tells the statistics of one family apart. Units are in the family names.
