@@ -56,7 +56,7 @@ if ! "$VENV/bin/python" -c "import schemathesis, sys; sys.exit(schemathesis.__ve
     fi
 fi
 
-# A real Prometheus scrapes the demo in tests/tests/prometheus.rs. The test runs its own instance
+# A real Prometheus scrapes the demo in vmm/tests/prometheus.rs. The test runs its own instance
 # on loopback; the package's system service is neither started nor left enabled.
 if ! command -v prometheus >/dev/null 2>&1; then
     policy=/usr/sbin/policy-rc.d

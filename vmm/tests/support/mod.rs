@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod ping;
+pub mod prometheus;
 
 use vmm::Hypervisor;
 
