@@ -86,9 +86,9 @@ fn is_live(path: &Path) -> Result<bool, HttpError> {
     }
 }
 
-/// Makes `path` free for a new socket: nothing there, or a stale socket (removed). Anything else
-/// is an error and is left untouched.
-fn clear(path: &Path) -> Result<(), HttpError> {
+/// Makes `path` free for a new socket: nothing there, or a stale socket (removed when
+/// `remove_stale`). Anything else is an error and is left untouched.
+fn clear(path: &Path, remove_stale: bool) -> Result<(), HttpError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -108,6 +108,9 @@ fn clear(path: &Path) -> Result<(), HttpError> {
     }
     if is_live(path)? {
         return Err(HttpError::SocketInUse(path.to_path_buf()));
+    }
+    if !remove_stale {
+        return Ok(());
     }
     log::info!("removing stale socket {}", path.display());
     match std::fs::remove_file(path) {
@@ -149,7 +152,7 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, BoundSocket)
             ),
         ));
     }
-    clear(path)?;
+    clear(path, true)?;
 
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let parent = match path.parent() {
@@ -176,7 +179,7 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, BoundSocket)
         Ok(()) => {}
         Err(Errno::EXIST) => {
             // Something appeared at the path since it was cleared: report what it is.
-            clear(path)?;
+            clear(path, false)?;
             return Err(io_err(
                 "create socket",
                 std::io::Error::new(
