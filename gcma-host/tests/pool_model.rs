@@ -647,7 +647,9 @@ fn metrics_encode() {
         "gcma_grants_total 1",
         "gcma_grant_latency_seconds_count 1",
         "gcma_frontswap_rejects_total{reason=\"pool_full\"} 0",
-        "gcma_evictions_total{reason=\"grant\",kind=\"cleancache\"} 0",
+        "gcma_evicted_pages_total{reason=\"grant\",kind=\"cleancache\"} 0",
+        "gcma_pool_capacity_pages 16",
+        "gcma_frontswap_stored_pages{location=\"pool\",policy=\"write_through\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vmm::api::control::{control_handler, metrics_handler};
-use vmm::api::http::HttpServer;
+use vmm::api::http::{HttpServer, Limits, Listen};
 use vmm::api::metrics::VmmMetrics;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
@@ -77,9 +77,13 @@ struct DemoArgs {
     /// Tenant rounds before the grants start (so that the pool is full of second-class pages).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
     warmup_rounds: u64,
-    /// Also write the measurements and check results as JSON to this file.
+    /// Also write the measurements and check results as JSON to this file (before lingering).
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Keep serving /metrics for this many seconds after the run, so that a scraper gets the
+    /// final values (a line on standard error says when the run is over).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    metrics_linger_s: u64,
     /// Print only the final report, no progress lines and no table.
     #[arg(long)]
     quiet: bool,
@@ -114,13 +118,10 @@ fn demo(args: DemoArgs) -> Result<ExitCode, String> {
         fs_pages: args.fs_pages,
         warmup_rounds: args.warmup_rounds,
         progress: !args.quiet,
+        summary_json: args.summary_json,
+        metrics_linger: Duration::from_secs(args.metrics_linger_s),
     };
     let summary = demo::run_demo(&cfg).map_err(|e| e.to_string())?;
-    if let Some(path) = &args.summary_json {
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| format!("encoding the summary: {e}"))?;
-        std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
     Ok(if summary.all_checks_passed() {
         ExitCode::SUCCESS
     } else {
@@ -160,21 +161,71 @@ struct RunArgs {
     /// of 2; used with --gcma-pool-mib).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..=507 * 1024))]
     grant_window_mib: u64,
-    /// Serve the control API (HTTP/JSON: GET /vm, PUT /balloon, GET /balloon/statistics,
-    /// GET /gcma, PUT /actions) on this Unix socket while the VM runs.
+    /// Serve the control API on this Unix socket while the VM runs (HTTP/JSON, described by
+    /// vmm/api/openapi.yaml: GET /vm, GET /gcma, Firecracker's GET|PUT|PATCH /balloon,
+    /// GET|PATCH /balloon/statistics, PUT /actions). A stale socket at the path is replaced;
+    /// anything else there is an error.
     #[arg(long)]
     api_sock: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while the VM runs.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Ask the guest for fresh balloon statistics this often, in seconds (0: never).
-    #[arg(long, default_value_t = 5)]
+    /// Ask the guest for fresh balloon statistics this often, in seconds (0: statistics off, as
+    /// Firecracker's stats_polling_interval_s).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=65535))]
     balloon_stats_interval_s: u64,
+    #[command(flatten)]
+    http: HttpArgs,
     /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
     /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
     /// device work (see examples/notify_bench.rs); needs a spare host core.
     #[arg(long)]
     ioeventfd: bool,
+}
+
+/// Limits of the API socket and the metrics endpoint (see gcma-host/http/src/lib.rs).
+#[derive(Debug, clap::Args)]
+struct HttpArgs {
+    /// Permission bits of the API socket, in octal (600: only this user may connect).
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    api_sock_mode: u32,
+    /// Largest request head (request line and headers) the API and metrics endpoints accept, in
+    /// bytes; a larger one is answered 431.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1024..=1 << 20))]
+    http_max_header_bytes: u64,
+    /// Largest request body accepted, in bytes; a larger one is answered 413.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(0..=16 << 20))]
+    http_max_body_bytes: u64,
+    /// Milliseconds a client has to send a whole request, counted from when the server starts
+    /// waiting for it; a body still incomplete is answered 408, an incomplete head (or an idle
+    /// connection) is closed.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    http_request_timeout_ms: u64,
+    /// Connections each endpoint serves at once; the next one is answered 503 and closed.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    http_max_connections: u64,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header_bytes: self.http_max_header_bytes as usize,
+            max_body_bytes: self.http_max_body_bytes as usize,
+            request_timeout: Duration::from_millis(self.http_request_timeout_ms),
+            max_connections: self.http_max_connections as usize,
+            ..Limits::default()
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not a permission mode in octal (000 to 777, e.g. 600)"
+        )),
+    }
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -212,6 +263,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     if let Some(target_pages) = args.balloon_pages {
         builder = builder.balloon(BalloonConfig {
             target_pages,
+            stats: args.balloon_stats_interval_s > 0,
             ..BalloonConfig::default()
         });
     }
@@ -223,10 +275,14 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         ..
     } = builder.build(&hv).map_err(|e| e.to_string())?;
     vm.load_payload(&elf).map_err(|e| e.to_string())?;
-
+    let limits = args.http.limits();
     let _api = match &args.api_sock {
         Some(path) => {
-            let s = HttpServer::unix(path, "api", control_handler(handle.clone()))
+            let listen = Listen::Unix {
+                path: path.clone(),
+                mode: args.http.api_sock_mode,
+            };
+            let s = HttpServer::start("api", &listen, &limits, control_handler(handle.clone()))
                 .map_err(|e| e.to_string())?;
             log::info!("control API on {}", path.display());
             Some(s)
@@ -241,9 +297,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             }
             m.add_vm(handle.clone());
             let m = Arc::new(m);
-            let s = HttpServer::tcp(
-                addr,
+            let s = HttpServer::start(
                 "metrics",
+                &Listen::Tcp(addr),
+                &limits,
                 metrics_handler(Arc::new(move || m.render())),
             )
             .map_err(|e| e.to_string())?;
@@ -256,13 +313,17 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let poller_done = Arc::new(AtomicBool::new(false));
-    let poller = match (&balloon, args.balloon_stats_interval_s) {
-        (Some(_), n) if n > 0 => Some(
+    // Started even with statistics off: the API may turn them on before the driver comes up.
+    let poller = match &balloon {
+        Some(_) => Some(
             handle
-                .spawn_stats_poller(Duration::from_secs(n), poller_done.clone())
+                .spawn_stats_poller(
+                    Duration::from_secs(args.balloon_stats_interval_s),
+                    poller_done.clone(),
+                )
                 .map_err(|e| format!("cannot start the stats poller: {e}"))?,
         ),
-        _ => None,
+        None => None,
     };
     let outcome = vm.run().map_err(|e| e.to_string());
     if let Some(events) = events {

@@ -25,6 +25,16 @@ fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Checks an error body has Firecracker's shape and says something.
+fn fault(body: &str) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let m = v["fault_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fault_message: {body}"));
+    assert!(!m.is_empty());
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{body}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -67,6 +77,10 @@ fn api_controls_a_running_vm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket's mode");
+
     let (st, body) = request(&sock, "GET", "/vm", "");
     assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -76,22 +90,34 @@ fn api_controls_a_running_vm() {
     for bad in [
         "",
         "{",
-        r#"{"target_mib": -3}"#,
-        r#"{"target_mib": 33}"#,
+        r#"{"amount_mib": -3}"#,
+        r#"{"amount_mib": 33}"#,
+        r#"{"target_mib": 4}"#,
         r#"{"x": 1}"#,
     ] {
-        let (st, body) = request(&sock, "PUT", "/balloon", bad);
+        let (st, body) = request(&sock, "PATCH", "/balloon", bad);
         assert_eq!(st, 400, "{bad:?} -> {body}");
-        assert!(body.contains("error"), "{body}");
+        fault(&body);
     }
     assert_eq!(
-        request(&sock, "PUT", "/balloon", r#"{"target_mib": 4}"#).0,
+        request(&sock, "PATCH", "/balloon", r#"{"amount_mib": 4}"#).0,
         204
     );
     let (st, body) = request(&sock, "GET", "/balloon/statistics", "");
     assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["target_mib"], 4.0);
+    assert_eq!(
+        (v["target_mib"].as_u64(), v["target_pages"].as_u64()),
+        (Some(4), Some(1024))
+    );
+    let (st, body) = request(&sock, "GET", "/balloon", "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["amount_mib"], 4);
+    assert_eq!(
+        v["stats_polling_interval_s"], 5,
+        "the --balloon-stats-interval-s default"
+    );
 
     let (st, body) = request(&sock, "GET", "/gcma", "");
     assert_eq!(st, 200, "{body}");
@@ -99,12 +125,16 @@ fn api_controls_a_running_vm() {
     assert_eq!(v["pool"]["nr_pages"], 2048);
     assert_eq!(v["grants"].as_array().map(Vec::len), Some(0));
 
-    assert_eq!(request(&sock, "DELETE", "/vm", "").0, 405);
-    assert_eq!(request(&sock, "GET", "/nope", "").0, 404);
-    assert_eq!(
-        request(&sock, "PUT", "/actions", r#"{"action": "explode"}"#).0,
-        400
-    );
+    for (method, path, body, status) in [
+        ("DELETE", "/vm", "", 405),
+        ("GET", "/nope", "", 404),
+        ("PUT", "/actions", r#"{"action": "explode"}"#, 400),
+        ("PUT", "/balloon", r#"{"target_mib": 4}"#, 400),
+    ] {
+        let (st, body) = request(&sock, method, path, body);
+        assert_eq!(st, status, "{method} {path}: {body}");
+        fault(&body);
+    }
     // Still running after all that.
     assert!(child.try_wait().unwrap().is_none());
 
@@ -117,7 +147,7 @@ fn api_controls_a_running_vm() {
         text.contains(r#"vmm_balloon_target_bytes{vm="vm0"} 4194304"#),
         "{text}"
     );
-    assert!(text.contains("gcma_pool_pages_total 2048"), "{text}");
+    assert!(text.contains("gcma_pool_capacity_pages 2048"), "{text}");
 
     assert_eq!(
         request(&sock, "PUT", "/actions", r#"{"action": "shutdown"}"#).0,

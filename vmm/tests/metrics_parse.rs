@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use balloon::gcma::GcmaCounters;
-use balloon::virtio_balloon::BalloonStatus;
+use balloon::virtio_balloon::{BalloonCounters, BalloonStats, BalloonStatus, NR_STAT_TAGS};
 use gcma_host::api::{CleancacheKey, GcmaBackend};
 use gcma_host::pool::{Pool, PoolConfig};
 use vmm::api::control::metrics_handler;
@@ -28,7 +28,19 @@ impl VmMetricsSource for FakeVm {
         }
     }
     fn balloon(&self) -> Option<BalloonStatus> {
-        None
+        Some(BalloonStatus {
+            target_pages: 1024,
+            actual_pages: 512,
+            inflated_pages: 512,
+            features: 0,
+            activated: true,
+            stats_buffer_held: true,
+            stats: BalloonStats {
+                values: std::array::from_fn(|i| Some(i as u64 * 4096)),
+                generation: 1,
+            },
+            counters: BalloonCounters::default(),
+        })
     }
     fn gcma(&self) -> Option<GcmaCounters> {
         let mut g = GcmaCounters::default();
@@ -133,4 +145,87 @@ fn metrics_endpoint_output_parses() {
         body.contains(r#"gcma_pool_pages{state="granted"} 8"#),
         "{body}"
     );
+}
+
+/// Families whose value counts events or things that have no unit (requests, grants, exits...).
+/// Every other family must carry its unit at the end of its name. A new family goes in one list
+/// or the other on purpose.
+const UNITLESS_COUNTS: &[&str] = &[
+    "vmm_vcpu_exits",
+    "vmm_balloon_malformed_chains",
+    "vmm_balloon_guest_page_faults",
+    "vmm_balloon_guest_hugetlb_allocations",
+    "vmm_balloon_guest_oom_kills",
+    "vmm_balloon_guest_alloc_stalls",
+    "vmm_gcma_requests",
+    "vmm_gcma_unanswerable_requests",
+    "vmm_gcma_grants",
+    "gcma_clients",
+    "gcma_live_grants",
+    "gcma_grants",
+    "gcma_grant_failures",
+    "gcma_grant_frees",
+    "gcma_cleancache_puts",
+    "gcma_cleancache_puts_dropped",
+    "gcma_cleancache_gets",
+    "gcma_frontswap_stores",
+    "gcma_frontswap_rejects",
+    "gcma_frontswap_loads",
+    "gcma_backing_writes",
+    "gcma_backing_write_errors",
+];
+const UNITS: &[&str] = &["_bytes", "_pages", "_seconds"];
+
+#[test]
+fn every_family_has_help_a_unit_and_a_name_that_fits_its_type() {
+    let pool = Pool::new(PoolConfig::new(64)).unwrap();
+    let mut metrics = VmmMetrics::new();
+    pool.register_metrics(metrics.registry_mut());
+    metrics.add_vm(Arc::new(FakeVm("vm0")));
+    let text = metrics.render();
+    let mut families = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families.push((name.to_string(), kind.to_string()));
+        }
+    }
+    // Every family this exporter can produce is here (the fake VM has every device and statistic).
+    assert!(families.len() >= 40, "{families:?}");
+    for s in [
+        "vmm_balloon_guest_memory_bytes",
+        "vmm_balloon_guest_scanned_pages",
+    ] {
+        assert!(families.iter().any(|(n, _)| n == s), "{s} missing:\n{text}");
+    }
+    assert_eq!(NR_STAT_TAGS, 16);
+    for (name, kind) in &families {
+        let help = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+            .unwrap_or("");
+        assert!(help.trim().len() > 3, "{name} has no HELP text");
+        if kind == "gauge" {
+            assert!(!name.ends_with("_total"), "gauge {name} ends in _total");
+        }
+        if kind == "counter" {
+            let clash = format!("{name}_total");
+            assert!(
+                families.iter().all(|(n, _)| *n != clash),
+                "counter {name} collides with a family named {clash}"
+            );
+        }
+        let unit = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            UNITS.iter().any(|u| unit.ends_with(u)) || UNITLESS_COUNTS.contains(&name.as_str()),
+            "{name} ({kind}) names no unit; add one, or list it as a unitless count"
+        );
+        assert_eq!(
+            families.iter().filter(|(n, _)| n == name).count(),
+            1,
+            "{name} appears twice"
+        );
+    }
+    assert!(text.contains("gcma_pool_capacity_pages 64"), "{text}");
+    assert!(!text.contains("gcma_pool_pages_total"));
 }

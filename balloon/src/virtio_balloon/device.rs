@@ -159,6 +159,26 @@ impl Balloon {
         Ok(true)
     }
 
+    /// The features this balloon offers (`target_pages` is the initial target; the current one
+    /// is in [`status`](Self::status)).
+    pub fn config(&self) -> BalloonConfig {
+        self.cfg
+    }
+
+    /// Changes which optional features are offered. The driver reads the offer once, after it
+    /// acknowledges the device, so the VMM calls this only while the transport's `Status`
+    /// register is still 0 (no driver yet); a driver that already negotiated keeps what it got.
+    pub fn set_offered_features(
+        &mut self,
+        deflate_on_oom: bool,
+        stats: bool,
+        free_page_reporting: bool,
+    ) {
+        self.cfg.deflate_on_oom = deflate_on_oom;
+        self.cfg.stats = stats;
+        self.cfg.free_page_reporting = free_page_reporting;
+    }
+
     /// A snapshot for the VMM's API and metrics.
     pub fn status(&self) -> BalloonStatus {
         BalloonStatus {

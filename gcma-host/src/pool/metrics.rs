@@ -12,7 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::Inner;
-use crate::api::RejectReason;
+use crate::api::{FrontswapPolicy, RejectReason};
 
 /// Upper bounds of the grant-latency histogram buckets, in microseconds (the last bucket, +Inf,
 /// is implicit).
@@ -241,6 +241,16 @@ pub(crate) struct PoolCollector {
     pub inner: Arc<Mutex<Inner>>,
     pub counters: Arc<Counters>,
     pub nr_pages: u64,
+    pub policy: FrontswapPolicy,
+}
+
+/// The `policy` label value of a frontswap policy.
+fn policy_name(p: FrontswapPolicy) -> &'static str {
+    match p {
+        FrontswapPolicy::WriteThrough => "write_through",
+        FrontswapPolicy::WriteBack => "write_back",
+        FrontswapPolicy::PutBack => "put_back",
+    }
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -276,7 +286,13 @@ impl Collector for PoolCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = super::snapshot(&self.inner, &self.counters, self.nr_pages);
         let e = &mut e;
-        gauge(e, "gcma_pool_pages_total", "Pages in the pool.", s.nr_pages)?;
+        // Not `gcma_pool_pages_total`: a gauge must not end in `_total` (a counter's suffix).
+        gauge(
+            e,
+            "gcma_pool_capacity_pages",
+            "Pages in the pool, whatever their state.",
+            s.nr_pages,
+        )?;
         labelled(
             e,
             "gcma_pool_pages",
@@ -290,15 +306,19 @@ impl Collector for PoolCollector {
                 (&[("state", "granted")], s.granted_pages),
             ],
         )?;
+        let policy = policy_name(self.policy);
         labelled(
             e,
             "gcma_frontswap_stored_pages",
-            "Accepted frontswap pages by where their data lives.",
+            "Accepted frontswap pages by where their data lives, labelled with the pool's frontswap policy.",
             MetricType::Gauge,
             &[
-                (&[("location", "pool")], s.frontswap_pages),
-                (&[("location", "host")], s.frontswap_host_pages),
-                (&[("location", "backing")], s.frontswap_backing_only_pages),
+                (&[("location", "pool"), ("policy", policy)], s.frontswap_pages),
+                (&[("location", "host"), ("policy", policy)], s.frontswap_host_pages),
+                (
+                    &[("location", "backing"), ("policy", policy)],
+                    s.frontswap_backing_only_pages,
+                ),
             ],
         )?;
         gauge(e, "gcma_clients", "Registered clients.", s.clients)?;
@@ -362,7 +382,7 @@ impl Collector for PoolCollector {
         )?;
         counter(
             e,
-            "gcma_cleancache_flushes",
+            "gcma_cleancache_flushed_pages",
             "Cleancache pages flushed.",
             s.cleancache_flushes,
         )?;
@@ -400,7 +420,7 @@ impl Collector for PoolCollector {
         )?;
         counter(
             e,
-            "gcma_frontswap_invalidates",
+            "gcma_frontswap_invalidated_pages",
             "Frontswap pages invalidated.",
             s.frontswap_invalidates,
         )?;
@@ -430,7 +450,7 @@ impl Collector for PoolCollector {
         )?;
         labelled(
             e,
-            "gcma_evictions",
+            "gcma_evicted_pages",
             "Second-class pages evicted, by reason and kind.",
             MetricType::Counter,
             &[

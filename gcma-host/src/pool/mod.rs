@@ -347,6 +347,7 @@ impl Pool {
             inner: Arc::clone(&self.inner),
             counters: Arc::clone(&self.counters),
             nr_pages: self.cfg.nr_pages,
+            policy: self.cfg.frontswap_policy,
         }));
     }
 

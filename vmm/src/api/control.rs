@@ -1,22 +1,33 @@
-//! The control API: HTTP/JSON over a Unix socket, and the Prometheus `/metrics` endpoint over TCP.
+//! The control API: HTTP/JSON over a Unix socket, described by `vmm/api/openapi.yaml`.
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
-//! | `GET` | `/vm` | — | `200` VM description |
-//! | `PUT` | `/balloon` | `{"target_mib": N}` | `204`; the balloon asks the guest for N MiB |
-//! | `GET` | `/balloon/statistics` | — | `200` target, actual and the guest's last statistics |
-//! | `GET` | `/gcma` | — | `200` grants of this VM and pool usage |
-//! | `PUT` | `/actions` | `{"action": "shutdown"}` | `204`; the VM stops |
+//! | `GET` | `/vm` | — | `200` [`VmInfo`] |
+//! | `GET` | `/gcma` | — | `200` [`GcmaInfo`] |
+//! | `GET` | `/balloon` | — | `200` [`BalloonDeviceConfig`] |
+//! | `PUT` | `/balloon` | [`BalloonDeviceConfig`] | `204` |
+//! | `PATCH` | `/balloon` | [`BalloonUpdate`] | `204` |
+//! | `GET` | `/balloon/statistics` | — | `200` [`BalloonStats`] |
+//! | `PATCH` | `/balloon/statistics` | [`BalloonStatsUpdate`] | `204` |
+//! | `PUT` | `/actions` | [`ActionRequest`] | `204`; the VM stops |
 //!
-//! Bad input gets a `4xx` with `{"error": "..."}` that names the problem; the VM keeps running.
-//! The router is independent of how a VM is built: it talks to a [`VmControl`].
+//! The balloon calls are Firecracker's (README.md lists the differences). Every error, here or in
+//! the HTTP server underneath, has the body `{"fault_message": "..."}`: `400` for input that is
+//! not acceptable (including a device the VM does not have, as Firecracker answers), `404` for an
+//! unknown path, `405` (with `Allow`) for a method a path does not take, `500` if the host fails.
+//! A refused request changes nothing. The router is independent of how a VM is built: it talks
+//! to a [`VmControl`].
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::api::http::{Handler, Reply, Request};
+use crate::api::model::{
+    Action, ActionRequest, BalloonDeviceConfig, BalloonStats, BalloonStatsUpdate, BalloonUpdate,
+    GcmaInfo, VmInfo,
+};
 
 /// Why a control operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +35,7 @@ pub enum ControlError {
     /// The request is well-formed but its values are not acceptable (answered with `400`).
     #[error("{0}")]
     BadRequest(String),
-    /// The VM has no such device or feature (answered with `409`).
+    /// The VM has no such device or feature (answered with `400`, as Firecracker does).
     #[error("{0}")]
     Unavailable(String),
     /// Something failed on the host (answered with `500`).
@@ -34,84 +45,150 @@ pub enum ControlError {
 
 /// What the control API can ask of a running microVM.
 pub trait VmControl: Send + Sync {
-    /// A JSON description of the VM (id, state, memory, vCPUs, devices, exit counts).
-    fn vm_info(&self) -> Value;
-    /// Sets the balloon target in MiB.
-    fn set_balloon_target(&self, target_mib: u64) -> Result<(), ControlError>;
-    /// Balloon target, actual size and the guest's last statistics.
-    fn balloon_statistics(&self) -> Result<Value, ControlError>;
+    /// The VM's description.
+    fn vm_info(&self) -> VmInfo;
     /// Contiguous grants of this VM and pool usage.
-    fn gcma_info(&self) -> Result<Value, ControlError>;
+    fn gcma_info(&self) -> Result<GcmaInfo, ControlError>;
+    /// The balloon's settings.
+    fn balloon_config(&self) -> Result<BalloonDeviceConfig, ControlError>;
+    /// Applies balloon settings: the target always, features only while the guest driver has
+    /// not negotiated them yet (otherwise a change is refused and nothing changes).
+    fn put_balloon(&self, cfg: &BalloonDeviceConfig) -> Result<(), ControlError>;
+    /// Sets a new balloon target (and polling interval, if given).
+    fn patch_balloon(&self, update: &BalloonUpdate) -> Result<(), ControlError>;
+    /// Balloon sizes and the guest's latest statistics.
+    fn balloon_stats(&self) -> Result<BalloonStats, ControlError>;
+    /// Sets the statistics polling interval.
+    fn patch_balloon_stats(&self, update: &BalloonStatsUpdate) -> Result<(), ControlError>;
     /// Asks the VM to stop.
     fn shutdown(&self) -> Result<(), ControlError>;
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BalloonUpdate {
-    target_mib: u64,
+/// The operations of the control API (`operationId` in `vmm/api/openapi.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `GET /vm`.
+    DescribeVm,
+    /// `GET /gcma`.
+    DescribeGcma,
+    /// `GET /balloon`.
+    DescribeBalloonConfig,
+    /// `PUT /balloon`.
+    PutBalloon,
+    /// `PATCH /balloon`.
+    PatchBalloon,
+    /// `GET /balloon/statistics`.
+    DescribeBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStatsInterval,
+    /// `PUT /actions`.
+    CreateSyncAction,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionRequest {
-    action: Action,
-}
+/// The route table: method, path, operation and its `operationId`. [`route`] dispatches through
+/// it, and a test checks that `vmm/api/openapi.yaml` documents exactly these.
+pub const ROUTES: &[(&str, &str, Operation, &str)] = &[
+    ("GET", "/vm", Operation::DescribeVm, "describeVm"),
+    ("GET", "/gcma", Operation::DescribeGcma, "describeGcma"),
+    (
+        "GET",
+        "/balloon",
+        Operation::DescribeBalloonConfig,
+        "describeBalloonConfig",
+    ),
+    ("PUT", "/balloon", Operation::PutBalloon, "putBalloon"),
+    ("PATCH", "/balloon", Operation::PatchBalloon, "patchBalloon"),
+    (
+        "GET",
+        "/balloon/statistics",
+        Operation::DescribeBalloonStats,
+        "describeBalloonStats",
+    ),
+    (
+        "PATCH",
+        "/balloon/statistics",
+        Operation::PatchBalloonStatsInterval,
+        "patchBalloonStatsInterval",
+    ),
+    (
+        "PUT",
+        "/actions",
+        Operation::CreateSyncAction,
+        "createSyncAction",
+    ),
+];
 
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Action {
-    Shutdown,
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
-    if body.is_empty() {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Reply::error(400, "request body is empty; expected JSON"));
     }
     serde_json::from_slice(body).map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))
 }
 
+fn json<T: Serialize>(value: &T) -> Reply {
+    match serde_json::to_value(value) {
+        Ok(v) => Reply::json(200, &v),
+        Err(e) => Reply::error(500, format!("encoding the answer failed: {e}")),
+    }
+}
+
 fn answer(result: Result<Reply, ControlError>) -> Reply {
     match result {
         Ok(r) => r,
-        Err(ControlError::BadRequest(m)) => Reply::error(400, m),
-        Err(ControlError::Unavailable(m)) => Reply::error(409, m),
+        Err(ControlError::BadRequest(m) | ControlError::Unavailable(m)) => Reply::error(400, m),
         Err(ControlError::Internal(m)) => Reply::error(500, m),
     }
 }
 
+fn with_body<T: DeserializeOwned>(
+    req: &Request,
+    f: impl FnOnce(T) -> Result<(), ControlError>,
+) -> Reply {
+    match parse::<T>(&req.body) {
+        Ok(v) => answer(f(v).map(|()| Reply::no_content())),
+        Err(r) => r,
+    }
+}
+
 /// Answers one control API request.
-pub fn route(ctl: &dyn VmControl, req: &Request<'_>) -> Reply {
-    let known = [
-        "/vm",
-        "/balloon",
-        "/balloon/statistics",
-        "/gcma",
-        "/actions",
-    ];
-    match (req.method, req.path) {
-        ("GET", "/vm") => Reply::json(200, &ctl.vm_info()),
-        ("PUT", "/balloon") => match parse::<BalloonUpdate>(req.body) {
-            Ok(u) => answer(
-                ctl.set_balloon_target(u.target_mib)
-                    .map(|()| Reply::no_content()),
-            ),
-            Err(r) => r,
-        },
-        ("GET", "/balloon/statistics") => {
-            answer(ctl.balloon_statistics().map(|v| Reply::json(200, &v)))
+pub fn route(ctl: &dyn VmControl, req: &Request) -> Reply {
+    let Some(&(_, _, op, _)) = ROUTES
+        .iter()
+        .find(|(m, p, _, _)| *m == req.method && *p == req.path)
+    else {
+        let allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(_, p, _, _)| *p == req.path)
+            .map(|(m, _, _, _)| *m)
+            .collect();
+        return if allowed.is_empty() {
+            Reply::error(404, format!("no such endpoint: {}", req.path))
+        } else {
+            Reply::error(
+                405,
+                format!(
+                    "method {} is not allowed on {} (allowed: {})",
+                    req.method,
+                    req.path,
+                    allowed.join(", ")
+                ),
+            )
+            .with_header("allow", allowed.join(", "))
+        };
+    };
+    match op {
+        Operation::DescribeVm => json(&ctl.vm_info()),
+        Operation::DescribeGcma => answer(ctl.gcma_info().map(|v| json(&v))),
+        Operation::DescribeBalloonConfig => answer(ctl.balloon_config().map(|v| json(&v))),
+        Operation::PutBalloon => with_body(req, |c: BalloonDeviceConfig| ctl.put_balloon(&c)),
+        Operation::PatchBalloon => with_body(req, |u: BalloonUpdate| ctl.patch_balloon(&u)),
+        Operation::DescribeBalloonStats => answer(ctl.balloon_stats().map(|v| json(&v))),
+        Operation::PatchBalloonStatsInterval => {
+            with_body(req, |u: BalloonStatsUpdate| ctl.patch_balloon_stats(&u))
         }
-        ("GET", "/gcma") => answer(ctl.gcma_info().map(|v| Reply::json(200, &v))),
-        ("PUT", "/actions") => match parse::<ActionRequest>(req.body) {
-            Ok(ActionRequest {
-                action: Action::Shutdown,
-            }) => answer(ctl.shutdown().map(|()| Reply::no_content())),
-            Err(r) => r,
-        },
-        (m, p) if known.contains(&p) => {
-            Reply::error(405, format!("method {m} is not allowed on {p}"))
-        }
-        (_, p) => Reply::error(404, format!("no such endpoint: {p}")),
+        Operation::CreateSyncAction => with_body(req, |a: ActionRequest| match a.action {
+            Action::Shutdown => ctl.shutdown(),
+        }),
     }
 }
 
@@ -125,13 +202,11 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 
 /// A handler serving `GET /metrics` with the text `render` produces at each scrape.
 pub fn metrics_handler(render: Arc<dyn Fn() -> String + Send + Sync>) -> Handler {
-    Arc::new(move |req| match (req.method, req.path) {
-        ("GET", "/metrics") => Reply {
-            status: 200,
-            content_type: METRICS_CONTENT_TYPE,
-            body: render().into_bytes(),
-        },
-        (_, "/metrics") => Reply::error(405, "only GET is allowed on /metrics"),
+    Arc::new(move |req| match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/metrics") => Reply::bytes(200, METRICS_CONTENT_TYPE, render().into_bytes()),
+        (_, "/metrics") => {
+            Reply::error(405, "only GET is allowed on /metrics").with_header("allow", "GET")
+        }
         (_, p) => Reply::error(
             404,
             format!("no such endpoint: {p}; metrics are at /metrics"),
@@ -144,33 +219,69 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::api::model::{ApiError, VmExits};
 
     #[derive(Default)]
     struct FakeVm {
-        target: Mutex<Option<u64>>,
+        target: Mutex<Option<u32>>,
+        interval: Mutex<u16>,
         stopped: Mutex<bool>,
     }
 
     impl VmControl for FakeVm {
-        fn vm_info(&self) -> Value {
-            serde_json::json!({ "id": "vm0", "mem_mib": 64 })
-        }
-        fn set_balloon_target(&self, target_mib: u64) -> Result<(), ControlError> {
-            if target_mib > 64 {
-                return Err(ControlError::BadRequest(format!(
-                    "target_mib {target_mib} exceeds guest memory (64 MiB)"
-                )));
+        fn vm_info(&self) -> VmInfo {
+            VmInfo {
+                id: "vm0".into(),
+                state: "running".into(),
+                mem_mib: 64,
+                vcpus: 1,
+                payload: "spin".into(),
+                devices: vec![],
+                exits: VmExits::default(),
             }
-            *self.target.lock().unwrap() = Some(target_mib);
-            Ok(())
         }
-        fn balloon_statistics(&self) -> Result<Value, ControlError> {
-            Ok(serde_json::json!({ "target_mib": *self.target.lock().unwrap() }))
-        }
-        fn gcma_info(&self) -> Result<Value, ControlError> {
+        fn gcma_info(&self) -> Result<GcmaInfo, ControlError> {
             Err(ControlError::Unavailable(
                 "this VM has no gcma device".into(),
             ))
+        }
+        fn balloon_config(&self) -> Result<BalloonDeviceConfig, ControlError> {
+            Ok(BalloonDeviceConfig {
+                amount_mib: self.target.lock().unwrap().unwrap_or(0),
+                deflate_on_oom: true,
+                stats_polling_interval_s: *self.interval.lock().unwrap(),
+                free_page_hinting: false,
+                free_page_reporting: false,
+            })
+        }
+        fn put_balloon(&self, cfg: &BalloonDeviceConfig) -> Result<(), ControlError> {
+            self.patch_balloon(&BalloonUpdate {
+                amount_mib: cfg.amount_mib,
+                stats_polling_interval_s: Some(cfg.stats_polling_interval_s),
+            })
+        }
+        fn patch_balloon(&self, u: &BalloonUpdate) -> Result<(), ControlError> {
+            if u.amount_mib > 64 {
+                return Err(ControlError::BadRequest(format!(
+                    "amount_mib {} exceeds guest memory (64 MiB)",
+                    u.amount_mib
+                )));
+            }
+            *self.target.lock().unwrap() = Some(u.amount_mib);
+            if let Some(i) = u.stats_polling_interval_s {
+                *self.interval.lock().unwrap() = i;
+            }
+            Ok(())
+        }
+        fn balloon_stats(&self) -> Result<BalloonStats, ControlError> {
+            Ok(BalloonStats {
+                target_mib: self.target.lock().unwrap().unwrap_or(0),
+                ..BalloonStats::default()
+            })
+        }
+        fn patch_balloon_stats(&self, u: &BalloonStatsUpdate) -> Result<(), ControlError> {
+            *self.interval.lock().unwrap() = u.stats_polling_interval_s;
+            Ok(())
         }
         fn shutdown(&self) -> Result<(), ControlError> {
             *self.stopped.lock().unwrap() = true;
@@ -178,42 +289,53 @@ mod tests {
         }
     }
 
-    fn req<'a>(method: &'a str, path: &'a str, body: &'a str) -> Request<'a> {
+    fn req(method: &str, path: &str, body: &str) -> Request {
         Request {
-            method,
-            path,
-            body: body.as_bytes(),
+            method: method.into(),
+            path: path.into(),
+            query: None,
+            content_type: Some("application/json".into()),
+            body: body.as_bytes().to_vec(),
         }
     }
 
-    fn error_of(r: &Reply) -> String {
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
-        v["error"].as_str().unwrap().to_string()
+    fn fault(r: &Reply) -> String {
+        let e: ApiError = serde_json::from_slice(&r.body).expect("error shape");
+        assert!(!e.fault_message.is_empty());
+        e.fault_message
     }
 
     #[test]
     fn routes_and_validates() {
         let vm = FakeVm::default();
-        assert_eq!(route(&vm, &req("GET", "/vm", "")).status, 200);
+        let r = route(&vm, &req("GET", "/vm", ""));
+        assert_eq!(r.status, 200);
+        let info: VmInfo = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(info.id, "vm0");
 
-        let r = route(&vm, &req("PUT", "/balloon", r#"{"target_mib": 16}"#));
+        let r = route(&vm, &req("PATCH", "/balloon", r#"{"amount_mib": 16}"#));
         assert_eq!(r.status, 204);
+        assert!(r.body.is_empty());
         assert_eq!(*vm.target.lock().unwrap(), Some(16));
 
         for bad in [
             "",
+            " ",
             "{",
-            r#"{"target_mib": -1}"#,
-            r#"{"target_mib": "many"}"#,
-            r#"{"target_mib": 1e99}"#,
-            r#"{"target_mib": 99999999999999999999999}"#,
-            r#"{"target": 1}"#,
-            r#"{"target_mib": 1, "extra": 2}"#,
+            r#"{"amount_mib": -1}"#,
+            r#"{"amount_mib": "many"}"#,
+            r#"{"amount_mib": 1.5}"#,
+            r#"{"amount_mib": 4294967296}"#,
+            r#"{"amount_mib": 1e99}"#,
+            r#"{"target_mib": 1}"#,
+            r#"{"amount_mib": 1, "extra": 2}"#,
+            r#"{"amount_mib": 1, "stats_polling_interval_s": 65536}"#,
             "[]",
+            "null",
         ] {
-            let r = route(&vm, &req("PUT", "/balloon", bad));
+            let r = route(&vm, &req("PATCH", "/balloon", bad));
             assert_eq!(r.status, 400, "body {bad:?}");
-            assert!(!error_of(&r).is_empty());
+            fault(&r);
         }
         assert_eq!(
             *vm.target.lock().unwrap(),
@@ -221,15 +343,27 @@ mod tests {
             "bad input changed state"
         );
 
-        let r = route(&vm, &req("PUT", "/balloon", r#"{"target_mib": 65}"#));
+        let r = route(&vm, &req("PATCH", "/balloon", r#"{"amount_mib": 65}"#));
         assert_eq!(r.status, 400);
-        assert!(error_of(&r).contains("exceeds"));
+        assert!(fault(&r).contains("exceeds"));
+
+        let r = route(&vm, &req("PUT", "/balloon", r#"{"amount_mib": 8}"#));
+        assert_eq!(r.status, 400, "deflate_on_oom is required");
+        assert!(fault(&r).contains("deflate_on_oom"));
 
         let r = route(&vm, &req("GET", "/gcma", ""));
-        assert_eq!(r.status, 409);
+        assert_eq!(r.status, 400);
+        fault(&r);
 
-        assert_eq!(route(&vm, &req("DELETE", "/vm", "")).status, 405);
-        assert_eq!(route(&vm, &req("GET", "/nope", "")).status, 404);
+        let r = route(&vm, &req("DELETE", "/balloon", ""));
+        assert_eq!(r.status, 405);
+        assert_eq!(r.headers, vec![("allow", "GET, PUT, PATCH".to_string())]);
+        fault(&r);
+        let r = route(&vm, &req("GET", "/nope", ""));
+        assert_eq!(r.status, 404);
+        fault(&r);
+        let r = route(&vm, &req("put", "/actions", r#"{"action": "shutdown"}"#));
+        assert_eq!(r.status, 405, "methods are case-sensitive");
         let r = route(&vm, &req("PUT", "/actions", r#"{"action": "reboot"}"#));
         assert_eq!(r.status, 400);
         assert!(!*vm.stopped.lock().unwrap());
@@ -238,56 +372,28 @@ mod tests {
         assert!(*vm.stopped.lock().unwrap());
     }
 
-    fn http(path: &std::path::Path, raw: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-        s.write_all(raw.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status = out[9..12].parse().unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+    #[test]
+    fn every_route_is_dispatched_to_its_own_operation() {
+        for (i, (m, p, op, id)) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[..i]
+                    .iter()
+                    .all(|(m2, p2, op2, id2)| (m2, p2) != (m, p) && op2 != op && id2 != id),
+                "duplicate route {m} {p}"
+            );
+        }
     }
 
     #[test]
-    fn serves_over_a_unix_socket() {
-        let dir = std::env::temp_dir().join(format!("vmm-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("api.sock");
-        let vm = Arc::new(FakeVm::default());
-        let server =
-            crate::api::http::HttpServer::unix(&sock, "api", control_handler(vm.clone())).unwrap();
-        // A second server on a live socket is refused.
-        assert!(matches!(
-            crate::api::http::HttpServer::unix(&sock, "api2", control_handler(vm.clone())),
-            Err(crate::api::http::HttpError::SocketInUse(_))
-        ));
-
-        let (st, body) = http(
-            &sock,
-            "GET /vm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(st, 200);
-        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], "vm0");
-
-        let put = "PUT /balloon HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 14\r\n\r\n{\"target_mib\":";
-        let (st, body) = http(&sock, put);
-        assert_eq!(st, 400, "{body}");
-        assert!(body.contains("invalid JSON"));
-
-        let big = format!(
-            "PUT /balloon HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
-            crate::api::http::MAX_BODY_BYTES + 1,
-            " ".repeat(crate::api::http::MAX_BODY_BYTES as usize + 1)
-        );
-        assert_eq!(http(&sock, &big).0, 413);
-
-        let ok = "PUT /balloon HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 16\r\n\r\n{\"target_mib\":8}";
-        assert_eq!(http(&sock, ok).0, 204);
-        assert_eq!(*vm.target.lock().unwrap(), Some(8));
-
-        drop(server);
-        assert!(!sock.exists(), "socket file left behind");
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn metrics_endpoint_errors_have_the_error_shape() {
+        let h = metrics_handler(Arc::new(|| "# EOF\n".into()));
+        let r = h(&req("GET", "/metrics", ""));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"# EOF\n"[..]));
+        let r = h(&req("POST", "/metrics", ""));
+        assert_eq!(r.status, 405);
+        fault(&r);
+        let r = h(&req("GET", "/", ""));
+        assert_eq!(r.status, 404);
+        fault(&r);
     }
 }

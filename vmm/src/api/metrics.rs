@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use balloon::gcma::proto::{self, status};
 use balloon::gcma::GcmaCounters;
-use balloon::virtio_balloon::{BalloonStatus, STAT_NAMES};
+use balloon::virtio_balloon::{BalloonStatus, NR_STAT_TAGS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -123,6 +123,55 @@ fn family(
 
 const QUEUE_NAMES: [&str; proto::NUM_QUEUES] = ["control", "cleancache", "frontswap"];
 
+/// A balloon statistic's family, the family's help, and its label (name, value).
+type GuestStat = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+);
+
+/// Where each balloon statistic goes, in virtio tag order (`STAT_NAMES`): family, its help, and
+/// the label that tells the statistics of one family apart. Units are in the family names.
+const GUEST_STATS: [GuestStat; NR_STAT_TAGS] = [
+    (SWAPPED, SWAPPED_HELP, Some(("direction", "in"))),
+    (SWAPPED, SWAPPED_HELP, Some(("direction", "out"))),
+    (FAULTS, FAULTS_HELP, Some(("type", "major"))),
+    (FAULTS, FAULTS_HELP, Some(("type", "minor"))),
+    (MEMORY, MEMORY_HELP, Some(("kind", "free"))),
+    (MEMORY, MEMORY_HELP, Some(("kind", "total"))),
+    (MEMORY, MEMORY_HELP, Some(("kind", "available"))),
+    (MEMORY, MEMORY_HELP, Some(("kind", "disk_caches"))),
+    (HUGETLB, HUGETLB_HELP, Some(("result", "ok"))),
+    (HUGETLB, HUGETLB_HELP, Some(("result", "failed"))),
+    (
+        "vmm_balloon_guest_oom_kills",
+        "OOM killer invocations the guest reports.",
+        None,
+    ),
+    (
+        "vmm_balloon_guest_alloc_stalls",
+        "Allocations that entered the slow path, as the guest reports.",
+        None,
+    ),
+    (SCANNED, SCANNED_HELP, Some(("mode", "async"))),
+    (SCANNED, SCANNED_HELP, Some(("mode", "direct"))),
+    (RECLAIMED, RECLAIMED_HELP, Some(("mode", "async"))),
+    (RECLAIMED, RECLAIMED_HELP, Some(("mode", "direct"))),
+];
+const SWAPPED: &str = "vmm_balloon_guest_swapped_bytes";
+const SWAPPED_HELP: &str = "Memory the guest reports swapped in and out since it booted.";
+const FAULTS: &str = "vmm_balloon_guest_page_faults";
+const FAULTS_HELP: &str = "Page faults the guest reports since it booted.";
+const MEMORY: &str = "vmm_balloon_guest_memory_bytes";
+const MEMORY_HELP: &str =
+    "Guest memory as the guest reports it: free, total, available, disk caches.";
+const HUGETLB: &str = "vmm_balloon_guest_hugetlb_allocations";
+const HUGETLB_HELP: &str = "Hugetlb page allocations the guest reports, by result.";
+const SCANNED: &str = "vmm_balloon_guest_scanned_pages";
+const SCANNED_HELP: &str = "Pages the guest's reclaim scanned, background (async) or direct.";
+const RECLAIMED: &str = "vmm_balloon_guest_reclaimed_pages";
+const RECLAIMED_HELP: &str = "Pages the guest's reclaim freed, background (async) or direct.";
+
 impl Collector for VmCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let vms: Vec<Arc<dyn VmMetricsSource>> =
@@ -130,7 +179,8 @@ impl Collector for VmCollector {
         let e = &mut e;
         let mut exits = Vec::new();
         let (mut target, mut actual, mut inflated, mut released) = (vec![], vec![], vec![], vec![]);
-        let (mut bad_pfns, mut malformed, mut guest_stats) = (vec![], vec![], vec![]);
+        let (mut bad_pfns, mut malformed) = (vec![], vec![]);
+        let mut guest_stats: Vec<(&str, Sample)> = Vec::new();
         let (mut requests, mut unanswerable, mut grants, mut granted_pages) =
             (vec![], vec![], vec![], vec![]);
         for vm in &vms {
@@ -160,9 +210,10 @@ impl Collector for VmCollector {
                     l(&[]),
                     b.counters.malformed_chains + b.counters.rejected_chains,
                 ));
-                for (i, v) in b.stats.values.iter().enumerate() {
-                    if let (Some(v), Some(tag)) = (v, STAT_NAMES.get(i)) {
-                        guest_stats.push((l(&[("stat", tag)]), *v));
+                for (v, (family, _, label)) in b.stats.values.iter().zip(GUEST_STATS) {
+                    if let Some(v) = v {
+                        let labels = label.as_ref().map_or(l(&[]), |(k, x)| l(&[(k, x)]));
+                        guest_stats.push((family, (labels, *v)));
                     }
                 }
             }
@@ -219,8 +270,8 @@ impl Collector for VmCollector {
         )?;
         family(
             e,
-            "vmm_balloon_bad_pfns",
-            "PFNs outside guest memory that the balloon ignored.",
+            "vmm_balloon_out_of_range_pages",
+            "Page frame numbers outside guest memory that the balloon ignored.",
             MetricType::Counter,
             &bad_pfns,
         )?;
@@ -231,13 +282,21 @@ impl Collector for VmCollector {
             MetricType::Counter,
             &malformed,
         )?;
-        family(
-            e,
-            "vmm_balloon_guest_stat",
-            "Latest guest memory statistics sent over the balloon stats queue.",
-            MetricType::Gauge,
-            &guest_stats,
-        )?;
+        // Guest statistics are gauges even where the guest counts up: a guest reports whatever it
+        // likes, and a rebooted one starts again from zero.
+        let mut seen: Vec<&str> = Vec::new();
+        for (family_name, help, _) in GUEST_STATS {
+            if seen.contains(&family_name) {
+                continue;
+            }
+            seen.push(family_name);
+            let samples: Vec<Sample> = guest_stats
+                .iter()
+                .filter(|(f, _)| *f == family_name)
+                .map(|(_, s)| s.clone())
+                .collect();
+            family(e, family_name, help, MetricType::Gauge, &samples)?;
+        }
         family(
             e,
             "vmm_gcma_requests",

@@ -2,17 +2,21 @@
 //! [`VmControl`] and [`VmMetricsSource`] over live counters and the devices' shared transports,
 //! so both work while the vCPU thread is inside `KVM_RUN`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use balloon::gcma::{GcmaCounters, GcmaMetrics, GrantWindow};
-use balloon::virtio_balloon::{Balloon, BalloonStatus, STAT_NAMES};
+use balloon::transport::MmioTransport;
+use balloon::virtio_balloon::{Balloon, BalloonStatus};
 use gcma_host::pool::Pool;
-use serde_json::{json, Value};
 
 use crate::api::control::{ControlError, VmControl};
 use crate::api::metrics::VmMetricsSource;
+use crate::api::model::{
+    BalloonDeviceConfig, BalloonStats, BalloonStatsUpdate, BalloonUpdate, GcmaInfo, GcmaRequests,
+    GrantInfo, PoolInfo, VmExits, VmInfo,
+};
 use crate::devices::VirtioSlot;
 use crate::kvm::vm::{ExitCounters, ExitStats, StopHandle};
 
@@ -37,6 +41,10 @@ pub struct VmHandle {
     balloon: Option<VirtioSlot<Balloon>>,
     gcma: Option<GcmaParts>,
     state: Mutex<String>,
+    /// Seconds between balloon statistics refreshes (0: none), as the API shows and sets it.
+    stats_interval_s: AtomicU16,
+    /// Ask the guest for statistics at the poller's next step (the interval just changed).
+    stats_refresh_now: AtomicBool,
 }
 
 impl VmHandle {
@@ -61,6 +69,8 @@ impl VmHandle {
             balloon,
             gcma,
             state: Mutex::new("running".into()),
+            stats_interval_s: AtomicU16::new(0),
+            stats_refresh_now: AtomicBool::new(false),
         }
     }
 
@@ -96,22 +106,29 @@ impl VmHandle {
         }
     }
 
-    /// Starts a thread calling [`Self::poll_balloon_stats`] every `interval` until `done` is set.
+    /// Starts a thread calling [`Self::poll_balloon_stats`] every `interval` (whole seconds, at
+    /// most `u16::MAX`; zero: not until the API sets an interval) until `done` is set. The API
+    /// may change the interval while it runs (`PATCH /balloon/statistics`).
     pub fn spawn_stats_poller(
         self: &Arc<Self>,
         interval: Duration,
         done: Arc<AtomicBool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let secs = u16::try_from(interval.as_secs()).unwrap_or(u16::MAX);
+        self.stats_interval_s.store(secs, Ordering::Release);
         let me = self.clone();
         std::thread::Builder::new()
             .name("balloon-stats".into())
             .spawn(move || {
-                let step = Duration::from_millis(100).min(interval);
+                let step = Duration::from_millis(100);
                 let mut waited = Duration::ZERO;
                 while !done.load(Ordering::Acquire) {
                     std::thread::sleep(step);
                     waited += step;
-                    if waited >= interval {
+                    let every =
+                        Duration::from_secs(u64::from(me.stats_interval_s.load(Ordering::Acquire)));
+                    let now = me.stats_refresh_now.swap(false, Ordering::AcqRel);
+                    if now || (!every.is_zero() && waited >= every) {
                         waited = Duration::ZERO;
                         me.poll_balloon_stats();
                     }
@@ -120,114 +137,226 @@ impl VmHandle {
     }
 }
 
-fn mib(pages: u64) -> f64 {
-    pages as f64 * 4096.0 / (1 << 20) as f64
+fn no_balloon() -> ControlError {
+    ControlError::Unavailable(
+        "this VM has no balloon device (start it with --balloon-pages)".into(),
+    )
 }
 
-impl VmControl for VmHandle {
-    fn vm_info(&self) -> Value {
-        let x = self.exits.snapshot();
-        let mut devices = vec![];
-        if self.balloon.is_some() {
-            devices.push("virtio-balloon");
-        }
-        if self.gcma.is_some() {
-            devices.push("virtio-gcma");
-        }
-        json!({
-            "id": self.name,
-            "state": *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            "mem_mib": self.mem_bytes >> 20,
-            "vcpus": 1,
-            "payload": self.payload,
-            "devices": devices,
-            "exits": {
-                "mmio_read": x.mmio_reads,
-                "mmio_write": x.mmio_writes,
-                "mmio_unclaimed": x.mmio_unclaimed,
-                "port_io": x.port_io,
-                "interrupted": x.interrupted,
-            },
-        })
+impl VmHandle {
+    fn balloon_slot(&self) -> Result<&VirtioSlot<Balloon>, ControlError> {
+        self.balloon.as_ref().ok_or_else(no_balloon)
     }
 
-    fn set_balloon_target(&self, target_mib: u64) -> Result<(), ControlError> {
-        let slot = self.balloon.as_ref().ok_or_else(|| {
-            ControlError::Unavailable(
-                "this VM has no balloon device (start it with --balloon-pages)".into(),
-            )
-        })?;
+    /// The target in pages for `amount_mib`, if the guest has that much memory.
+    fn target_pages(&self, amount_mib: u32) -> Result<u32, ControlError> {
         let mem_mib = self.mem_bytes >> 20;
-        if target_mib > mem_mib {
+        if u64::from(amount_mib) > mem_mib {
             return Err(ControlError::BadRequest(format!(
-                "target_mib {target_mib} exceeds guest memory ({mem_mib} MiB)"
+                "amount_mib {amount_mib} exceeds guest memory ({mem_mib} MiB)"
             )));
         }
-        let pages = u32::try_from(target_mib * 256)
-            .map_err(|_| ControlError::BadRequest("target_mib too large".into()))?;
-        let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        // At most 3328 MiB of guest memory: fits in u32 pages.
+        Ok(amount_mib * MIB_PAGES)
+    }
+
+    /// Checks that statistics may be `on` with the transport as it is: either they already are
+    /// (or are not), or no driver has read the feature offer yet.
+    fn stats_change_allowed(t: &MmioTransport<Balloon>, on: bool) -> Result<(), ControlError> {
+        let now = t.device().config().stats;
+        if now == on || t.status() == 0 {
+            return Ok(());
+        }
+        Err(ControlError::BadRequest(format!(
+            "balloon statistics were {} when the guest driver negotiated the device's features; \
+             they cannot be turned {} now (only the interval of enabled statistics can change)",
+            if now { "enabled" } else { "disabled" },
+            if on { "on" } else { "off" },
+        )))
+    }
+
+    fn set_stats_interval(&self, t: &mut MmioTransport<Balloon>, interval_s: u16) {
+        let on = interval_s > 0;
+        if t.device().config().stats != on {
+            let c = t.device().config();
+            t.device_mut()
+                .set_offered_features(c.deflate_on_oom, on, c.free_page_reporting);
+        }
+        let old = self.stats_interval_s.swap(interval_s, Ordering::AcqRel);
+        if on && old != interval_s {
+            // As Firecracker does: the first refresh at the new interval happens now.
+            self.stats_refresh_now.store(true, Ordering::Release);
+        }
+    }
+
+    fn set_target(&self, t: &mut MmioTransport<Balloon>, pages: u32) -> Result<(), ControlError> {
         t.device_mut()
             .set_target_pages(pages)
             .map_err(|e| ControlError::Internal(format!("signalling the guest failed: {e}")))?;
-        log::info!("{}: balloon target set to {target_mib} MiB", self.name);
+        log::info!(
+            "{}: balloon target set to {} MiB",
+            self.name,
+            pages / MIB_PAGES
+        );
         Ok(())
     }
+}
 
-    fn balloon_statistics(&self) -> Result<Value, ControlError> {
-        let s = self
-            .balloon_status()
-            .ok_or_else(|| ControlError::Unavailable("this VM has no balloon device".into()))?;
-        let stats: serde_json::Map<String, Value> = s
-            .stats
-            .values
-            .iter()
-            .zip(STAT_NAMES)
-            .filter_map(|(v, name)| v.map(|v| (name.to_string(), json!(v))))
-            .collect();
-        Ok(json!({
-            "target_mib": mib(u64::from(s.target_pages)),
-            "actual_mib": mib(u64::from(s.actual_pages)),
-            "inflated_mib": mib(s.inflated_pages),
-            "activated": s.activated,
-            "stats_generation": s.stats.generation,
-            "stats": stats,
-            "released_bytes": s.counters.released_bytes,
-            "pfns_out_of_range": s.counters.pfn_out_of_range,
-            "malformed_chains": s.counters.malformed_chains,
-        }))
+/// 4 KiB pages per MiB.
+const MIB_PAGES: u32 = 256;
+
+impl VmControl for VmHandle {
+    fn vm_info(&self) -> VmInfo {
+        let x = self.exits.snapshot();
+        let mut devices = vec![];
+        if self.balloon.is_some() {
+            devices.push("virtio-balloon".to_string());
+        }
+        if self.gcma.is_some() {
+            devices.push("virtio-gcma".to_string());
+        }
+        VmInfo {
+            id: self.name.clone(),
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            mem_mib: self.mem_bytes >> 20,
+            vcpus: 1,
+            payload: self.payload.clone(),
+            devices,
+            exits: VmExits {
+                mmio_read: x.mmio_reads,
+                mmio_write: x.mmio_writes,
+                mmio_unclaimed: x.mmio_unclaimed,
+                port_io: x.port_io,
+                interrupted: x.interrupted,
+            },
+        }
     }
 
-    fn gcma_info(&self) -> Result<Value, ControlError> {
+    fn gcma_info(&self) -> Result<GcmaInfo, ControlError> {
         let g = self.gcma.as_ref().ok_or_else(|| {
             ControlError::Unavailable(
                 "this VM has no gcma device (start it with --gcma-pool-mib)".into(),
             )
         })?;
-        let grants: Vec<Value> = g
+        let grants = g
             .window
             .grants()
             .into_iter()
-            .map(|(gpa, gr)| {
-                json!({"gpa": gpa, "nr_pages": gr.nr_pages, "pool_first_page": gr.first_page})
+            .map(|(gpa, gr)| GrantInfo {
+                gpa,
+                nr_pages: gr.nr_pages,
+                pool_first_page: gr.first_page,
             })
             .collect();
         let u = g.window.usage();
         let p = g.pool.stats();
         let c = g.metrics.snapshot();
-        Ok(json!({
-            "grants": grants,
-            "window_free_bytes": u.free_bytes,
-            "stuck_grants": u.stuck_grants,
-            "stuck_pages": u.stuck_pages,
-            "requests": c.by_status.iter().map(|q| q.iter().sum::<u64>()).collect::<Vec<u64>>(),
-            "pool": {
-                "nr_pages": p.nr_pages,
-                "free_pages": p.free_zero_pages + p.free_dirty_pages,
-                "cleancache_pages": p.cleancache_pages,
-                "frontswap_pages": p.frontswap_pages,
-                "granted_pages": p.granted_pages,
+        Ok(GcmaInfo {
+            grants,
+            window_free_bytes: u.free_bytes,
+            stuck_grants: u.stuck_grants,
+            stuck_pages: u.stuck_pages,
+            requests: GcmaRequests {
+                control: c.requests(0),
+                cleancache: c.requests(1),
+                frontswap: c.requests(2),
             },
-        }))
+            pool: PoolInfo {
+                nr_pages: p.nr_pages,
+                free_pages: p.free_zero_pages + p.free_dirty_pages,
+                cleancache_pages: p.cleancache_pages,
+                frontswap_pages: p.frontswap_pages,
+                granted_pages: p.granted_pages,
+            },
+        })
+    }
+
+    fn balloon_config(&self) -> Result<BalloonDeviceConfig, ControlError> {
+        let slot = self.balloon_slot()?;
+        let t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let c = t.device().config();
+        Ok(BalloonDeviceConfig {
+            amount_mib: t.device().status().target_pages / MIB_PAGES,
+            deflate_on_oom: c.deflate_on_oom,
+            stats_polling_interval_s: self.stats_interval_s.load(Ordering::Acquire),
+            free_page_hinting: false,
+            free_page_reporting: c.free_page_reporting,
+        })
+    }
+
+    fn put_balloon(&self, cfg: &BalloonDeviceConfig) -> Result<(), ControlError> {
+        let slot = self.balloon_slot()?;
+        if cfg.free_page_hinting {
+            return Err(ControlError::BadRequest(
+                "free_page_hinting is not supported: this balloon does not offer \
+                 VIRTIO_BALLOON_F_FREE_PAGE_HINT"
+                    .into(),
+            ));
+        }
+        let pages = self.target_pages(cfg.amount_mib)?;
+        let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let now = t.device().config();
+        let stats = cfg.stats_polling_interval_s > 0;
+        if (now.deflate_on_oom, now.free_page_reporting)
+            != (cfg.deflate_on_oom, cfg.free_page_reporting)
+        {
+            if t.status() != 0 {
+                return Err(ControlError::BadRequest(format!(
+                    "the guest driver has already negotiated the balloon's features \
+                     (deflate_on_oom: {}, free_page_reporting: {}); they cannot change now. \
+                     The target can (PATCH /balloon), and so can the interval of enabled \
+                     statistics (PATCH /balloon/statistics)",
+                    now.deflate_on_oom, now.free_page_reporting
+                )));
+            }
+            t.device_mut().set_offered_features(
+                cfg.deflate_on_oom,
+                now.stats,
+                cfg.free_page_reporting,
+            );
+        }
+        Self::stats_change_allowed(&t, stats)?;
+        self.set_stats_interval(&mut t, cfg.stats_polling_interval_s);
+        self.set_target(&mut t, pages)
+    }
+
+    fn patch_balloon(&self, update: &BalloonUpdate) -> Result<(), ControlError> {
+        let slot = self.balloon_slot()?;
+        let pages = self.target_pages(update.amount_mib)?;
+        let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(interval) = update.stats_polling_interval_s {
+            Self::stats_change_allowed(&t, interval > 0)?;
+            self.set_stats_interval(&mut t, interval);
+        }
+        self.set_target(&mut t, pages)
+    }
+
+    fn balloon_stats(&self) -> Result<BalloonStats, ControlError> {
+        let slot = self.balloon_slot()?;
+        let t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.device().config().stats {
+            return Err(ControlError::BadRequest(
+                "balloon statistics are not enabled (stats_polling_interval_s is 0)".into(),
+            ));
+        }
+        let s = t.device().status();
+        let mut out = BalloonStats {
+            target_pages: s.target_pages,
+            actual_pages: s.actual_pages,
+            target_mib: s.target_pages / MIB_PAGES,
+            actual_mib: s.actual_pages / MIB_PAGES,
+            ..BalloonStats::default()
+        };
+        out.set_guest_stats(&s.stats.values);
+        Ok(out)
+    }
+
+    fn patch_balloon_stats(&self, update: &BalloonStatsUpdate) -> Result<(), ControlError> {
+        let slot = self.balloon_slot()?;
+        let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        Self::stats_change_allowed(&t, update.stats_polling_interval_s > 0)?;
+        self.set_stats_interval(&mut t, update.stats_polling_interval_s);
+        Ok(())
     }
 
     fn shutdown(&self) -> Result<(), ControlError> {
@@ -251,5 +380,122 @@ impl VmMetricsSource for VmHandle {
     }
     fn gcma(&self) -> Option<GcmaCounters> {
         self.gcma.as_ref().map(|g| g.metrics.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use balloon::testing::{memfd_guest_memory, CountingIrq, Driver};
+    use balloon::transport::MmioTransport;
+    use balloon::virtio_balloon::{
+        Balloon, BalloonConfig, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_PAGE_REPORTING,
+        VIRTIO_BALLOON_F_STATS_VQ,
+    };
+
+    use super::*;
+    use crate::devices::virtio::PolledIrq;
+    use crate::kvm::vm::{ExitCounters, StopHandle};
+
+    const MEM: u64 = 4 << 20;
+
+    fn vm() -> (VmHandle, Driver<Arc<Mutex<MmioTransport<Balloon>>>>) {
+        let mem = Arc::new(memfd_guest_memory(&[(0, MEM as usize)]).unwrap());
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            Balloon::new(BalloonConfig::default()),
+            mem.clone(),
+            Arc::new(CountingIrq::default()),
+        )));
+        let slot = VirtioSlot {
+            base: 0,
+            irq: Arc::new(PolledIrq::new(5)),
+            transport: transport.clone(),
+        };
+        let handle = VmHandle::new(
+            "vm0",
+            MEM,
+            "test",
+            Arc::new(ExitCounters::default()),
+            StopHandle::detached(),
+            Some(slot),
+            None,
+        );
+        (handle, Driver::new(transport, mem, (3 << 20)..MEM))
+    }
+
+    fn cfg(amount_mib: u32, deflate: bool, stats_s: u16, reporting: bool) -> BalloonDeviceConfig {
+        BalloonDeviceConfig {
+            amount_mib,
+            deflate_on_oom: deflate,
+            stats_polling_interval_s: stats_s,
+            free_page_hinting: false,
+            free_page_reporting: reporting,
+        }
+    }
+
+    #[test]
+    fn balloon_settings_change_until_the_driver_negotiates() {
+        let (vm, mut driver) = vm();
+        let bits = VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+            | VIRTIO_BALLOON_F_STATS_VQ
+            | VIRTIO_BALLOON_F_PAGE_REPORTING;
+
+        // No driver yet: every setting can change, and the offer follows.
+        vm.put_balloon(&cfg(1, false, 0, false)).unwrap();
+        assert_eq!(driver.device_features() & bits, 0);
+        assert_eq!(vm.balloon_config().unwrap(), cfg(1, false, 0, false));
+        assert!(matches!(
+            vm.balloon_stats(),
+            Err(ControlError::BadRequest(m)) if m.contains("not enabled")
+        ));
+        vm.put_balloon(&cfg(1, true, 2, true)).unwrap();
+        assert_eq!(driver.device_features() & bits, bits);
+        assert_eq!(vm.balloon_config().unwrap(), cfg(1, true, 2, true));
+
+        // The driver takes what is offered; from then on features stay.
+        driver.negotiate(u64::MAX).unwrap();
+        let refused = vm.put_balloon(&cfg(2, false, 2, true));
+        assert!(
+            matches!(&refused, Err(ControlError::BadRequest(m)) if m.contains("already negotiated")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            vm.patch_balloon_stats(&BalloonStatsUpdate { stats_polling_interval_s: 0 }),
+            Err(ControlError::BadRequest(m)) if m.contains("cannot be turned off")
+        ));
+        assert_eq!(
+            vm.balloon_config().unwrap(),
+            cfg(1, true, 2, true),
+            "a refused request changed something"
+        );
+
+        // The target and the interval of enabled statistics still change.
+        vm.put_balloon(&cfg(2, true, 2, true)).unwrap();
+        vm.patch_balloon_stats(&BalloonStatsUpdate {
+            stats_polling_interval_s: 7,
+        })
+        .unwrap();
+        vm.patch_balloon(&BalloonUpdate {
+            amount_mib: 3,
+            stats_polling_interval_s: None,
+        })
+        .unwrap();
+        assert_eq!(vm.balloon_config().unwrap(), cfg(3, true, 7, true));
+        let s = vm.balloon_stats().unwrap();
+        assert_eq!((s.target_pages, s.target_mib), (768, 3));
+        assert_eq!(driver.config_read_u32(0), 768, "num_pages in config space");
+
+        assert!(matches!(
+            vm.patch_balloon(&BalloonUpdate { amount_mib: 5, stats_polling_interval_s: None }),
+            Err(ControlError::BadRequest(m)) if m.contains("exceeds guest memory")
+        ));
+        let mut hinting = cfg(3, true, 7, true);
+        hinting.free_page_hinting = true;
+        assert!(matches!(
+            vm.put_balloon(&hinting),
+            Err(ControlError::BadRequest(m)) if m.contains("free_page_hinting")
+        ));
+        assert_eq!(vm.balloon_config().unwrap(), cfg(3, true, 7, true));
     }
 }

@@ -58,6 +58,11 @@ pub struct DemoConfig {
     pub svg_path: Option<PathBuf>,
     /// Print progress while running.
     pub progress: bool,
+    /// Where to write the summary as JSON when the run is over (`None`: not written).
+    pub summary_json: Option<PathBuf>,
+    /// How long `/metrics` stays up after the run (and after the summary is written), so that
+    /// a scraper gets the final values.
+    pub metrics_linger: Duration,
 }
 
 impl Default for DemoConfig {
@@ -78,6 +83,8 @@ impl Default for DemoConfig {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             svg_path: Some(PathBuf::from("gcma-demo.svg")),
             progress: true,
+            summary_json: None,
+            metrics_linger: Duration::ZERO,
         }
     }
 }
@@ -105,6 +112,14 @@ pub enum DemoError {
     /// The metrics endpoint could not be served.
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    /// The summary could not be written.
+    #[error("cannot write the summary to {path}: {reason}")]
+    Summary {
+        /// Where.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What one tenant saw.
@@ -570,6 +585,21 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
             Ok(()) => say!(cfg, "chart: {}", p.display()),
             Err(e) => eprintln!("vmm: cannot write {}: {e}", p.display()),
         }
+    }
+    if let Some(path) = &cfg.summary_json {
+        let err = |reason: String| DemoError::Summary {
+            path: path.display().to_string(),
+            reason,
+        };
+        let json = serde_json::to_string_pretty(&summary).map_err(|e| err(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| err(e.to_string()))?;
+    }
+    if !cfg.metrics_linger.is_zero() {
+        eprintln!(
+            "vmm: demo finished; serving http://{metrics_addr}/metrics for {} more seconds",
+            cfg.metrics_linger.as_secs()
+        );
+        std::thread::sleep(cfg.metrics_linger);
     }
     drop(server);
     Ok(summary)

@@ -636,6 +636,14 @@ pub struct StopHandle {
 }
 
 impl StopHandle {
+    /// A handle tied to no VM: stopping it does nothing (for code that takes a handle, tested
+    /// without a VM).
+    pub fn detached() -> StopHandle {
+        StopHandle {
+            state: Arc::default(),
+        }
+    }
+
     /// Asks the VM to stop: `run` returns [`VmOutcome::Stopped`] promptly (at once if the guest
     /// is between exits, else after the kick signal interrupts `KVM_RUN`). When the VM is not
     /// running, its next `run` returns `Stopped` without entering the guest.

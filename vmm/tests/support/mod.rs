@@ -2,7 +2,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod api;
 pub mod ping;
+pub mod prometheus;
 
 use vmm::Hypervisor;
 
