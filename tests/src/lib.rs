@@ -1,15 +1,25 @@
-//! Cross-crate end-to-end tests live in `tests/tests/`. This library holds what they share.
+//! Cross-crate end-to-end tests live in `tests/tests/`. This library holds what they share,
+//! including [`linux_guest`]: stock Linux guests under QEMU for block-device tests.
+
+pub mod linux_guest;
+
+/// Reports a test that cannot run here: prints `SKIPPED: <test>: <reason>`, except under
+/// `CI=true`, where everything a test needs is expected (`ci/setup.sh` installs it) and this
+/// panics instead.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: required under CI=true but unavailable: {reason}");
+    }
+    println!("SKIPPED: {test}: {reason}");
+}
 
 /// Whether `/dev/kvm` can run microVMs. When it cannot, prints `SKIPPED: <reason>` and returns
 /// false, except under `CI=true`, where KVM is expected and this panics instead.
 pub fn kvm_or_skip(test: &str) -> bool {
     match vmm::Hypervisor::open() {
         Ok(_) => true,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: /dev/kvm is required under CI=true but unusable: {e}")
-        }
         Err(e) => {
-            println!("SKIPPED: {test}: /dev/kvm unusable: {e}");
+            skip(test, &format!("/dev/kvm unusable: {e}"));
             false
         }
     }
