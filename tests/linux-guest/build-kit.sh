@@ -192,6 +192,14 @@ echo "$RELEASE" >"$KIT/release"
 } >"$KIT/manifest.txt"
 echo "$STAMP_KEY" >"$KIT/stamp"
 rm -rf "$WORK"
+# Keep only the packages this kit was built from (a kernel update names a new package).
+KDIR_KEEP="$OUT/debs/$KPKG/$(echo "$KVER" | tr ':' '_')"
+BDIR_KEEP="$OUT/debs/busybox-static/$(echo "$BBVER" | tr ':' '_')"
+for d in "$OUT"/debs/*/*/; do
+    d=${d%/}
+    [ "$d" = "$KDIR_KEEP" ] || [ "$d" = "$BDIR_KEEP" ] || rm -rf "$d"
+done
+find "$OUT/debs" -mindepth 1 -maxdepth 1 -type d -empty -delete
 log "kit ready in $(($(date +%s) - START)) s: $(tr '\n' ';' <"$KIT/manifest.txt")"
 
 echo "kernel=$KIT/vmlinuz"
