@@ -636,3 +636,90 @@ impl GuestRun {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_checker::cli::SwapArgs;
+
+    fn kit() -> Kit {
+        Kit {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd.gz".into(),
+            release: "r".into(),
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn command_line_has_shared_memory_and_disks_in_order() {
+        let g = QemuGuest::new(&kit())
+            .memory_mib(80)
+            .disk(
+                Disk::vhost_user_blk("/run/a,b.sock")
+                    .reconnect(1)
+                    .num_queues(2),
+            )
+            .disk(Disk::file("/img/fs.img").read_only())
+            .checker(Mode::Swap(SwapArgs {
+                mib: 160,
+                seed: 7,
+                ..SwapArgs::default()
+            }))
+            .cmdline("loglevel=4");
+        let a = g.qemu_args();
+        assert_eq!(after(&a, "-m"), ["80M"]);
+        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(
+            after(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=80M,share=on"]
+        );
+        assert_eq!(after(&a, "-numa"), ["node,memdev=mem"]);
+        assert_eq!(
+            after(&a, "-chardev"),
+            ["socket,id=vu0,path=/run/a,,b.sock,reconnect=1"]
+        );
+        assert_eq!(
+            after(&a, "-device"),
+            [
+                "vhost-user-blk-pci,chardev=vu0,num-queues=2",
+                "virtio-blk-pci,drive=disk1"
+            ]
+        );
+        let drive = after(&a, "-drive");
+        assert!(drive[0].starts_with("file=/img/fs.img,format=raw,if=none,id=disk1"));
+        assert!(drive[0].ends_with(",readonly=on"));
+        assert!(a.iter().any(|x| x == "-no-reboot"));
+        let append = after(&a, "-append")[0];
+        assert!(append.starts_with("console=ttyS0 quiet panic=-1 gcmatest.mode=swap"));
+        assert!(append.contains("gcmatest.mib=160") && append.contains("gcmatest.seed=7"));
+        assert!(append.ends_with(" loglevel=4"));
+        // The guest parses back exactly what the host asked for.
+        assert_eq!(
+            guest_checker::cli::Cli::from_kernel_cmdline(append),
+            Ok(Mode::Swap(SwapArgs {
+                mib: 160,
+                seed: 7,
+                ..SwapArgs::default()
+            }))
+        );
+    }
+
+    #[test]
+    fn disk_options_apply_only_where_they_mean_something() {
+        assert_eq!(
+            Disk::file("/f").reconnect(1).num_queues(4),
+            Disk::file("/f")
+        );
+        assert_eq!(
+            Disk::vhost_user_blk("/s").read_only(),
+            Disk::vhost_user_blk("/s")
+        );
+    }
+}
