@@ -170,7 +170,8 @@ log "building guest-checker (static, $TARGET)"
         --target "$TARGET" --target-dir "$OUT/cargo"
 ) >&2
 CHECKER=$OUT/cargo/$TARGET/release/guest-checker
-if command -v readelf >/dev/null 2>&1 && readelf -lW "$CHECKER" | grep -q INTERP; then
+# (grep reads all of readelf's output: with pipefail, an early exit would hide the match.)
+if command -v readelf >/dev/null 2>&1 && readelf -lW "$CHECKER" | grep INTERP >/dev/null; then
     log "$CHECKER is not static"
     exit 1
 fi
