@@ -16,6 +16,9 @@
 //!
 //! Buffers may be split over descriptors at any byte boundary (`VIRTIO_F_ANY_LAYOUT` semantics):
 //! only the byte streams matter.
+//!
+//! One file on purpose: it is the code form of `balloon/PROTOCOL.md`, every encoder beside its
+//! decoder, so that the two and the document are read and changed together.
 
 /// virtio device id of virtio-gcma.
 ///
