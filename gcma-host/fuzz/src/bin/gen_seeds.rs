@@ -18,98 +18,99 @@ fn write(target: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 
 fn range_seeds() -> Vec<(&'static str, Input)> {
     use Op::*;
-    let mut v = Vec::new();
-    // block_at_address_zero_and_one
-    v.push((
-        "block_at_zero_and_one",
-        Input {
-            base: 0,
-            len: 16,
-            ops: vec![
-                Reserve { at: 1, len: 1 },
-                Alloc { len: 1, align: 1 },
-                FreeAddr { at: 1 },
-                FreeAddr { at: 0 },
-            ],
-        },
-    ));
-    // one_unit_neighbours_merge
-    v.push((
-        "one_unit_neighbours_merge",
-        Input {
-            base: 0,
-            len: 4,
-            ops: vec![
-                Alloc { len: 1, align: 1 },
-                Alloc { len: 1, align: 1 },
-                Alloc { len: 1, align: 1 },
-                Alloc { len: 1, align: 1 },
-                FreeAddr { at: 1 },
-                FreeAddr { at: 3 },
-                FreeAddr { at: 2 },
-                FreeAddr { at: 0 },
-                Alloc { len: 4, align: 4 },
-            ],
-        },
-    ));
-    // sub_range_unknown_and_double_free_are_errors
-    v.push((
-        "interior_unknown_double_free",
-        Input {
-            base: 0x1000,
-            len: 0x1000,
-            ops: vec![
-                Alloc {
-                    len: 0x100,
-                    align: 1,
-                },
-                FreeAddr { at: 0x1010 },
-                FreeAddr { at: 0x1800 },
-                FreeAddr { at: 0 },
-                FreeAddr { at: 0x1000 },
-                FreeAddr { at: 0x1000 },
-            ],
-        },
-    ));
-    // reserve_busy_and_out_of_span
-    v.push((
-        "reserve_busy_out_of_span",
-        Input {
-            base: 100,
-            len: 100,
-            ops: vec![
-                Reserve { at: 150, len: 10 },
-                Reserve { at: 155, len: 1 },
-                Reserve { at: 140, len: 20 },
-                Reserve { at: 99, len: 2 },
-                Reserve { at: 199, len: 2 },
-                Reserve {
-                    at: u64::MAX,
-                    len: 2,
-                },
-            ],
-        },
-    ));
-    // aligned_search_is_exact
-    v.push((
-        "aligned_search_exact",
-        Input {
-            base: 0,
-            len: 0x10000,
-            ops: vec![
-                Reserve { at: 0, len: 0x1000 },
-                Reserve {
-                    at: 0x2000,
-                    len: 0xe000,
-                },
-                Alloc {
-                    len: 0x1000,
-                    align: 0x1000,
-                },
-                Alloc { len: 1, align: 1 },
-            ],
-        },
-    ));
+    let mut v = vec![
+        // block_at_address_zero_and_one
+        (
+            "block_at_zero_and_one",
+            Input {
+                base: 0,
+                len: 16,
+                ops: vec![
+                    Reserve { at: 1, len: 1 },
+                    Alloc { len: 1, align: 1 },
+                    FreeAddr { at: 1 },
+                    FreeAddr { at: 0 },
+                ],
+            },
+        ),
+        // one_unit_neighbours_merge
+        (
+            "one_unit_neighbours_merge",
+            Input {
+                base: 0,
+                len: 4,
+                ops: vec![
+                    Alloc { len: 1, align: 1 },
+                    Alloc { len: 1, align: 1 },
+                    Alloc { len: 1, align: 1 },
+                    Alloc { len: 1, align: 1 },
+                    FreeAddr { at: 1 },
+                    FreeAddr { at: 3 },
+                    FreeAddr { at: 2 },
+                    FreeAddr { at: 0 },
+                    Alloc { len: 4, align: 4 },
+                ],
+            },
+        ),
+        // sub_range_unknown_and_double_free_are_errors
+        (
+            "interior_unknown_double_free",
+            Input {
+                base: 0x1000,
+                len: 0x1000,
+                ops: vec![
+                    Alloc {
+                        len: 0x100,
+                        align: 1,
+                    },
+                    FreeAddr { at: 0x1010 },
+                    FreeAddr { at: 0x1800 },
+                    FreeAddr { at: 0 },
+                    FreeAddr { at: 0x1000 },
+                    FreeAddr { at: 0x1000 },
+                ],
+            },
+        ),
+        // reserve_busy_and_out_of_span
+        (
+            "reserve_busy_out_of_span",
+            Input {
+                base: 100,
+                len: 100,
+                ops: vec![
+                    Reserve { at: 150, len: 10 },
+                    Reserve { at: 155, len: 1 },
+                    Reserve { at: 140, len: 20 },
+                    Reserve { at: 99, len: 2 },
+                    Reserve { at: 199, len: 2 },
+                    Reserve {
+                        at: u64::MAX,
+                        len: 2,
+                    },
+                ],
+            },
+        ),
+        // aligned_search_is_exact
+        (
+            "aligned_search_exact",
+            Input {
+                base: 0,
+                len: 0x10000,
+                ops: vec![
+                    Reserve { at: 0, len: 0x1000 },
+                    Reserve {
+                        at: 0x2000,
+                        len: 0xe000,
+                    },
+                    Alloc {
+                        len: 0x1000,
+                        align: 0x1000,
+                    },
+                    Alloc { len: 1, align: 1 },
+                ],
+            },
+        ),
+    ];
     // misaligned_holes_fall_back_without_failing: more misaligned holes than the search budget.
     let n = u64::from(SEARCH_BUDGET) + 8;
     let mut ops = Vec::new();
