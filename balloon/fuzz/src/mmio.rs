@@ -10,8 +10,11 @@
 //!
 //! Checked after every step, through the registers a guest reads and the transport's own view:
 //! the identity registers never change; `Status` and `InterruptStatus` read what the transport
-//! holds; a running device has gone through `ACKNOWLEDGE`, `DRIVER`, `FEATURES_OK`, `DRIVER_OK`;
-//! accepted features are a subset of those offered and include `VERSION_1`. After the sequence,
+//! holds; a running device has gone through `ACKNOWLEDGE`, `DRIVER`, `FEATURES_OK`, `DRIVER_OK`,
+//! and `DRIVER_OK` without a running device means `DEVICE_NEEDS_RESET`, which only a reset
+//! clears; a reset device neither runs nor has interrupts pending; accepted features are a subset
+//! of those offered and include `VERSION_1`; `ConfigGeneration` and the transport's counters
+//! never go back. After the sequence,
 //! whatever state it left: a reset and a normal initialisation succeed and the device serves a
 //! request (no guest can wedge the transport).
 
@@ -23,8 +26,8 @@ use balloon::gcma::GcmaDevice;
 use balloon::testing::{memfd_guest_memory, CountingIrq, Driver};
 use balloon::transport::mmio::{regs, MMIO_MAGIC, MMIO_VERSION};
 use balloon::transport::{
-    MmioTransport, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    MmioCounters, MmioTransport, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
 };
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use gcma_host::api::FrontswapPolicy;
@@ -289,6 +292,7 @@ fn drive<D: VirtioDevice + 'static>(
 ) {
     let device_id = t.lock().expect("transport").device().device_id();
     let mut d = Driver::new(t.clone(), mem.clone(), SCRATCH);
+    let mut seen = Seen::default();
     for (i, st) in steps.iter().enumerate() {
         match st {
             Step::Write {
@@ -359,7 +363,7 @@ fn drive<D: VirtioDevice + 'static>(
             }
             Step::Vmm(arg) => vmm(&mut t.lock().expect("transport"), *arg),
         }
-        if let Err(e) = check(&mut d, &t, device_id) {
+        if let Err(e) = check(&mut d, &t, device_id, &mut seen) {
             panic!("after step {i} ({st:?}): {e}");
         }
     }
@@ -369,11 +373,45 @@ fn drive<D: VirtioDevice + 'static>(
 }
 
 /// What a guest can see of the transport agrees with what it holds, and is consistent.
+/// What the checks remember from one step to the next.
+#[derive(Default)]
+struct Seen {
+    counters: Option<MmioCounters>,
+    generation: u32,
+    status: u32,
+}
+
+fn counter_list(c: &MmioCounters) -> [u64; 12] {
+    [
+        c.reads,
+        c.writes,
+        c.notifications,
+        c.early_notifications,
+        c.ignored_writes,
+        c.bad_accesses,
+        c.rejected_queues,
+        c.rejected_features,
+        c.needs_reset,
+        c.resets,
+        c.activations,
+        c.interrupts,
+    ]
+}
+
 fn check<D: VirtioDevice>(
     d: &mut Driver<Shared<D>>,
     t: &Shared<D>,
     device_id: u32,
+    seen: &mut Seen,
 ) -> Result<(), String> {
+    let generation = d.config_generation();
+    if generation < seen.generation {
+        return Err(format!(
+            "ConfigGeneration went back from {} to {generation}",
+            seen.generation
+        ));
+    }
+    seen.generation = generation;
     let magic = d.mmio_read(regs::MAGIC_VALUE);
     let version = d.mmio_read(regs::VERSION);
     let id = d.mmio_read(regs::DEVICE_ID);
@@ -406,6 +444,31 @@ fn check<D: VirtioDevice>(
         return Err(format!(
             "DRIVER_OK set ({s:#x}) but the device neither runs nor needs a reset"
         ));
+    }
+    let c = g.counters();
+    let reset = match seen.counters {
+        Some(old) => {
+            for (i, (o, n)) in counter_list(&old).iter().zip(counter_list(&c)).enumerate() {
+                if n < *o {
+                    return Err(format!("transport counter {i} went back from {o} to {n}"));
+                }
+            }
+            c.resets > old.resets
+        }
+        None => true,
+    };
+    seen.counters = Some(c);
+    // DEVICE_NEEDS_RESET stays until the driver resets the device; a reset clears everything.
+    if !reset && seen.status & STATUS_DEVICE_NEEDS_RESET != 0 && s & STATUS_DEVICE_NEEDS_RESET == 0
+    {
+        return Err(format!(
+            "DEVICE_NEEDS_RESET cleared without a reset ({:#x} -> {s:#x})",
+            seen.status
+        ));
+    }
+    seen.status = s;
+    if s == 0 && (g.is_activated() || g.interrupt_status() != 0) {
+        return Err("a reset device runs or has interrupts pending".into());
     }
     if s & STATUS_FEATURES_OK != 0 {
         let f = g.negotiated_features();
