@@ -266,6 +266,22 @@ fn mmio_seeds() -> Vec<(String, mmio::Input)> {
             ],
         },
     ));
+    // The first defect this target found: the driver writes the status of a running device
+    // again (balloon/tests/fuzz_regressions.rs).
+    let mut s = init(0, 2);
+    s.extend([
+        Traffic { queue: 0, arg: 3 },
+        Status(0xf),
+        Status(0xf),
+        Traffic { queue: 0, arg: 6 },
+    ]);
+    v.push((
+        "status_rewrite".into(),
+        mmio::Input {
+            dev: all_balloon,
+            steps: s,
+        },
+    ));
     // virtio-gcma: start, stats on every queue, shared-memory regions.
     let mut s = init(0x7, 3);
     s.extend([
