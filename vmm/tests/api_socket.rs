@@ -117,7 +117,7 @@ fn api_controls_a_running_vm() {
         text.contains(r#"vmm_balloon_target_bytes{vm="vm0"} 4194304"#),
         "{text}"
     );
-    assert!(text.contains("gcma_pool_pages_total 2048"), "{text}");
+    assert!(text.contains("gcma_pool_size_pages 2048"), "{text}");
 
     assert_eq!(
         request(&sock, "PUT", "/actions", r#"{"action": "shutdown"}"#).0,
