@@ -50,7 +50,14 @@ impl BackingStore for File {
 
     fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        // Nothing lies past the end of the file; a hole reaching beyond the largest size the
+        // filesystem allows would fail (EFBIG).
+        let size = self.metadata()?.len();
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(end - offset)) else {
             return Err(std::io::Error::other("hole beyond the largest file offset"));
         };
         // SAFETY: fallocate on a valid fd; no memory is passed.
@@ -70,8 +77,6 @@ impl BackingStore for File {
             return Err(e);
         }
         // No hole punching here: write zeroes over the part inside the file.
-        let size = self.metadata()?.len();
-        let end = offset.saturating_add(len as u64).min(size);
         let zeros = [0u8; 64 * 1024];
         let mut at = offset;
         while at < end {

@@ -97,7 +97,7 @@ impl Inner {
         writeouts: &mut Vec<Writeout>,
         counters: &Counters,
     ) {
-        let pb_total = self.fs_stored_shared + self.pb_file_host;
+        let pb_total = self.fs_stored_shared + self.pb_file_host + self.pb_reserved;
         let (policy, pb_limit) = (self.policy, self.put_back_limit);
         let Some(c) = self.clients.by_slot_mut(client) else {
             return;
@@ -419,14 +419,15 @@ impl Pool {
             }
         }
         let take_page = refuse.is_none() && !at_cap && page_available;
+        if refuse.is_none() && !take_page && durable == Durable::No && file {
+            // Counted (a cap hit) when it comes back with the page written.
+            return Ok(Install::NeedFile);
+        }
         if at_cap && refuse.is_none() {
             c.counters.fs_cap_hits += 1;
             Counters::add(&self.counters.fs_cap_hits, 1);
         }
         if refuse.is_none() && !take_page && durable == Durable::No {
-            if file {
-                return Ok(Install::NeedFile);
-            }
             refuse = Some(if at_cap {
                 RejectReason::ClientLimit
             } else {
@@ -453,9 +454,13 @@ impl Pool {
                         .head(PageState::Cleancache)
                         .or_else(|| g.pages.head(PageState::Frontswap));
                     if let Some(v) = victim {
+                        // The new shared entry counts against the put-back ceiling already, so
+                        // that the eviction cannot put back a page into the last place.
+                        g.pb_reserved = u64::from(!file);
                         if let Some(fs) = g.evict_page(v, &self.res, writeouts, &self.counters) {
                             self.counters.evicted(EvictReason::Pressure, fs, 1);
                         }
+                        g.pb_reserved = 0;
                     }
                     victim
                 }

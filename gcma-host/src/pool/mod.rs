@@ -199,6 +199,8 @@ pub(crate) struct Inner {
     fs_stored_shared: u64,
     /// Put-back copies in host memory of clients with their own file.
     pb_file_host: u64,
+    /// Put-back places taken by a store being installed (0 or 1; see `fs_install`).
+    pb_reserved: u64,
     /// Failed write-backs waiting for their next attempt.
     retries: Vec<Retry>,
     live_grants: u64,
@@ -321,6 +323,7 @@ impl Pool {
             fs_stored: 0,
             fs_stored_shared: 0,
             pb_file_host: 0,
+            pb_reserved: 0,
             retries: Vec::new(),
             live_grants: 0,
             next_gen: 0,
