@@ -24,6 +24,7 @@ mod request;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,6 +87,7 @@ pub struct BlkQueue<B: ?Sized> {
     metrics: Arc<BlkMetrics>,
     name: Arc<str>,
     features: u64,
+    stop: Option<Arc<AtomicBool>>,
     bounce: Vec<u8>,
     descs: Vec<Desc>,
 }
@@ -98,6 +100,7 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
             metrics,
             name,
             features: 0,
+            stop: None,
             bounce: vec![0u8; BOUNCE_LEN],
             descs: Vec::new(),
         }
@@ -107,6 +110,13 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
     /// `UNSUPP` unless negotiated).
     pub fn set_features(&mut self, features: u64) {
         self.features = features;
+    }
+
+    /// Stop taking chains off the ring once `stop` is set (the chain being answered is finished;
+    /// those not taken stay on the ring for whoever serves the queue next). For a daemon's
+    /// orderly shutdown.
+    pub fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
     }
 
     /// Answers every chain on `queue`'s available ring, in order. Returns how many were put on
@@ -121,6 +131,13 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
     ) -> Result<u32, ChainError> {
         let mut done = 0;
         loop {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Acquire))
+            {
+                return Ok(done);
+            }
             let popped = match pop_chain_into(queue, mem, &mut self.descs) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(done),

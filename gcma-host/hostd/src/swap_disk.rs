@@ -1,0 +1,184 @@
+//! The swap disk: a virtio-blk disk whose 4 KiB pages are frontswap pages of the pool, in a pool
+//! client with its own backing file (page `k` at byte `k × 4096`, so sector `s` at byte
+//! `s × 512`). The pool's policy decides when the file is written (see the `gcma_host::pool`
+//! documentation, "Per-client options"): an acknowledged write is never lost and a read returns
+//! the latest acknowledged data, even when a grant evicts the page or the pool refuses it.
+//!
+//! Page-aligned whole pages go straight to the pool; a piece of a page is read-modify-written
+//! under the page's lock, so that writes to different sectors of one page from different queues
+//! do not lose each other.
+
+use std::sync::Arc;
+
+use balloon::blk::{BlkBackend, BlkIoError, BLK_ID_LEN};
+use gcma_host::api::{ClientId, FrontswapKey, GcmaBackend, PoolError, PAGE_SIZE};
+use gcma_host::pool::Pool;
+
+use crate::disk::{device_id, PageLocks};
+
+/// A swap disk over one pool client with its own file.
+#[derive(Debug)]
+pub struct SwapDisk {
+    pool: Arc<Pool>,
+    client: ClientId,
+    capacity: u64,
+    locks: PageLocks,
+    id: [u8; BLK_ID_LEN],
+}
+
+fn key(page: u64) -> FrontswapKey {
+    FrontswapKey {
+        area: 0,
+        offset: page,
+    }
+}
+
+fn pool_err(e: PoolError) -> BlkIoError {
+    BlkIoError::Refused(e.to_string())
+}
+
+impl SwapDisk {
+    /// A disk of `capacity` bytes (whole pages) over `client`, which must have its own backing
+    /// file.
+    pub fn new(pool: Arc<Pool>, client: ClientId, capacity: u64, name: &str) -> Self {
+        SwapDisk {
+            pool,
+            client,
+            capacity,
+            locks: PageLocks::new(),
+            id: device_id("gcma-swap-", name),
+        }
+    }
+
+    /// The pool client holding the disk's pages.
+    pub fn client(&self) -> ClientId {
+        self.client
+    }
+
+    fn load(&self, page: u64, out: &mut [u8]) -> Result<(), BlkIoError> {
+        match self.pool.frontswap_load(self.client, key(page), out) {
+            Ok(true) => Ok(()),
+            // A client with its own file always hits (the file holds what the pool does not).
+            Ok(false) => Err(BlkIoError::Refused(format!("page {page} missing"))),
+            Err(e) => Err(pool_err(e)),
+        }
+    }
+
+    /// Applies `f` to `[offset, offset + len)` page by page: `f(page, offset in page, range in
+    /// the request)`.
+    fn pages(
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, std::ops::Range<usize>) -> Result<(), BlkIoError>,
+    ) -> Result<(), BlkIoError> {
+        let ps = PAGE_SIZE as u64;
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            let (page, in_page) = (at / ps, (at % ps) as usize);
+            let n = (PAGE_SIZE - in_page).min(len - done);
+            f(page, in_page, done..done + n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes zeroes over a piece of one page (read-modify-write under the page's lock).
+    fn zero_piece(&self, page: u64, in_page: usize, len: usize) -> Result<(), BlkIoError> {
+        let _l = self.locks.lock(page);
+        let mut tmp = [0u8; PAGE_SIZE];
+        self.load(page, &mut tmp)?;
+        tmp[in_page..in_page + len].fill(0);
+        self.pool
+            .frontswap_store(self.client, key(page), &tmp)
+            .map_err(pool_err)
+    }
+}
+
+impl BlkBackend for SwapDisk {
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlkIoError> {
+        let len = buf.len();
+        Self::pages(offset, len, |page, in_page, r| {
+            if r.len() == PAGE_SIZE {
+                return self.load(page, &mut buf[r]);
+            }
+            let mut tmp = [0u8; PAGE_SIZE];
+            self.load(page, &mut tmp)?;
+            buf[r.clone()].copy_from_slice(&tmp[in_page..in_page + r.len()]);
+            Ok(())
+        })
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlkIoError> {
+        Self::pages(offset, buf.len(), |page, in_page, r| {
+            let _l = self.locks.lock(page);
+            if r.len() == PAGE_SIZE {
+                return self
+                    .pool
+                    .frontswap_store(self.client, key(page), &buf[r])
+                    .map_err(pool_err);
+            }
+            let mut tmp = [0u8; PAGE_SIZE];
+            self.load(page, &mut tmp)?;
+            tmp[in_page..in_page + r.len()].copy_from_slice(&buf[r]);
+            self.pool
+                .frontswap_store(self.client, key(page), &tmp)
+                .map_err(pool_err)
+        })
+    }
+
+    fn flush(&self) -> Result<(), BlkIoError> {
+        self.pool.flush_client(self.client).map_err(pool_err)?;
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlkIoError> {
+        // Whole pages only: a discard is advisory, and the pieces at either end stay.
+        let ps = PAGE_SIZE as u64;
+        let first = offset.div_ceil(ps);
+        let end = (offset + len) / ps;
+        if first < end {
+            self.pool
+                .frontswap_invalidate_range(self.client, 0, first..end)
+                .map_err(pool_err)?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<(), BlkIoError> {
+        // Whole pages are invalidated (the file gets a hole, which reads as zero); the pieces at
+        // either end are zeroed in place.
+        let ps = PAGE_SIZE as u64;
+        let end = offset + len;
+        let first = offset.div_ceil(ps);
+        let last = end / ps;
+        if first >= last {
+            // Within one page, or across one page boundary without a whole page.
+            return Self::pages(offset, len as usize, |page, in_page, r| {
+                self.zero_piece(page, in_page, r.len())
+            });
+        }
+        if !offset.is_multiple_of(ps) {
+            self.zero_piece(
+                offset / ps,
+                (offset % ps) as usize,
+                (first * ps - offset) as usize,
+            )?;
+        }
+        self.pool
+            .frontswap_invalidate_range(self.client, 0, first..last)
+            .map_err(pool_err)?;
+        if !end.is_multiple_of(ps) {
+            self.zero_piece(last, 0, (end - last * ps) as usize)?;
+        }
+        Ok(())
+    }
+
+    fn device_id(&self) -> [u8; BLK_ID_LEN] {
+        self.id
+    }
+}
