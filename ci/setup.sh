@@ -24,3 +24,34 @@ if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
         echo "setup: python3 not found; the metrics parser test needs it (apt-get install python3 python3-pip)" >&2
     fi
 fi
+
+# The Linux guest tests (tests/linux-guest/README.md) boot Debian's cloud kernel under QEMU:
+# qemu-system-x86 (which brings qemu-storage-daemon), busybox-static and cpio for the initramfs,
+# e2fsprogs for ext2 images; tests/linux-guest/build-kit.sh downloads the kernel package with
+# apt-get, so apt's package lists must be present.
+need=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] || need+=(busybox-static)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || [ -x /sbin/mke2fs ] || need+=(e2fsprogs)
+lists_present() { compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; }
+if [ "${#need[@]}" -gt 0 ] || ! lists_present; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: the Linux guest tests need: ${need[*]:-apt lists} (as root: apt-get update && apt-get install ${need[*]})" >&2
+    elif ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: no apt-get; the Linux guest tests need Debian's ${need[*]}" >&2
+    else
+        log=$(mktemp)
+        # Update only when the lists are missing or do not know a package we need.
+        if ! lists_present || ! apt-cache show "${need[@]}" >/dev/null 2>&1; then
+            apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; echo "setup: apt-get update failed" >&2; }
+        fi
+        if [ "${#need[@]}" -gt 0 ]; then
+            echo "setup: installing ${need[*]}" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >"$log" 2>&1 \
+                || { cat "$log" >&2; echo "setup: apt-get install ${need[*]} failed; the Linux guest tests will fail under CI" >&2; }
+        fi
+        rm -f "$log"
+    fi
+fi

@@ -1,6 +1,9 @@
 //! Cross-crate end-to-end tests live in `tests/tests/`. This library holds what they and the
-//! other crates' integration tests share. It depends on no workspace crate, so that every crate
-//! can use it as a dev-dependency.
+//! other crates' integration tests share, including [`linux_guest`]: stock Linux guests under
+//! QEMU for block-device tests. It depends on no crate of the VMM stack, so that every crate can
+//! use it as a dev-dependency.
+
+pub mod linux_guest;
 
 /// Reports that `test` cannot run here because of `reason`: prints `SKIPPED: <test>: <reason>`
 /// so that a skip is never silent, except under `CI=true`, where everything a test needs is
