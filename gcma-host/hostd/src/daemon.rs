@@ -129,10 +129,8 @@ impl Daemon {
         if let Some(mib) = cli.put_back_limit_mib {
             cfg.put_back_limit_pages = mib.saturating_mul(256);
         }
-        let pool = Pool::new(cfg).map_err(DaemonError::Pool)?;
-        // The default cap: the pool divided evenly among the disks.
-        let default_cap = nr_pages / n_disks.max(1) as u64;
-        let mut disks = Vec::with_capacity(n_disks);
+        // Every file first, so that a bad path is refused before anything is built.
+        let mut swap_files = Vec::with_capacity(cli.swap_disks.len());
         for d in &cli.swap_disks {
             let name = d.common.name();
             let dir = cli
@@ -161,6 +159,28 @@ impl Daemon {
                 file.set_len(d.size_bytes)
                     .map_err(|e| file_err("cannot size", e))?;
             }
+            swap_files.push((file, path));
+        }
+        let mut images = Vec::with_capacity(cli.cache_disks.len());
+        for d in &cli.cache_disks {
+            let image = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&d.image)
+                .map_err(|source| DaemonError::DiskFile {
+                    disk: d.common.name(),
+                    what: "cannot open image",
+                    path: d.image.clone(),
+                    source,
+                })?;
+            images.push(image);
+        }
+        let pool = Pool::new(cfg).map_err(DaemonError::Pool)?;
+        // The default cap: the pool divided evenly among the disks.
+        let default_cap = nr_pages / n_disks.max(1) as u64;
+        let mut disks = Vec::with_capacity(n_disks);
+        for (d, (file, path)) in cli.swap_disks.iter().zip(swap_files) {
+            let name = d.common.name();
             let cap = d.common.cap_bytes.map_or(default_cap, pages);
             let client = pool.register_client_with(
                 &name,
@@ -190,19 +210,8 @@ impl Daemon {
                 client,
             )));
         }
-        for d in &cli.cache_disks {
+        for (d, image) in cli.cache_disks.iter().zip(images) {
             let name = d.common.name();
-            let file_err = |what, source| DaemonError::DiskFile {
-                disk: name.clone(),
-                what,
-                path: d.image.clone(),
-                source,
-            };
-            let image = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&d.image)
-                .map_err(|e| file_err("cannot open image", e))?;
             let cap = d.common.cap_bytes.map_or(default_cap, pages);
             let client = pool.register_client_with(
                 &name,
@@ -212,8 +221,14 @@ impl Daemon {
                     ..ClientOptions::default()
                 },
             );
-            let backend = CacheDisk::new(pool.clone(), client, image, &name)
-                .map_err(|e| file_err("cannot use image", e))?;
+            let backend = CacheDisk::new(pool.clone(), client, image, &name).map_err(|source| {
+                DaemonError::DiskFile {
+                    disk: name.clone(),
+                    what: "cannot use image",
+                    path: d.image.clone(),
+                    source,
+                }
+            })?;
             let mut config = BlkConfig::new(backend_capacity(&backend));
             config.num_queues = d.common.queues;
             log::info!(
