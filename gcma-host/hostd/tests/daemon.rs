@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use balloon::blk::BlkBackend;
 use clap::{CommandFactory, Parser};
 use gcma_hostd::cli::Cli;
 use gcma_hostd::daemon::Daemon;
