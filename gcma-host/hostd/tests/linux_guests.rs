@@ -464,3 +464,106 @@ fn kill_9_and_restart_mid_storm_loses_nothing() {
     assert!(from_file > 0.0);
     drop(first);
 }
+
+/// The README's "Use the pool from QEMU" block, run as written with `bash`: the daemon and QEMU
+/// command lines there start a guest whose swap storm passes on the daemon's disk, and the
+/// SIGTERM at the end exits 0. Only the variables the README tells the reader to set differ:
+/// directories, `ACCEL=tcg`, an 80 MiB guest, the kit's kernel and the checker's command line.
+#[test]
+fn readme_command_line_runs() {
+    use std::os::unix::process::CommandExt;
+    let test = "README command line";
+    let Some(kit) = linux_guest_or_skip(test) else {
+        return;
+    };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = &readme[readme
+        .find("## Use the pool from QEMU")
+        .expect("the README section")..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a sh block in the section");
+    assert!(block.contains("gcma-hostd ") && block.contains("qemu-system-x86_64 "));
+    let dir = tempfile::tempdir().unwrap();
+    let append = QemuGuest::new(&kit)
+        .memory_mib(GUEST_MIB)
+        .checker(Mode::Swap(SwapArgs {
+            mib: 120,
+            seed: 3,
+            ..SwapArgs::default()
+        }))
+        .kernel_cmdline();
+    let bin_dir = Path::new(support::HOSTD).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let stderr = dir.path().join("stderr.log");
+    let child = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .env("STATE", dir.path().join("state"))
+        .env("RUN", dir.path().join("run"))
+        .env("MEM", format!("{GUEST_MIB}M"))
+        .env("ACCEL", "tcg")
+        .env("KERNEL", &kit.kernel)
+        .env("INITRD", &kit.initrd)
+        .env("APPEND", &append)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("bash runs");
+    // The hang guard: the whole group (bash, the daemon, QEMU) goes when the budget runs out.
+    let pgid = child.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let guard = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                if t0.elapsed() > GUEST_BUDGET {
+                    // SAFETY: kill(2) of the process group this test created.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        })
+    };
+    let out = child.wait_with_output().expect("bash ends");
+    done.store(true, Ordering::Relaxed);
+    let timed_out = guard.join().unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    let records: Vec<_> = console
+        .lines()
+        .filter_map(e2e_tests::linux_guest::Record::parse)
+        .collect();
+    let summary = records.iter().find(|r| r.event == "summary");
+    println!(
+        "README run: {}",
+        summary.map(|s| s.to_line()).unwrap_or_default()
+    );
+    assert!(!timed_out, "the README sequence hung:\n{log}");
+    assert!(
+        out.status.success(),
+        "the README sequence failed ({}):\n{log}\n{console}",
+        out.status
+    );
+    let s = summary.unwrap_or_else(|| panic!("no summary:\n{console}\n{log}"));
+    assert!(s.ok(), "{}", s.to_line());
+    assert_eq!(s.get_u64("corrupt"), Some(0));
+    assert!(
+        s.get_u64("pswpout").is_some_and(|n| n > 0),
+        "{}",
+        s.to_line()
+    );
+    assert!(log.contains("SIGTERM received"), "{log}");
+}
