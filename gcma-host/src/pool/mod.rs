@@ -7,6 +7,9 @@
 //! * [`pages`]: the per-page state array with intrusive free/LRU lists.
 //! * `grant.rs`: contiguous grants: range choice, eviction, zeroing.
 //! * `cleancache.rs`, `frontswap.rs`: the two second-class stores and their eviction.
+//! * `backing.rs`: the shared backing file and its slots; clients' own files
+//!   ([`BackingStore`]) and the lock that serialises writes to each.
+//! * `clients.rs`: client slots with generations, per-client options and counters.
 //! * [`metrics`]: counters, [`PoolStats`] and the `prometheus-client` collector.
 //!
 //! # Page states
@@ -28,7 +31,7 @@
 //!   store is still accepted: the backing file holds it.
 //! * **Write-back**: eviction copies the page to host memory at once (under the lock, a 4 KiB
 //!   copy) and writes it to the backing file afterwards, outside the lock; loads in between are
-//!   served from the host copy. A failed write keeps the host copy.
+//!   served from the host copy. A failed write keeps the host copy and is retried later.
 //! * **Put-back**: eviction copies the page to host memory outside the pool. The number of
 //!   accepted frontswap pages is bounded by `put_back_limit_pages`, so that evicting all of them
 //!   always fits the limit and grants never fail because of put-back pages; stores of new keys
@@ -80,7 +83,10 @@
 //! lets a thread that releases and retakes the lock in a tight loop starve a sleeping waiter;
 //! this keeps a busy tenant from delaying a grant.
 //!
-//! No operation takes the lock twice nested, and no lock is held across file I/O.
+//! No operation takes the lock twice nested, and the pool lock is never held across file I/O. A
+//! client's own file has a write lock of its own, held across each write or hole punch to that
+//! file (that is what serialises them); it is always taken before the pool lock, never while
+//! holding it.
 
 mod backing;
 mod check;
