@@ -13,7 +13,7 @@ use crate::api::{PoolError, PAGE_SIZE};
 /// A client's own backing store: page `k` of the client's swap area 0 lives at byte `k × 4096`.
 /// [`std::fs::File`] implements it; tests wrap one to inject failures.
 ///
-/// The pool serialises every write and hole punch on one store (see [`DiskBacking`]), so an
+/// The pool serialises every write and hole punch on one store (see the pool's locking notes), so an
 /// implementation needs no ordering of its own; reads may run concurrently with anything.
 pub trait BackingStore: Send + Sync + std::fmt::Debug {
     /// Reads `buf.len()` bytes at `offset`; bytes past the end of the store read as zero.
