@@ -7,7 +7,7 @@
 //!   DISCARD and WRITE_ZEROES, data segments, bounds checks and the status byte.
 //! * [`config`]: the feature bits offered and the `virtio_blk_config` space.
 //! * [`metrics`]: per-disk counters (requests by type and status, bytes, host time).
-//! * [`testing`] (feature `test-utils`): an in-memory disk backend.
+//! * `testing` (feature `test-utils`): an in-memory disk backend.
 //!
 //! Every chain is answered in the order it was taken from the available ring, so that a frontend
 //! that reconnects without in-flight tracking (QEMU's vhost-user-blk restores the available index

@@ -56,22 +56,33 @@ pub struct Cli {
     #[arg(long, value_name = "MIB")]
     pub put_back_limit_mib: Option<u64>,
 
-    /// A swap disk: SOCKET,size=SIZE[,name=NAME][,guest=GUEST][,cap=SIZE][,put-back-limit=SIZE][,queues=N].
-    /// size: the disk's size (a multiple of 4 KiB). name: metrics label and backing file name
-    /// (default: the socket's file name without extension). guest: metrics label of the VM it
-    /// belongs to (default: the name). cap: most pool memory the disk's pages may occupy
-    /// (default: the pool divided evenly among all disks); beyond it pages go to the file.
-    /// put-back-limit: put-back policy, most of its pages held in host memory (default: its
-    /// cap). queues: virtqueues offered (default 4; a guest uses up to one per vCPU).
-    /// Repeat the flag for more disks.
-    #[arg(long = "swap-disk", value_name = "SPEC", value_parser = parse_swap_disk)]
+    /// A swap disk (repeatable): `SOCKET,size=SIZE` and optional `key=value`s; see `--help`.
+    #[arg(
+        long = "swap-disk",
+        value_name = "SPEC",
+        value_parser = parse_swap_disk,
+        long_help = "A swap disk: SOCKET,size=SIZE[,name=NAME][,guest=GUEST][,cap=SIZE]\
+            [,put-back-limit=SIZE][,queues=N]. size: the disk's size (a multiple of 4 KiB). \
+            name: metrics label and backing file name (default: the socket's file name without \
+            extension). guest: metrics label of the VM it belongs to (default: the name). cap: \
+            most pool memory the disk's pages may occupy (default: the pool divided evenly among \
+            all disks); beyond it pages go to the file. put-back-limit: put-back policy, most of \
+            its pages held in host memory (default: its cap). queues: virtqueues offered \
+            (default 4; a guest uses up to one per vCPU). Repeat the flag for more disks."
+    )]
     pub swap_disks: Vec<SwapDiskSpec>,
 
-    /// A cache disk: SOCKET,image=PATH[,name=NAME][,guest=GUEST][,cap=SIZE][,queues=N].
-    /// image: the disk image file (raw; opened read-write; its size is the disk's). cap: most
-    /// pool memory the disk's cached pages may occupy (default: the pool divided evenly among
-    /// all disks). Other keys as for --swap-disk. Repeat the flag for more disks.
-    #[arg(long = "cache-disk", value_name = "SPEC", value_parser = parse_cache_disk)]
+    /// A cache disk (repeatable): `SOCKET,image=PATH` and optional `key=value`s; see `--help`.
+    #[arg(
+        long = "cache-disk",
+        value_name = "SPEC",
+        value_parser = parse_cache_disk,
+        long_help = "A cache disk: SOCKET,image=PATH[,name=NAME][,guest=GUEST][,cap=SIZE]\
+            [,queues=N]. image: the disk image file (raw; opened read-write; its size is the \
+            disk's). cap: most pool memory the disk's cached pages may occupy (default: the pool \
+            divided evenly among all disks). Other keys as for --swap-disk. Repeat the flag for \
+            more disks."
+    )]
     pub cache_disks: Vec<CacheDiskSpec>,
 
     /// Control socket (HTTP over a Unix socket): POST /grants {"pages": N, "align": A},
