@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use balloon::blk::BlkConfig;
-use gcma_host::api::{GcmaBackend, PoolError, PAGE_SIZE};
+use gcma_host::api::{PoolError, PAGE_SIZE};
 use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig};
 use prometheus_client::registry::Registry;
 
@@ -406,5 +406,4 @@ fn housekeeping(pool: &Pool, stop: &AtomicBool) {
             last_zeroing = Instant::now();
         }
     }
-    let _ = pool.nr_pages();
 }
