@@ -588,3 +588,79 @@ fn concurrent_write_outs_never_leave_an_older_generation() {
         assert_eq!(load(&p, c, k), page(k, ROUNDS));
     }
 }
+
+/// Multi-page stores and loads of a disk do what single-page ones do, with one file write per
+/// run of pages that go to the file (all of them under write-through).
+#[test]
+fn multi_page_runs() {
+    for policy in POLICIES {
+        let path = TempPath::new("runs");
+        let p = pool(16, policy);
+        let store = Flaky::new(path.open());
+        let c = disk(&p, store.clone(), Some(6));
+        let mut model: Vec<Vec<u8>> = vec![vec![0u8; PAGE_SIZE]; 64];
+        let runs: [(u64, u64, u64); 5] = [(0, 8, 1), (4, 8, 2), (20, 32, 3), (60, 4, 4), (2, 1, 5)];
+        for (first, n, gen) in runs {
+            let before = store.writes.load(Ordering::Relaxed);
+            let data: Vec<u8> = (0..n).flat_map(|i| page(first + i, gen)).collect();
+            p.frontswap_store_pages(c, first, &data).unwrap();
+            for i in 0..n {
+                model[(first + i) as usize] = page(first + i, gen);
+            }
+            let writes = store.writes.load(Ordering::Relaxed) - before;
+            if policy == FrontswapPolicy::WriteThrough {
+                assert_eq!(writes, 1, "one write for the whole run");
+            } else {
+                assert!(
+                    writes <= 1,
+                    "{policy:?}: the pages past the cap in one write"
+                );
+            }
+        }
+        assert!(p.client_stats(c).unwrap().frontswap_pool_pages <= 6);
+        // Read back in runs of several shapes, and page by page.
+        let mut out = vec![0u8; 64 * PAGE_SIZE];
+        p.frontswap_load_pages(c, 0, &mut out).unwrap();
+        for (k, want) in model.iter().enumerate() {
+            assert_eq!(
+                &out[k * PAGE_SIZE..(k + 1) * PAGE_SIZE],
+                &want[..],
+                "{policy:?} page {k}"
+            );
+            assert_eq!(&load(&p, c, k as u64), want);
+        }
+        let mut piece = vec![0u8; 3 * PAGE_SIZE];
+        p.frontswap_load_pages(c, 21, &mut piece).unwrap();
+        assert_eq!(&piece[..PAGE_SIZE], &model[21][..]);
+        // Bad shapes.
+        assert!(p.frontswap_store_pages(c, 0, &[0u8; 100]).is_err());
+        assert!(p
+            .frontswap_load_pages(c, u64::MAX, &mut [0u8; PAGE_SIZE])
+            .is_err());
+        let shared = p.register_client("shared");
+        assert!(matches!(
+            p.frontswap_store_pages(shared, 0, &[0u8; PAGE_SIZE]),
+            Err(PoolError::Invalid(_))
+        ));
+        p.check_consistency().unwrap();
+    }
+}
+
+/// A failed write of a run refuses the store and leaves none of its pages readable as stale.
+#[test]
+fn a_failed_run_write_invalidates_its_pages() {
+    let path = TempPath::new("runfail");
+    let p = pool(8, FrontswapPolicy::WriteThrough);
+    let store = Flaky::new(path.open());
+    let c = disk(&p, store.clone(), None);
+    let old: Vec<u8> = (0..4).flat_map(|i| page(i, 1)).collect();
+    p.frontswap_store_pages(c, 0, &old).unwrap();
+    store.fail_writes.store(true, Ordering::Relaxed);
+    let new: Vec<u8> = (0..4).flat_map(|i| page(i, 2)).collect();
+    assert_eq!(
+        p.frontswap_store_pages(c, 0, &new),
+        Err(PoolError::Rejected(RejectReason::BackingIo))
+    );
+    assert_eq!(p.client_stats(c).unwrap().frontswap_stored_pages, 0);
+    p.check_consistency().unwrap();
+}

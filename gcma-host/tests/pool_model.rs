@@ -738,6 +738,19 @@ mod disks {
             off: u64,
             byte: u8,
         },
+        /// A multi-page store of `n` pages from `off`.
+        StoreRun {
+            d: usize,
+            off: u64,
+            n: u64,
+            byte: u8,
+        },
+        /// A multi-page load of `n` pages from `off`.
+        LoadRun {
+            d: usize,
+            off: u64,
+            n: u64,
+        },
         Load {
             d: usize,
             off: u64,
@@ -777,6 +790,8 @@ mod disks {
         let d = 0..NR_DISKS;
         prop_oneof![
             8 => (d.clone(), 0..16u64, any::<u8>()).prop_map(|(d, off, byte)| DiskOp::Store { d, off, byte }),
+            3 => (d.clone(), 0..16u64, 1..8u64, any::<u8>()).prop_map(|(d, off, n, byte)| DiskOp::StoreRun { d, off, n, byte }),
+            3 => (d.clone(), 0..16u64, 1..8u64).prop_map(|(d, off, n)| DiskOp::LoadRun { d, off, n }),
             6 => (d.clone(), 0..16u64).prop_map(|(d, off)| DiskOp::Load { d, off }),
             1 => (d.clone(), 0..16u64).prop_map(|(d, off)| DiskOp::Invalidate { d, off }),
             1 => (d.clone(), 0..16u64, 0..6u64).prop_map(|(d, start, len)| DiskOp::InvalidateRange { d, start, len }),
@@ -895,6 +910,29 @@ mod disks {
                     .expect("disk store");
                     bytes[d].insert(off, data);
                     entries[d].insert(off);
+                }
+                DiskOp::StoreRun { d, off, n, byte } => {
+                    let data: Vec<u8> = (0..n).flat_map(|i| disk_page(d, off + i, byte)).collect();
+                    pool.frontswap_store_pages(w.disks[d], off, &data)
+                        .expect("disk store run");
+                    for i in 0..n {
+                        bytes[d].insert(off + i, disk_page(d, off + i, byte));
+                        entries[d].insert(off + i);
+                    }
+                }
+                DiskOp::LoadRun { d, off, n } => {
+                    let mut buf = vec![0u8; n as usize * PAGE_SIZE];
+                    pool.frontswap_load_pages(w.disks[d], off, &mut buf)
+                        .unwrap();
+                    for i in 0..n {
+                        let got = &buf[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE];
+                        let want = bytes[d].get(&(off + i)).unwrap_or(&zero);
+                        assert!(
+                            got == &want[..],
+                            "disk {d} page {}: wrong or stale data",
+                            off + i
+                        );
+                    }
                 }
                 DiskOp::Load { d, off } => {
                     let key = FrontswapKey {

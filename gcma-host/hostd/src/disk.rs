@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use balloon::blk::{BlkBackend, BlkConfig, BlkMetrics, BLK_ID_LEN};
 use gcma_host::api::ClientId;
@@ -121,11 +121,13 @@ pub fn device_id(prefix: &str, name: &str) -> [u8; BLK_ID_LEN] {
     id
 }
 
-/// Striped locks over page numbers: whoever reads-modifies-writes a page, or fills a cache page
-/// from the image, holds its stripe.
+/// Striped locks over page numbers. A piece of a page is read-modified-written (or a cache page
+/// filled from the image) holding its stripe exclusively; whole-page writes hold their stripes
+/// shared, so that they run in parallel with each other but never inside a read-modify-write
+/// of the same page (which would put back the page's old bytes over theirs).
 #[derive(Debug)]
 pub struct PageLocks {
-    stripes: Box<[Mutex<()>]>,
+    stripes: Box<[RwLock<()>]>,
 }
 
 const STRIPES: usize = 64;
@@ -134,15 +136,32 @@ impl PageLocks {
     /// 64 stripes.
     pub fn new() -> Self {
         PageLocks {
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
         }
     }
 
-    /// The lock of `page`'s stripe.
-    pub fn lock(&self, page: u64) -> MutexGuard<'_, ()> {
-        self.stripes[(page % STRIPES as u64) as usize]
-            .lock()
+    fn stripe(page: u64) -> usize {
+        (page % STRIPES as u64) as usize
+    }
+
+    /// `page`'s stripe, exclusively.
+    pub fn lock(&self, page: u64) -> RwLockWriteGuard<'_, ()> {
+        self.stripes[Self::stripe(page)]
+            .write()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stripes of `n` pages from `first`, shared, taken in stripe order (so that no two
+    /// holders can wait for each other).
+    pub fn lock_shared(&self, first: u64, n: u64) -> Vec<RwLockReadGuard<'_, ()>> {
+        let mut ids: Vec<usize> = (0..n.min(STRIPES as u64))
+            .map(|i| Self::stripe(first + i))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|i| self.stripes[i].read().unwrap_or_else(|e| e.into_inner()))
+            .collect()
     }
 }
 

@@ -584,6 +584,187 @@ impl Pool {
         }
     }
 
+    /// Checks a multi-page request of a client with its own file: the file, the page count and
+    /// the byte offset of the first page.
+    fn run_of(
+        &self,
+        client: ClientId,
+        first: u64,
+        len: usize,
+    ) -> Result<(Arc<DiskBacking>, u64, u64), PoolError> {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(PoolError::Invalid("buffer is not a whole number of pages"));
+        }
+        let n = (len / PAGE_SIZE) as u64;
+        let off = first
+            .checked_add(n)
+            .and_then(disk_offset)
+            .and_then(|_| disk_offset(first))
+            .ok_or(PoolError::Invalid("page offset beyond the largest file"))?;
+        let f = self.client_file(client)?.ok_or(PoolError::Invalid(
+            "multi-page operations are for clients with their own backing file",
+        ))?;
+        Ok((f, n, off))
+    }
+
+    /// Stores `data` (whole pages) as the pages `first`, `first + 1`, ... of swap area 0 of a
+    /// client with its own backing file: what [`GcmaBackend::frontswap_store`] of each page does,
+    /// with one lock hold for the pool's part and one file write per run of pages that go to
+    /// the file (write-through writes all of them at once). A disk's multi-page write.
+    ///
+    /// On a failed file write the pages of the call may be partly stored; those whose write
+    /// failed are invalidated, as a failed single store invalidates its key.
+    ///
+    /// [`GcmaBackend::frontswap_store`]: crate::api::GcmaBackend::frontswap_store
+    pub fn frontswap_store_pages(
+        &self,
+        client: ClientId,
+        first: u64,
+        data: &[u8],
+    ) -> Result<(), PoolError> {
+        let (f, n, off) = self.run_of(client, first, data.len())?;
+        let key = |i: u64| FrontswapKey {
+            area: 0,
+            offset: first + i,
+        };
+        let page = |i: u64| &data[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE];
+        let mut writeouts = Vec::new();
+        // Pages that must be written to the file: all under write-through; otherwise those the
+        // pool cannot keep.
+        let mut to_file: Vec<u64> = Vec::new();
+        if self.cfg.frontswap_policy == FrontswapPolicy::WriteThrough {
+            to_file.extend(0..n);
+        } else {
+            let mut g = self.lock();
+            for i in 0..n {
+                match self.fs_install(&mut g, client, key(i), page(i), Durable::No, &mut writeouts)
+                {
+                    Ok(Install::Done) => {}
+                    Ok(Install::NeedFile) => to_file.push(i),
+                    Err(e) => {
+                        // The client is gone; what evictions queued must still be written.
+                        drop(g);
+                        self.process_writeouts(writeouts);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let mut result = Ok(());
+        if !to_file.is_empty() {
+            let _w = f.lock();
+            // Contiguous runs, one write each.
+            let mut written = 0u64;
+            let mut start = 0;
+            while start < to_file.len() {
+                let mut end = start + 1;
+                while end < to_file.len() && to_file[end] == to_file[end - 1] + 1 {
+                    end += 1;
+                }
+                let (a, b) = (to_file[start], to_file[end - 1] + 1);
+                let bytes = &data[a as usize * PAGE_SIZE..b as usize * PAGE_SIZE];
+                if let Err(e) = f.store.write_at(bytes, off + a * PAGE_SIZE as u64) {
+                    // This run and the ones after it are not stored.
+                    let mut g = self.lock();
+                    for &i in &to_file[start..] {
+                        g.fs_remove(client, &key(i));
+                    }
+                    drop(g);
+                    let err = self.file_write_failed(client, key(a), &e);
+                    result = Err(err);
+                    to_file.truncate(start);
+                    break;
+                }
+                written += b - a;
+                start = end;
+            }
+            Counters::add(&self.counters.file_writes, written);
+            let mut g = self.lock();
+            if let Ok(c) = g.client_mut(client) {
+                c.counters.file_writes += written;
+            }
+            for &i in &to_file {
+                if let Err(e) = self.fs_install(
+                    &mut g,
+                    client,
+                    key(i),
+                    page(i),
+                    Durable::File,
+                    &mut writeouts,
+                ) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.process_writeouts(writeouts);
+        result
+    }
+
+    /// Loads the pages `first`, `first + 1`, ... of swap area 0 of a client with its own backing
+    /// file into `out` (whole pages): from the pool and host memory under one lock hold, and
+    /// what the pool does not hold from the file, one read per run. A disk's multi-page read.
+    pub fn frontswap_load_pages(
+        &self,
+        client: ClientId,
+        first: u64,
+        out: &mut [u8],
+    ) -> Result<(), PoolError> {
+        let (f, n, off) = self.run_of(client, first, out.len())?;
+        let mut from_file: Vec<u64> = Vec::new();
+        {
+            let mut guard = self.lock();
+            let g = &mut *guard;
+            let c = g.clients.get_mut(client)?;
+            let (mut pool, mut host) = (0, 0);
+            for i in 0..n {
+                let key = FrontswapKey {
+                    area: 0,
+                    offset: first + i,
+                };
+                let dst = &mut out[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE];
+                match c.fs.get(&key).map(|e| &e.loc) {
+                    Some(FsLoc::Pool(p)) => {
+                        let p = *p;
+                        g.pages.touch(p);
+                        pool += 1;
+                        // SAFETY: `p` holds this entry's data; the lock is held.
+                        unsafe { self.res.read_page(p as u64, dst) };
+                    }
+                    Some(FsLoc::Host { data, .. }) => {
+                        dst.copy_from_slice(data);
+                        host += 1;
+                    }
+                    // In the file only, or not held by the pool: the file has the latest data.
+                    Some(FsLoc::Backing) | None => from_file.push(i),
+                }
+            }
+            let file = from_file.len() as u64;
+            c.counters.fs_loads_pool += pool;
+            c.counters.fs_loads_host += host;
+            c.counters.fs_loads_backing += file;
+            Counters::add(&self.counters.fs_loads_pool, pool);
+            Counters::add(&self.counters.fs_loads_host, host);
+            Counters::add(&self.counters.fs_loads_backing, file);
+        }
+        let mut start = 0;
+        while start < from_file.len() {
+            let mut end = start + 1;
+            while end < from_file.len() && from_file[end] == from_file[end - 1] + 1 {
+                end += 1;
+            }
+            let (a, b) = (from_file[start], from_file[end - 1] + 1);
+            f.store
+                .read_at(
+                    &mut out[a as usize * PAGE_SIZE..b as usize * PAGE_SIZE],
+                    off + a * PAGE_SIZE as u64,
+                )
+                .map_err(|e| PoolError::Io(format!("client backing file read: {e}")))?;
+            start = end;
+        }
+        Ok(())
+    }
+
     fn read_file(&self, f: &DiskBacking, out: &mut [u8], off: u64) -> Result<bool, PoolError> {
         f.store
             .read_at(out, off)
