@@ -81,6 +81,9 @@ enum Install {
     NeedFile,
 }
 
+/// Most pages one write-back write carries.
+const WRITEOUT_RUN_PAGES: usize = 64;
+
 /// Pages [`Pool::flush_client`] copies out of the pool per lock hold.
 const FLUSH_BATCH: usize = 256;
 
@@ -953,13 +956,38 @@ impl Pool {
                 .filter_map(|w| Self::pending_data(&g, &w).map(|d| (w, d)))
                 .collect()
         };
-        let results: Vec<std::io::Result<()>> = jobs
-            .iter()
-            .map(|(w, data)| match disk_offset(w.key.offset) {
-                Some(off) => f.store.write_at(data, off),
+        let mut jobs = jobs;
+        // Pages of consecutive keys go out in one write (a grant evicts runs of them).
+        jobs.sort_unstable_by_key(|(w, _)| w.key.offset);
+        let mut results: Vec<std::io::Result<()>> = Vec::with_capacity(jobs.len());
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start + 1;
+            while end < jobs.len()
+                && end - start < WRITEOUT_RUN_PAGES
+                && jobs[end].0.key.offset == jobs[end - 1].0.key.offset + 1
+            {
+                end += 1;
+            }
+            let r = match disk_offset(jobs[start].0.key.offset) {
+                Some(off) if end - start == 1 => f.store.write_at(&jobs[start].1, off),
+                Some(off) => {
+                    let run: Vec<u8> = jobs[start..end]
+                        .iter()
+                        .flat_map(|(_, d)| d.iter().copied())
+                        .collect();
+                    f.store.write_at(&run, off)
+                }
                 None => Err(std::io::Error::other("page offset beyond the file")),
-            })
-            .collect();
+            };
+            for _ in start..end {
+                results.push(match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                });
+            }
+            start = end;
+        }
         let mut g = self.lock();
         for ((w, _), r) in jobs.into_iter().zip(results) {
             match r {
