@@ -565,8 +565,9 @@ impl Pool {
                             From::Slot(s)
                         }
                         _ => {
-                            return Err(PoolError::Io(
-                                "frontswap page lost its backing copy".into(),
+                            return Err(PoolError::io(
+                                "frontswap page lost its backing copy",
+                                std::io::Error::from(std::io::ErrorKind::NotFound),
                             ))
                         }
                     }
@@ -582,7 +583,7 @@ impl Pool {
                 };
                 self.lock().slots.unpin(slot);
                 read.map(|()| true)
-                    .map_err(|e| PoolError::Io(format!("backing file read: {e}")))
+                    .map_err(|e| PoolError::io("backing file read", e))
             }
         }
     }
@@ -762,7 +763,7 @@ impl Pool {
                     &mut out[a as usize * PAGE_SIZE..b as usize * PAGE_SIZE],
                     off + a * PAGE_SIZE as u64,
                 )
-                .map_err(|e| PoolError::Io(format!("client backing file read: {e}")))?;
+                .map_err(|e| PoolError::io("client backing file read", e))?;
             start = end;
         }
         Ok(())
@@ -772,7 +773,7 @@ impl Pool {
         f.store
             .read_at(out, off)
             .map(|()| true)
-            .map_err(|e| PoolError::Io(format!("client backing file read: {e}")))
+            .map_err(|e| PoolError::io("client backing file read", e))
     }
 
     pub(super) fn fs_invalidate_page(
@@ -819,7 +820,7 @@ impl Pool {
         if start < end {
             f.store
                 .punch_hole(start, end - start)
-                .map_err(|e| PoolError::Io(format!("client backing file hole punch: {e}")))?;
+                .map_err(|e| PoolError::io("client backing file hole punch", e))?;
         }
         Ok(n)
     }
@@ -1126,13 +1127,11 @@ impl Pool {
         }
         if let Some(e) = failure {
             Counters::add(&self.counters.backing_write_errors, 1);
-            return Err(PoolError::Io(format!(
-                "flush to the client's backing file: {e}"
-            )));
+            return Err(PoolError::io("flush to the client's backing file", e));
         }
         f.store
             .sync_data()
-            .map_err(|e| PoolError::Io(format!("sync of the client's backing file: {e}")))?;
+            .map_err(|e| PoolError::io("sync of the client's backing file", e))?;
         Ok(written)
     }
 }
