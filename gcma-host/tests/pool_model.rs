@@ -5,6 +5,9 @@
 //! page; misses are allowed), no accepted frontswap page is ever lost or stale, granted pages read
 //! as zero through the memfd mapping, grants fail only when they must (and say why correctly),
 //! bad input changes nothing, and the pool's accounting adds up.
+//!
+//! Kept as one file although it is long: the model, its operations and the per-step checks are
+//! one test; the disk-client model at the end reuses the same harness.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;

@@ -2,6 +2,10 @@
 //! until the key is invalidated or replaced, wherever the data moved (pool page, host memory
 //! outside the pool, backing file). See the [pool documentation](super) for the three policies
 //! and for clients with their own backing file.
+//!
+//! Kept as one unit although it is long: store, load, invalidate, eviction under the three
+//! policies and the write-out of clients with their own file all move the same page between the
+//! same four places under one lock protocol; split, the lost-page invariant would span files.
 
 use std::ops::RangeInclusive;
 use std::os::unix::fs::FileExt;
