@@ -319,15 +319,17 @@ impl GcmaDevice {
             PoolError::UnknownPool(_) => Response::status(status::UNKNOWN_POOL),
             PoolError::UnknownGrant(_) => Response::status(status::UNKNOWN_GRANT),
             PoolError::Invalid(_) => Response::status(status::BAD_REQUEST),
-            PoolError::Exhausted { available, .. } => Response {
+            // The pool's own numbers (pages left, longest run) would tell this guest how much
+            // its neighbours hold: it learns only what it holds itself.
+            PoolError::Exhausted { .. } => Response {
                 status: status::NO_SPACE,
                 value0: no_space::EXHAUSTED,
-                value1: available,
+                value1: self.window.usage().granted_pages,
             },
-            PoolError::Fragmented { largest_run, .. } => Response {
+            PoolError::Fragmented { .. } => Response {
                 status: status::NO_SPACE,
                 value0: no_space::FRAGMENTED,
-                value1: largest_run,
+                value1: self.window.usage().granted_pages,
             },
             PoolError::Rejected(r) => Response {
                 status: status::REJECTED,
