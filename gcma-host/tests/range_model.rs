@@ -1,9 +1,10 @@
 //! The range allocator against a simple model (a sorted list of free ranges), over random sequences
-//! of every operation, plus regression tests for defects found in peer allocators.
+//! of every operation and limits on the nodes a search may visit, plus regression tests for
+//! defects found in peer allocators and for searches a guest can make expensive.
 
 use std::collections::BTreeMap;
 
-use gcma_host::range::{RangeAllocator, RangeError, SEARCH_BUDGET};
+use gcma_host::range::{RangeAllocator, RangeError, DEFAULT_MAX_VISITS, SEARCH_BUDGET};
 use proptest::prelude::*;
 
 const TOP: u128 = 1 << 64;
@@ -66,10 +67,15 @@ impl Model {
     }
 
     /// Checks `got` against the model's lowest fit and, if valid, applies it to the model. The
-    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks.
+    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks, or
+    /// when its visits (`s.cap`) may have run out before it walked the whole tree; it may give up
+    /// ([`RangeError::SearchLimit`]) only when the visits cannot cover three walks of the tree,
+    /// and, for an unwindowed request with visits enough for the `len + align - 1` descent, only
+    /// when no free block of `len + align - 1` exists.
     fn alloc_in(
         &mut self,
         got: &Result<u64, RangeError>,
+        s: Search,
         len: u64,
         align: u64,
         lo: u128,
@@ -78,6 +84,26 @@ impl Model {
         check(len, align)?;
         if lo >= hi {
             return Err(RangeError::NoSpace { len, align });
+        }
+        let n = self.free.len() as u64;
+        let h = avl_height_bound(n);
+        assert!(s.visits <= s.cap, "{} visits, limit {}", s.visits, s.cap);
+        if let Err(RangeError::SearchLimit { visited, .. }) = got {
+            assert_eq!(*visited, s.visits);
+            assert!(
+                u64::from(s.cap) < 3 * n + h + 4,
+                "gave up with {} visits allowed for {n} free blocks",
+                s.cap
+            );
+            let len2 = len as u128 + align as u128 - 1;
+            if !s.windowed && u64::from(s.cap) >= 8 * h + 16 {
+                assert!(
+                    self.free.iter().all(|&(a, b)| b - a < len2),
+                    "gave up although a free block of len + align - 1 exists: {:?}",
+                    self.free
+                );
+            }
+            return got.clone();
         }
         let (want, rejected) = self.lowest_fit(len, align, lo, hi);
         let Some(w) = want else {
@@ -92,8 +118,9 @@ impl Model {
                     && self.free.iter().any(|&(a, b)| a <= g && g + len_w <= b);
                 let skipped = rejected.iter().filter(|&&r| (r as u128) < g).count();
                 assert!(fits, "allocator returned {g:#x}, which does not fit");
+                let visits_short = u64::from(s.cap / 2) < n + h + 2;
                 assert!(
-                    g > w as u128 && skipped as u32 >= SEARCH_BUDGET,
+                    g > w as u128 && (skipped as u32 >= SEARCH_BUDGET || visits_short),
                     "allocator returned {g:#x}, lowest fit is {w:#x}, only {skipped} blocks skipped"
                 );
                 g as u64
@@ -104,8 +131,24 @@ impl Model {
         Ok(chosen)
     }
 
-    fn top_down(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
+    fn top_down(
+        &mut self,
+        got: &Result<u64, RangeError>,
+        s: Search,
+        len: u64,
+        align: u64,
+    ) -> Result<u64, RangeError> {
         check(len, align)?;
+        assert!(s.visits <= s.cap, "{} visits, limit {}", s.visits, s.cap);
+        if let Err(RangeError::SearchLimit { .. }) = got {
+            let n = self.free.len() as u64;
+            assert!(
+                u64::from(s.cap) < n,
+                "top-down search gave up with {} visits allowed for {n} free blocks",
+                s.cap
+            );
+            return got.clone();
+        }
         let (len_w, al) = (len as u128, align as u128);
         let found = self.free.iter().rev().find_map(|&(a, b)| {
             let s = b.checked_sub(len_w)? / al * al;
@@ -160,6 +203,20 @@ impl Model {
     fn free_list(&self) -> Vec<(u128, u128)> {
         self.free.clone()
     }
+}
+
+/// How a search went: the most nodes it could visit, how many it did, and whether its range was
+/// limited to a window.
+#[derive(Clone, Copy, Debug)]
+struct Search {
+    cap: u32,
+    visits: u32,
+    windowed: bool,
+}
+
+/// An upper bound on the height of an AVL tree of `n` nodes (1.4405 log2(n + 2)).
+fn avl_height_bound(n: u64) -> u64 {
+    (1.4405 * ((n + 2) as f64).log2()).ceil() as u64
 }
 
 fn check(len: u64, align: u64) -> Result<(), RangeError> {
@@ -245,6 +302,17 @@ fn ops(base: u64, len: u64) -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op, 1..120)
 }
 
+/// Limits on the nodes one search visits: unlimited, the default, and ones small enough to bind
+/// on the model's trees.
+fn visit_cap() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        2 => Just(u32::MAX),
+        2 => Just(DEFAULT_MAX_VISITS),
+        1 => Just(1u32),
+        2 => 2u32..64,
+    ]
+}
+
 /// Spans at the edges of the address space.
 fn span() -> impl Strategy<Value = (u64, u64)> {
     prop_oneof![
@@ -268,22 +336,38 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn matches_model((base, len) in span(), ops in span().prop_flat_map(|(b, l)| ops(b, l))) {
+    fn matches_model(
+        (base, len) in span(),
+        ops in span().prop_flat_map(|(b, l)| ops(b, l)),
+        cap in visit_cap(),
+    ) {
         let mut a = RangeAllocator::new(base, len).unwrap();
+        a.set_max_visits(cap);
+        let cap = a.max_visits();
         let mut m = Model::new(base, len);
         for op in ops {
+            let search = |a: &RangeAllocator, windowed| Search {
+                cap,
+                visits: a.last_alloc_visits(),
+                windowed,
+            };
             let (got, want) = match op {
                 Op::Alloc { len, align } => {
                     let got = a.alloc(len, align);
-                    let want = m.alloc_in(&got, len, align, 0, TOP);
+                    let want = m.alloc_in(&got, search(&a, false), len, align, 0, TOP);
                     (got, want)
                 }
                 Op::AllocIn { len, align, lo, hi } => {
                     let got = a.alloc_in(len, align, lo..hi);
-                    let want = m.alloc_in(&got, len, align, lo as u128, hi as u128);
+                    let want =
+                        m.alloc_in(&got, search(&a, true), len, align, lo as u128, hi as u128);
                     (got, want)
                 }
-                Op::TopDown { len, align } => (a.alloc_top_down(len, align), m.top_down(len, align)),
+                Op::TopDown { len, align } => {
+                    let got = a.alloc_top_down(len, align);
+                    let want = m.top_down(&got, search(&a, false), len, align);
+                    (got, want)
+                }
                 Op::Reserve { at, len } => (
                     a.reserve(at, len).map(|()| at),
                     m.reserve(at, len).map(|()| at),
@@ -498,5 +582,67 @@ fn many_blocks_stay_balanced() {
     for x in xs.iter().skip(1).step_by(2) {
         a.free(*x).unwrap();
     }
+    a.check_invariants().unwrap();
+}
+
+/// A guest that fragments the space with one-unit blocks freed every other unit, then asks for an
+/// alignment no hole has: every hole is long enough, none fits. Without a limit the search walks
+/// all of them (the cost the pool used to pay under its lock per request).
+fn one_unit_holes(n: u64) -> RangeAllocator {
+    let mut a = RangeAllocator::new(0, 2 * n).unwrap();
+    for _ in 0..2 * n {
+        a.alloc(1, 1).unwrap();
+    }
+    for i in 0..n {
+        a.free(2 * i + 1).unwrap();
+    }
+    assert_eq!(a.nr_free_blocks(), n as usize);
+    a
+}
+
+#[test]
+fn misaligned_requests_on_fragmented_space_stop_at_the_visit_limit() {
+    let mut a = one_unit_holes(32_768);
+    assert_eq!(a.max_visits(), DEFAULT_MAX_VISITS);
+    let before: Vec<_> = a.iter_free().collect();
+    // No hole can hold an even start: the search gives up within its visits.
+    let r = a.alloc(1, 2);
+    assert!(
+        matches!(r, Err(RangeError::SearchLimit { len: 1, align: 2, visited }) if visited <= DEFAULT_MAX_VISITS),
+        "{r:?}"
+    );
+    assert!(a.last_alloc_visits() <= DEFAULT_MAX_VISITS);
+    // No block is two units long: the augmented maximum proves it at the root.
+    assert_eq!(a.alloc(2, 1), Err(RangeError::NoSpace { len: 2, align: 1 }));
+    assert_eq!(a.last_alloc_visits(), 1);
+    assert_eq!(
+        a.iter_free().collect::<Vec<_>>(),
+        before,
+        "failures change nothing"
+    );
+    // Unlimited, the same request walks every hole to prove there is no fit.
+    a.set_max_visits(u32::MAX);
+    assert_eq!(a.alloc(1, 2), Err(RangeError::NoSpace { len: 1, align: 2 }));
+    assert!(a.last_alloc_visits() > 32_768, "{}", a.last_alloc_visits());
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_tight_fit_beyond_the_visit_limit_is_not_looked_for() {
+    // Thousands of 3-unit holes [8i+1, 8i+4) (no 4-aligned start for 2 units in any), then the
+    // only fit, [8n+4, 8n+6), exactly 2 units: no block has len + align - 1 = 5 units.
+    let n = 4096u64;
+    let mut a = RangeAllocator::new(0, 8 * n + 8).unwrap();
+    for i in 0..n {
+        a.reserve(8 * i, 1).unwrap();
+        a.reserve(8 * i + 4, 4).unwrap();
+    }
+    a.reserve(8 * n, 4).unwrap();
+    a.reserve(8 * n + 6, 2).unwrap();
+    let r = a.alloc(2, 4);
+    assert!(matches!(r, Err(RangeError::SearchLimit { .. })), "{r:?}");
+    assert!(a.last_alloc_visits() <= DEFAULT_MAX_VISITS);
+    a.set_max_visits(u32::MAX);
+    assert_eq!(a.alloc(2, 4), Ok(8 * n + 4));
     a.check_invariants().unwrap();
 }

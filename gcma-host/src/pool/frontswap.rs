@@ -133,7 +133,11 @@ impl Pool {
                 None => Err(std::io::Error::other("no backing file")),
             };
             if let Err(e) = written {
-                log::warn!("gcma pool: backing write failed: {e}");
+                crate::guest_warn!(
+                    self.logs,
+                    super::LOG_BACKING_WRITE,
+                    "gcma pool: backing write failed: {e}"
+                );
                 Counters::add(&self.counters.backing_write_errors, 1);
                 let mut g = self.lock();
                 g.slots.release(s);
@@ -391,7 +395,11 @@ impl Pool {
                 |(_, _, _, s, data)| match file.write_all_at(data, slot_offset(*s)) {
                     Ok(()) => true,
                     Err(e) => {
-                        log::warn!("gcma pool: write-back failed, page kept in host memory: {e}");
+                        crate::guest_warn!(
+                            self.logs,
+                            super::LOG_WRITE_BACK,
+                            "gcma pool: write-back failed, page kept in host memory: {e}"
+                        );
                         false
                     }
                 },
