@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use gcma_host::api::{CleancacheKey, FrontswapKey, GcmaBackend, PoolError, RejectReason};
+use gcma_host::guest_warn;
 use log::debug;
 
 use super::device::GcmaDevice;
@@ -16,6 +17,7 @@ use super::proto::{
     REQUEST_HEADER_LEN, RESPONSE_LEN, STAT_ENTRY_LEN,
 };
 use super::window::GrantError;
+use crate::log_kinds;
 use crate::transport::chain::{ChainRef, Desc};
 use crate::transport::drain::{Chain, Completion};
 use crate::transport::stream::{read_stream, stream_len, write_stream};
@@ -32,9 +34,10 @@ impl GcmaDevice {
         let (chain, valid) = match chain {
             Chain::Valid(c) => (c, true),
             Chain::Rejected { chain, error } => {
-                let n = self.metrics.rejected_chain();
+                self.metrics.rejected_chain();
                 guest_warn!(
-                    n,
+                    self.logs,
+                    log_kinds::GCMA_REJECTED_CHAIN,
                     "virtio-gcma {}: queue {queue}: chain {}: {error}",
                     self.name,
                     chain.head
@@ -283,8 +286,13 @@ impl GcmaDevice {
             },
             Err(GrantError::Pool(e)) => self.pool_error(e),
             Err(e) => {
-                let n = self.metrics.map_failed();
-                guest_warn!(n, "virtio-gcma {}: mapping a grant failed: {e}", self.name);
+                self.metrics.map_failed();
+                guest_warn!(
+                    self.logs,
+                    log_kinds::GCMA_MAP_FAILED,
+                    "virtio-gcma {}: mapping a grant failed: {e}",
+                    self.name
+                );
                 Response::status(status::MAP_FAILED)
             }
         }
@@ -303,9 +311,10 @@ impl GcmaDevice {
             Err(GrantError::Pool(e)) => self.pool_error(e),
             Err(e) => {
                 // The unmap failed: the guest keeps the grant rather than share it with anyone.
-                let n = self.metrics.map_failed();
+                self.metrics.map_failed();
                 guest_warn!(
-                    n,
+                    self.logs,
+                    log_kinds::GCMA_MAP_FAILED,
                     "virtio-gcma {}: freeing the grant at {gpa:#x}: {e}",
                     self.name
                 );
@@ -342,8 +351,13 @@ impl GcmaDevice {
                 value1: 0,
             },
             PoolError::UnknownClient(_) | PoolError::Io(_) => {
-                let n = self.metrics.pool_error();
-                guest_warn!(n, "virtio-gcma {}: pool error: {e}", self.name);
+                self.metrics.pool_error();
+                guest_warn!(
+                    self.logs,
+                    log_kinds::GCMA_POOL_ERROR,
+                    "virtio-gcma {}: pool error: {e}",
+                    self.name
+                );
                 Response::status(status::IO_ERROR)
             }
         }
