@@ -111,6 +111,16 @@ impl Pool {
         PoolError::Rejected(r)
     }
 
+    /// Put-back policy: the most frontswap pages one client may hold while `clients` clients are
+    /// registered (see [`super::PoolConfig::client_put_back_limit_pages`]).
+    pub(super) fn client_put_back_limit(&self, clients: u64) -> u64 {
+        let pool = self.cfg.put_back_limit_pages;
+        match self.cfg.client_put_back_limit_pages {
+            Some(n) => n.min(pool),
+            None => pool.div_ceil(clients.max(1)),
+        }
+    }
+
     pub(super) fn fs_store(
         &self,
         client: ClientId,
@@ -214,7 +224,10 @@ impl Pool {
             {
                 return refuse(g, RejectReason::ClientLimit);
             }
-            if policy == FrontswapPolicy::PutBack && g.fs_stored >= self.cfg.put_back_limit_pages {
+            if policy == FrontswapPolicy::PutBack
+                && (g.fs_stored >= self.cfg.put_back_limit_pages
+                    || client_count >= self.client_put_back_limit(g.clients.live()))
+            {
                 return refuse(g, RejectReason::PutBackLimit);
             }
         }

@@ -119,8 +119,14 @@ pub struct PoolConfig {
     /// Directory of the sparse backing file (write-through / write-back); the file is unlinked at
     /// once. `None` uses the system temporary directory.
     pub backing_dir: Option<PathBuf>,
-    /// Put-back policy: most frontswap pages accepted at once (pool-wide).
+    /// Put-back policy: most frontswap pages accepted at once (pool-wide, the ceiling of every
+    /// client's share below).
     pub put_back_limit_pages: u64,
+    /// Put-back policy: most frontswap pages one client may hold at once. `None`: an equal share
+    /// of [`Self::put_back_limit_pages`] among the registered clients (rounded up), so that one
+    /// guest cannot take the whole limit and get every other guest's stores rejected. Never more
+    /// than the pool-wide limit.
+    pub client_put_back_limit_pages: Option<u64>,
     /// Most frontswap pages one client may hold; `None` for no limit. Under write-through a store
     /// is accepted into the backing file even when no pool page is free, so without a limit one
     /// client can grow the backing file without bound: set this for untrusted guests.
@@ -148,6 +154,7 @@ impl PoolConfig {
             frontswap_policy: FrontswapPolicy::WriteThrough,
             backing_dir: None,
             put_back_limit_pages: nr_pages,
+            client_put_back_limit_pages: None,
             client_frontswap_limit_pages: None,
             max_search_nodes: DEFAULT_MAX_VISITS,
             log_limit: LogLimit::default(),
