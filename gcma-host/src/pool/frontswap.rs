@@ -2,14 +2,17 @@
 //! until the key is invalidated or replaced, wherever the data moved (pool page, host memory
 //! outside the pool, backing file). See the [pool documentation](super) for the three policies.
 
+use std::cmp::Reverse;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::backing::slot_offset;
 use super::metrics::{reject_index, Counters, EvictReason};
 use super::pages::{PageState, Tenant};
 use super::reservation::Reservation;
-use super::{Inner, Pool};
+use super::{Inner, Pool, WRITE_BACK_RETRY_BASE, WRITE_BACK_RETRY_BATCH, WRITE_BACK_RETRY_MAX};
 use crate::api::{ClientId, FrontswapKey, FrontswapPolicy, PoolError, RejectReason, PAGE_SIZE};
 
 /// Where the data of an accepted frontswap page lives.
@@ -35,6 +38,24 @@ pub(super) struct FsEntry {
 
 /// A write-back due after the lock is released: (client, key, generation).
 pub(super) type Writeout = (u32, FrontswapKey, u64);
+
+/// A write-back that failed, due again at `not_before`. Ordered by that time first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WbRetry {
+    pub(super) not_before: Instant,
+    pub(super) gen: u64,
+    pub(super) client: u32,
+    pub(super) key: FrontswapKey,
+    /// Attempts that failed so far.
+    pub(super) failures: u32,
+}
+
+/// The wait after `failures` failed attempts: [`WRITE_BACK_RETRY_BASE`] doubled for each
+/// further failure, at most [`WRITE_BACK_RETRY_MAX`].
+pub(super) fn write_back_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    (WRITE_BACK_RETRY_BASE * (1u32 << doublings)).min(WRITE_BACK_RETRY_MAX)
+}
 
 impl Inner {
     /// Evicts frontswap page `page` of (`client`, `key`): if a durable copy exists in the backing
@@ -369,19 +390,45 @@ impl Pool {
     }
 
     /// Writes evicted write-back pages to the backing file, with the lock released, then points
-    /// their entries at the file unless they changed meanwhile.
+    /// their entries at the file unless they changed meanwhile. Failed write-backs whose backoff
+    /// has passed are tried again here too (at most [`WRITE_BACK_RETRY_BATCH`] per call); one that
+    /// fails again waits twice as long (up to [`WRITE_BACK_RETRY_MAX`]), its page kept in host
+    /// memory meanwhile, so that a backing file that fails for a while loses nothing and is not
+    /// hammered.
     pub(super) fn process_writeouts(&self, writeouts: Vec<Writeout>) {
-        if writeouts.is_empty() {
+        let retries_queued = self.wb_retry_queued.load(Ordering::Relaxed) > 0;
+        if writeouts.is_empty() && !retries_queued {
             return;
         }
         let Some(file) = self.backing.as_ref() else {
             return;
         };
+        // (client, key, generation, failures so far, slot, data)
         let mut jobs = Vec::with_capacity(writeouts.len());
         {
             let mut g = self.lock();
             let g = &mut *g;
-            for (client, key, gen) in writeouts {
+            let mut due: Vec<(u32, FrontswapKey, u64, u32)> = writeouts
+                .into_iter()
+                .map(|(c, k, gen)| (c, k, gen, 0))
+                .collect();
+            if retries_queued {
+                let now = Instant::now();
+                let mut taken = 0;
+                while taken < WRITE_BACK_RETRY_BATCH {
+                    match g.wb_retry.peek() {
+                        Some(Reverse(r)) if r.not_before <= now => {}
+                        _ => break,
+                    }
+                    if let Some(Reverse(r)) = g.wb_retry.pop() {
+                        due.push((r.client, r.key, r.gen, r.failures));
+                        taken += 1;
+                    }
+                }
+                self.wb_retry_queued
+                    .store(g.wb_retry.len() as u64, Ordering::Relaxed);
+            }
+            for (client, key, gen, failures) in due {
                 let Some(c) = g.clients.by_slot(client) else {
                     continue;
                 };
@@ -397,30 +444,37 @@ impl Pool {
                 {
                     if *eg == gen {
                         let data = Arc::clone(data);
-                        jobs.push((client, key, gen, g.slots.alloc(), data));
+                        jobs.push((client, key, gen, failures, g.slots.alloc(), data));
                     }
                 }
             }
         }
+        if jobs.is_empty() {
+            return;
+        }
+        let retried = jobs.iter().filter(|j| j.3 > 0).count() as u64;
+        Counters::add(&self.counters.write_back_retries, retried);
         let results: Vec<bool> = jobs
             .iter()
             .map(
-                |(_, _, _, s, data)| match file.write_all_at(data, slot_offset(*s)) {
+                |(_, _, _, _, s, data)| match file.write_all_at(data, slot_offset(*s)) {
                     Ok(()) => true,
                     Err(e) => {
                         crate::guest_warn!(
                             self.logs,
                             super::LOG_WRITE_BACK,
-                            "gcma pool: write-back failed, page kept in host memory: {e}"
+                            "gcma pool: write-back failed, page kept in host memory and retried \
+                             later: {e}"
                         );
                         false
                     }
                 },
             )
             .collect();
+        let now = Instant::now();
         let mut g = self.lock();
         let g = &mut *g;
-        for ((client, key, gen, s, _), ok) in jobs.into_iter().zip(results) {
+        for ((client, key, gen, failures, s, _), ok) in jobs.into_iter().zip(results) {
             let entry = g
                 .clients
                 .by_slot_mut(client)
@@ -435,17 +489,27 @@ impl Pool {
                     Counters::add(&self.counters.written_back_pages, 1);
                 }
                 Some(e) => {
-                    if let FsLoc::Host { pending, .. } = &mut e.loc {
-                        *pending = false;
-                    }
                     if !ok {
                         Counters::add(&self.counters.backing_write_errors, 1);
+                        // Still pending: tried again after the backoff.
+                        let failures = failures.saturating_add(1);
+                        g.wb_retry.push(Reverse(WbRetry {
+                            not_before: now + write_back_backoff(failures),
+                            gen,
+                            client,
+                            key,
+                            failures,
+                        }));
+                    } else if let FsLoc::Host { pending, .. } = &mut e.loc {
+                        *pending = false;
                     }
                     g.slots.release(s);
                 }
                 None => g.slots.release(s),
             }
         }
+        self.wb_retry_queued
+            .store(g.wb_retry.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) struct Counters {
     pub backing_writes: AtomicU64,
     pub backing_write_errors: AtomicU64,
     pub written_back_pages: AtomicU64,
+    /// Attempts to write back a page whose earlier write-back failed.
+    pub write_back_retries: AtomicU64,
     pub put_back_pages: AtomicU64,
     /// `[reason][0 = cleancache, 1 = frontswap]`.
     pub evictions: [[AtomicU64; 2]; 2],
@@ -184,6 +186,10 @@ pub struct PoolStats {
     pub backing_write_errors: u64,
     /// Pages written to the backing file on eviction (write-back).
     pub written_back_pages: u64,
+    /// Attempts to write back a page whose earlier write-back failed.
+    pub write_back_retries: u64,
+    /// Failed write-backs waiting for their next attempt (their pages are in host memory).
+    pub write_back_retry_queued: u64,
     /// Pages copied to host memory on eviction (put-back).
     pub put_back_pages: u64,
     /// Evictions for grants: cleancache pages, frontswap pages.
@@ -231,6 +237,7 @@ impl PoolStats {
         self.backing_writes = g(&c.backing_writes);
         self.backing_write_errors = g(&c.backing_write_errors);
         self.written_back_pages = g(&c.written_back_pages);
+        self.write_back_retries = g(&c.write_back_retries);
         self.put_back_pages = g(&c.put_back_pages);
         self.evictions_grant = std::array::from_fn(|i| g(&c.evictions[0][i]));
         self.evictions_pressure = std::array::from_fn(|i| g(&c.evictions[1][i]));
@@ -451,6 +458,18 @@ impl Collector for PoolCollector {
             "gcma_written_back_pages",
             "Pages written to the backing file on eviction.",
             s.written_back_pages,
+        )?;
+        counter(
+            e,
+            "gcma_write_back_retries",
+            "Attempts to write back a page whose earlier write-back failed (with backoff).",
+            s.write_back_retries,
+        )?;
+        gauge(
+            e,
+            "gcma_write_back_retry_queued",
+            "Failed write-backs waiting for their next attempt, their pages kept in host memory.",
+            s.write_back_retry_queued,
         )?;
         counter(
             e,

@@ -71,11 +71,14 @@ pub mod metrics;
 pub mod pages;
 pub mod reservation;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::api::{
     CleancacheKey, ClientId, ContigGrant, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError,
@@ -187,6 +190,8 @@ pub(crate) struct Inner {
     fs_stored: u64,
     live_grants: u64,
     next_gen: u64,
+    /// Write-backs that failed, waiting for their next attempt (earliest first).
+    wb_retry: BinaryHeap<Reverse<frontswap::WbRetry>>,
 }
 
 impl Inner {
@@ -230,6 +235,7 @@ pub(crate) fn snapshot(inner: &Mutex<Inner>, counters: &Counters, nr_pages: u64)
         s.frontswap_stored_pages = g.fs_stored;
         s.clients = g.clients.live();
         s.live_grants = g.live_grants;
+        s.write_back_retry_queued = g.wb_retry.len() as u64;
     }
     s.fill_counters(counters);
     s
@@ -263,6 +269,8 @@ pub struct Pool {
     grants_waiting: AtomicU32,
     /// Limits the log lines clients can provoke (see [`LOG_KINDS`]).
     logs: Arc<LogLimiter>,
+    /// Length of `Inner::wb_retry`, read without the lock to skip retries when none wait.
+    wb_retry_queued: AtomicU64,
 }
 
 /// Kinds of log lines the pool writes through its [`LogLimiter`]: a backing-file write that
@@ -273,6 +281,13 @@ pub const LOG_KINDS: &[&str] = &[LOG_BACKING_WRITE, LOG_WRITE_BACK];
 pub const LOG_BACKING_WRITE: &str = "pool_backing_write_failed";
 /// Log kind: a write-back eviction's backing-file write failed.
 pub const LOG_WRITE_BACK: &str = "pool_write_back_failed";
+
+/// First wait before a failed write-back is tried again; each further failure doubles it.
+pub const WRITE_BACK_RETRY_BASE: Duration = Duration::from_millis(10);
+/// Longest wait between two attempts of a failed write-back.
+pub const WRITE_BACK_RETRY_MAX: Duration = Duration::from_secs(10);
+/// Most failed write-backs retried per call, so that a retry pass costs a bounded lock hold.
+pub const WRITE_BACK_RETRY_BATCH: usize = 32;
 
 /// How long a second-class operation defers to waiting grants before taking its turn anyway.
 const MAX_YIELD_SPINS: u32 = 1000;
@@ -316,6 +331,7 @@ impl Pool {
             fs_stored: 0,
             live_grants: 0,
             next_gen: 0,
+            wb_retry: BinaryHeap::new(),
         };
         log::info!(
             "gcma pool: {} pages ({} MiB){}{}, frontswap {:?}",
@@ -332,6 +348,7 @@ impl Pool {
             counters: Arc::new(Counters::default()),
             backing,
             grants_waiting: AtomicU32::new(0),
+            wb_retry_queued: AtomicU64::new(0),
             logs,
         }))
     }
@@ -395,6 +412,17 @@ impl Pool {
     /// The name a client registered with.
     pub fn client_name(&self, client: ClientId) -> Result<String, PoolError> {
         Ok(self.lock().client(client)?.name.clone())
+    }
+
+    /// Retries the backing-file writes of write-back evictions that failed and whose backoff
+    /// has passed (at most [`WRITE_BACK_RETRY_BATCH`] per call). Retries also run after every
+    /// store and grant; a daemon's housekeeping tick calls this so that they run when the pool is
+    /// quiet too. Returns how many writes were attempted.
+    pub fn retry_write_backs(&self) -> u64 {
+        let retries = || self.counters.write_back_retries.load(Ordering::Relaxed);
+        let before = retries();
+        self.process_writeouts(Vec::new());
+        retries() - before
     }
 
     /// Zeroes up to `max_pages` free pages that may hold old bytes, so that later grants find
