@@ -10,6 +10,8 @@
 //! - [`gcma`]: virtio-gcma: the wire format (`gcma::proto`, `no_std`, built without `device`
 //!   too), the device model, the `GrantMapper` seam the VMM implements, per-queue/per-status
 //!   counters, and (feature `test-utils`) a memfd-backed grant mapper.
+//! - [`blk`]: virtio-blk device logic (request parsing and checks, config space, counters) over
+//!   a `BlkBackend` trait; `gcma-hostd` serves it over vhost-user with pool-backed backends.
 //! - [`error`]: the crate's error types.
 //! - [`log_kinds`]: the kinds of log lines a guest can trigger here; every such line goes through
 //!   the VM's `gcma_host::log_limit::LogLimiter`, which the transport shares with its device.
@@ -18,6 +20,8 @@
 
 #![cfg_attr(not(feature = "device"), no_std)]
 
+#[cfg(feature = "device")]
+pub mod blk;
 #[cfg(feature = "device")]
 pub mod error;
 pub mod gcma;

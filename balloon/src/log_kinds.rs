@@ -30,7 +30,24 @@ pub const BALLOON_BAD_PFNS: &str = "balloon_bad_pfns";
 /// virtio-balloon: releasing host memory failed.
 pub const BALLOON_RELEASE_FAILED: &str = "balloon_release_failed";
 
-/// Every kind above, to declare them with the limiter so that their counts show from the start.
+/// virtio-blk: a broken ring (the disk needs a reset).
+pub const BLK_BROKEN_RING: &str = "blk_broken_ring";
+/// virtio-blk: a chain that cannot be answered (no status byte, outside guest memory).
+pub const BLK_UNANSWERABLE: &str = "blk_unanswerable_chain";
+/// virtio-blk: a malformed or out-of-range request, answered with an error status.
+pub const BLK_REFUSED: &str = "blk_request_refused";
+/// virtio-blk: the storage failed a request.
+pub const BLK_IO_FAILED: &str = "blk_io_failed";
+
+/// The virtio-blk kinds, for a disk's limiter (`BlkQueue::set_log_limiter`).
+pub const ALL_BLK: &[&str] = &[
+    BLK_BROKEN_RING,
+    BLK_UNANSWERABLE,
+    BLK_REFUSED,
+    BLK_IO_FAILED,
+];
+
+/// Every virtio-mmio, virtio-gcma and virtio-balloon kind above, to declare them with the limiter so that their counts show from the start.
 pub const ALL: &[&str] = &[
     MMIO_NEEDS_RESET,
     MMIO_DRIVER_FAILED,

@@ -5,7 +5,7 @@
 use gcma_host::api::{
     FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError, RejectReason, PAGE_SIZE,
 };
-use gcma_host::pool::{Pool, PoolConfig};
+use gcma_host::pool::{ClientOptions, Pool, PoolConfig};
 
 fn key(offset: u64) -> FrontswapKey {
     FrontswapKey { area: 0, offset }
@@ -53,14 +53,17 @@ fn a_guest_storing_without_end_leaves_the_others_their_share() {
 }
 
 #[test]
-fn a_configured_client_limit_applies_under_the_pool_wide_ceiling() {
+fn a_clients_own_limit_applies_under_the_pool_wide_ceiling() {
     let mut cfg = PoolConfig::new(256);
     cfg.frontswap_policy = FrontswapPolicy::PutBack;
     cfg.put_back_limit_pages = 30;
-    cfg.client_put_back_limit_pages = Some(20);
     let p = Pool::new(cfg).unwrap();
-    let a = p.register_client("a");
-    let b = p.register_client("b");
+    let own = ClientOptions {
+        put_back_limit_pages: Some(20),
+        ..ClientOptions::default()
+    };
+    let a = p.register_client_with("a", own.clone());
+    let b = p.register_client_with("b", own);
     assert_eq!(store_many(&p, a, 100), 20);
     // The pool-wide ceiling still holds: 10 left for b, not 20.
     assert_eq!(store_many(&p, b, 100), 10);

@@ -27,12 +27,12 @@ fn set_file_size_limit(bytes: libc::rlim_t) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
 }
 
-/// Calls `retry_write_backs` until `done` holds; panics (with the last stats) after a generous
+/// Calls `retry_writebacks` until `done` holds; panics (with the last stats) after a generous
 /// deadline, which only a missing retry reaches.
 fn retry_until(p: &Pool, what: &str, done: impl Fn(&PoolStats) -> bool) -> PoolStats {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        p.retry_write_backs();
+        p.retry_writebacks();
         let s = p.stats();
         if done(&s) {
             return s;
@@ -65,16 +65,16 @@ fn failed_write_backs_are_retried_with_backoff_until_they_land() {
     assert_eq!(s.backing_write_errors, PAGES);
     assert_eq!(s.frontswap_host_pages, PAGES, "kept in host memory");
     assert_eq!(
-        s.write_back_retry_queued, PAGES,
+        s.writebacks_waiting, PAGES,
         "every failed page waits for a retry"
     );
     // While the file still fails, retries fail too and stay queued (each waiting longer).
     let s = retry_until(&p, "a second failed round", |s| {
-        s.write_back_retries >= 2 * PAGES
+        s.writeback_retries >= 2 * PAGES
     });
     assert_eq!(s.written_back_pages, 0);
-    assert_eq!(s.write_back_retry_queued, PAGES);
-    assert_eq!(s.backing_write_errors, PAGES + s.write_back_retries);
+    assert_eq!(s.writebacks_waiting, PAGES);
+    assert_eq!(s.backing_write_errors, PAGES + s.writeback_retries);
 
     // The file works again: the next retries write every page, and host memory is given back.
     set_file_size_limit(libc::RLIM_INFINITY);
@@ -83,8 +83,8 @@ fn failed_write_backs_are_retried_with_backoff_until_they_land() {
     });
     assert_eq!(s.frontswap_host_pages, 0);
     assert_eq!(s.frontswap_backing_only_pages, PAGES);
-    assert_eq!(s.write_back_retry_queued, 0);
-    assert_eq!(p.retry_write_backs(), 0, "nothing left to retry");
+    assert_eq!(s.writebacks_waiting, 0);
+    assert_eq!(p.retry_writebacks(), 0, "nothing left to retry");
     let mut out = [0u8; PAGE_SIZE];
     for i in 0..PAGES {
         assert!(p.frontswap_load(c, key(i), &mut out).unwrap());

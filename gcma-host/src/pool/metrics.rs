@@ -57,9 +57,11 @@ pub(crate) struct Counters {
     pub fs_invalidates: AtomicU64,
     pub backing_writes: AtomicU64,
     pub backing_write_errors: AtomicU64,
+    pub file_writes: AtomicU64,
+    pub writeback_retries: AtomicU64,
+    pub fs_cap_hits: AtomicU64,
+    pub cc_cap_drops: AtomicU64,
     pub written_back_pages: AtomicU64,
-    /// Attempts to write back a page whose earlier write-back failed.
-    pub write_back_retries: AtomicU64,
     pub put_back_pages: AtomicU64,
     /// `[reason][0 = cleancache, 1 = frontswap]`.
     pub evictions: [[AtomicU64; 2]; 2],
@@ -184,12 +186,19 @@ pub struct PoolStats {
     pub backing_writes: u64,
     /// Failed writes to the backing file.
     pub backing_write_errors: u64,
+    /// Pages written to clients' own backing files (write-through, stores the pool could not
+    /// keep, write-backs, flushes).
+    pub file_writes: u64,
+    /// Failed write-backs retried.
+    pub writeback_retries: u64,
+    /// Failed write-backs waiting for their next attempt.
+    pub writebacks_waiting: u64,
+    /// Frontswap stores that found their client at its pool-page cap.
+    pub frontswap_cap_hits: u64,
+    /// Cleancache puts dropped because their client was at its pool-page cap.
+    pub cleancache_cap_drops: u64,
     /// Pages written to the backing file on eviction (write-back).
     pub written_back_pages: u64,
-    /// Attempts to write back a page whose earlier write-back failed.
-    pub write_back_retries: u64,
-    /// Failed write-backs waiting for their next attempt (their pages are in host memory).
-    pub write_back_retry_queued: u64,
     /// Pages copied to host memory on eviction (put-back).
     pub put_back_pages: u64,
     /// Evictions for grants: cleancache pages, frontswap pages.
@@ -236,8 +245,11 @@ impl PoolStats {
         self.frontswap_invalidates = g(&c.fs_invalidates);
         self.backing_writes = g(&c.backing_writes);
         self.backing_write_errors = g(&c.backing_write_errors);
+        self.file_writes = g(&c.file_writes);
+        self.writeback_retries = g(&c.writeback_retries);
+        self.frontswap_cap_hits = g(&c.fs_cap_hits);
+        self.cleancache_cap_drops = g(&c.cc_cap_drops);
         self.written_back_pages = g(&c.written_back_pages);
-        self.write_back_retries = g(&c.write_back_retries);
         self.put_back_pages = g(&c.put_back_pages);
         self.evictions_grant = std::array::from_fn(|i| g(&c.evictions[0][i]));
         self.evictions_pressure = std::array::from_fn(|i| g(&c.evictions[1][i]));
@@ -248,6 +260,60 @@ impl PoolStats {
         self.grant_lock_wait_ns = g(&c.grant_lock_wait_ns);
         self.grant_zero_unlocked_ns = g(&c.grant_zero_ns);
     }
+}
+
+/// What one client holds and what it did ([`super::Pool::client_stats`]). Counters are monotonic
+/// over the client's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientStats {
+    /// The name it registered with.
+    pub name: String,
+    /// Whether it has its own backing file.
+    pub own_file: bool,
+    /// Its cap on frontswap pool pages.
+    pub frontswap_cap_pages: Option<u64>,
+    /// Its cap on cleancache pool pages.
+    pub cleancache_cap_pages: Option<u64>,
+    /// Its own put-back limit.
+    pub put_back_limit_pages: Option<u64>,
+    /// Frontswap pages the pool keeps track of (in the pool, in host memory, in a backing file).
+    pub frontswap_stored_pages: u64,
+    /// Of those, in pool pages.
+    pub frontswap_pool_pages: u64,
+    /// Of those, in host memory outside the pool.
+    pub frontswap_host_pages: u64,
+    /// Cleancache pages in the pool.
+    pub cleancache_pages: u64,
+    /// Accepted frontswap stores.
+    pub frontswap_stores: u64,
+    /// Refused frontswap stores.
+    pub frontswap_rejects: u64,
+    /// Stores that found the client at its frontswap cap.
+    pub frontswap_cap_hits: u64,
+    /// Loads served from the pool.
+    pub frontswap_loads_pool: u64,
+    /// Loads served from host memory.
+    pub frontswap_loads_host: u64,
+    /// Loads served from a backing file.
+    pub frontswap_loads_backing: u64,
+    /// Pages written to its own backing file.
+    pub file_writes: u64,
+    /// Pages written back on eviction.
+    pub written_back_pages: u64,
+    /// Pages put back to host memory on eviction.
+    pub put_back_pages: u64,
+    /// Failed write-backs retried.
+    pub writeback_retries: u64,
+    /// Failed writes to a backing file.
+    pub backing_write_errors: u64,
+    /// Cleancache puts (kept or not).
+    pub cleancache_puts: u64,
+    /// Cleancache puts dropped at the cap.
+    pub cleancache_cap_drops: u64,
+    /// Cleancache gets that hit.
+    pub cleancache_hits: u64,
+    /// Cleancache gets that missed.
+    pub cleancache_misses: u64,
 }
 
 /// Encodes a [`PoolStats`] snapshot on every scrape. Registered by [`super::Pool::register_metrics`].
@@ -455,21 +521,39 @@ impl Collector for PoolCollector {
         )?;
         counter(
             e,
-            "gcma_written_back_pages",
-            "Pages written to the backing file on eviction.",
-            s.written_back_pages,
+            "gcma_file_writes",
+            "Pages written to clients' own backing files.",
+            s.file_writes,
         )?;
         counter(
             e,
-            "gcma_write_back_retries",
-            "Attempts to write back a page whose earlier write-back failed (with backoff).",
-            s.write_back_retries,
+            "gcma_writeback_retries",
+            "Failed write-backs retried (the page stays in host memory meanwhile).",
+            s.writeback_retries,
         )?;
         gauge(
             e,
-            "gcma_write_back_retry_queued",
-            "Failed write-backs waiting for their next attempt, their pages kept in host memory.",
-            s.write_back_retry_queued,
+            "gcma_writebacks_waiting",
+            "Failed write-backs waiting for their next attempt.",
+            s.writebacks_waiting,
+        )?;
+        counter(
+            e,
+            "gcma_frontswap_cap_hits",
+            "Frontswap stores that found their client at its pool-page cap.",
+            s.frontswap_cap_hits,
+        )?;
+        counter(
+            e,
+            "gcma_cleancache_cap_drops",
+            "Cleancache puts dropped at their client's pool-page cap.",
+            s.cleancache_cap_drops,
+        )?;
+        counter(
+            e,
+            "gcma_written_back_pages",
+            "Pages written to the backing file on eviction.",
+            s.written_back_pages,
         )?;
         counter(
             e,
