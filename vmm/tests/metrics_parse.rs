@@ -183,6 +183,7 @@ const UNITLESS_COUNTS: &[&str] = &[
     "vmm_guest_log_suppressed_lines",
     "vmm_mailbox_dropped_events",
     "gcma_log_suppressed_lines",
+    "vmm_gcma_stuck_grants",
     "gcma_clients",
     "gcma_live_grants",
     "gcma_grants",
@@ -195,6 +196,9 @@ const UNITLESS_COUNTS: &[&str] = &[
     "gcma_frontswap_rejects",
     "gcma_frontswap_loads",
     "gcma_backing_writes",
+    "gcma_writeback_retries",
+    "gcma_frontswap_cap_hits",
+    "gcma_cleancache_cap_drops",
     "gcma_backing_write_errors",
 ];
 const UNITS: &[&str] = &["_bytes", "_pages", "_seconds"];

@@ -350,13 +350,14 @@ impl GcmaDevice {
                 },
                 value1: 0,
             },
-            PoolError::UnknownClient(_) | PoolError::Io(_) => {
+            PoolError::UnknownClient(_) | PoolError::Io { .. } => {
                 self.metrics.pool_error();
                 guest_warn!(
                     self.logs,
                     log_kinds::GCMA_POOL_ERROR,
-                    "virtio-gcma {}: pool error: {e}",
-                    self.name
+                    "virtio-gcma {}: pool error: {}",
+                    self.name,
+                    gcma_host::api::ErrorChain(&e)
                 );
                 Response::status(status::IO_ERROR)
             }

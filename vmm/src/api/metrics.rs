@@ -194,6 +194,7 @@ impl Collector for VmCollector {
             (vec![], vec![], vec![], vec![]);
         let (mut suppressed, mut out_bytes, mut out_dropped, mut mailbox_dropped) =
             (vec![], vec![], vec![], vec![]);
+        let (mut stuck_grants, mut stuck_pages) = (vec![], vec![]);
         for vm in &vms {
             let name = vm.vm_name();
             let l = |extra: &[(&'static str, &str)]| {
@@ -242,6 +243,8 @@ impl Collector for VmCollector {
                 }
                 grants.push((l(&[]), g.grants));
                 granted_pages.push((l(&[]), g.granted_pages));
+                stuck_grants.push((l(&[]), g.stuck_grants));
+                stuck_pages.push((l(&[]), g.stuck_pages));
             }
             for (kind, n) in vm.log_suppressed() {
                 suppressed.push((l(&[("kind", kind)]), n));
@@ -378,6 +381,21 @@ impl Collector for VmCollector {
             MetricType::Counter,
             &mailbox_dropped,
         )?;
+        family(
+            e,
+            "vmm_gcma_stuck_grants",
+            "Grants whose unmapping from the guest failed: kept granted to this VM (never handed \
+             to another guest) until a retried unmap succeeds.",
+            MetricType::Gauge,
+            &stuck_grants,
+        )?;
+        family(
+            e,
+            "vmm_gcma_stuck_pages",
+            "Pool pages in this VM's stuck grants.",
+            MetricType::Gauge,
+            &stuck_pages,
+        )?;
         Ok(())
     }
 }
@@ -405,6 +423,8 @@ mod tests {
             let mut g = GcmaCounters::default();
             g.by_status[1][status::MISS as usize] = 3;
             g.grants = 2;
+            g.stuck_grants = 1;
+            g.stuck_pages = 16;
             Some(g)
         }
     }
@@ -421,6 +441,8 @@ mod tests {
         assert!(text
             .contains(r#"vmm_gcma_requests_total{vm="vm\"0",queue="cleancache",status="miss"} 3"#));
         assert!(text.contains(r#"vmm_gcma_grants{vm="vm\"0"} 2"#));
+        assert!(text.contains(r#"vmm_gcma_stuck_grants{vm="vm\"0"} 1"#));
+        assert!(text.contains(r#"vmm_gcma_stuck_pages{vm="vm\"0"} 16"#));
         assert!(!text.contains("vmm_balloon_target_bytes{"));
         assert!(text.trim_end().ends_with("# EOF"));
         m.remove_vm("vm\"0");
