@@ -13,29 +13,20 @@
 //! - [`blk`]: virtio-blk device logic (request parsing and checks, config space, counters) over
 //!   a `BlkBackend` trait; `gcma-hostd` serves it over vhost-user with pool-backed backends.
 //! - [`error`]: the crate's error types.
+//! - [`log_kinds`]: the kinds of log lines a guest can trigger here; every such line goes through
+//!   the VM's `gcma_host::log_limit::LogLimiter`, which the transport shares with its device.
 //! - `testing` (feature `test-utils`): a guest-driver stand-in acting only through MMIO registers
 //!   and guest memory.
 
 #![cfg_attr(not(feature = "device"), no_std)]
-
-/// `log::warn!` for events a guest can trigger at will: logs the first 16 occurrences and then
-/// only when the occurrence count `n` (the event's counter after incrementing) is a power of two,
-/// so a hostile guest cannot flood the host log. The counters keep the exact numbers.
-#[cfg(feature = "device")]
-macro_rules! guest_warn {
-    ($n:expr, $($arg:tt)+) => {{
-        let n: u64 = $n;
-        if n <= 16 || n.is_power_of_two() {
-            log::warn!($($arg)+);
-        }
-    }};
-}
 
 #[cfg(feature = "device")]
 pub mod blk;
 #[cfg(feature = "device")]
 pub mod error;
 pub mod gcma;
+#[cfg(feature = "device")]
+pub mod log_kinds;
 #[cfg(feature = "device")]
 pub mod memory_release;
 #[cfg(feature = "test-utils")]

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use balloon::error::DeviceError;
 use balloon::testing::{memfd_guest_memory, CountingIrq, Driver, HarnessError, QueueLayout};
-use balloon::transport::drain::{drain_queue, Chain, Completion};
+use balloon::transport::drain::{drain_queue, Chain, Completion, Drained};
 use balloon::transport::mmio::{regs, MMIO_MAGIC};
 use balloon::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, MmioTransport, Queue, QueueT, ShmRegion,
@@ -63,14 +63,14 @@ impl VirtioDevice for Echo {
         self.running = Some((a.mem, a.queues, a.interrupt));
         Ok(())
     }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError> {
         let (mem, queues, irq) = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
         let q = queues
             .get_mut(usize::from(index))
             .ok_or(DeviceError::NoSuchQueue(index))?;
         let rejected = &mut self.rejected;
         let mut descs = Vec::new();
-        drain_queue(q, mem, irq, &mut descs, u32::MAX, |chain| match chain {
+        drain_queue(q, mem, irq, &mut descs, budget, |chain| match chain {
             Chain::Rejected { .. } => {
                 *rejected += 1;
                 Completion::Used(0)
@@ -94,8 +94,7 @@ impl VirtioDevice for Echo {
         .map_err(|source| DeviceError::BrokenRing {
             queue: index,
             source,
-        })?;
-        Ok(())
+        })
     }
     fn reset(&mut self) {
         self.running = None;

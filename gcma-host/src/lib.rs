@@ -5,9 +5,12 @@
 //! * [`pool`]: the GCMA pool (reservation, page states, contiguous grants, cleancache and
 //!   frontswap as second-class tenants, eviction, metrics).
 //! * [`api`]: the seam devices consume the pool through ([`api::GcmaBackend`]).
+//! * [`log_limit`]: the limiter every log line a guest can trigger goes through (one per VM), used
+//!   by the devices, the VMM and the pool.
 
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod log_limit;
 pub mod pool;
 pub mod range;

@@ -33,10 +33,21 @@
 //! search skips such blocks and returns the exact lowest fit as long as it skips at most
 //! [`SEARCH_BUDGET`] of them. Past that it takes the lowest block of at least `len + align - 1`
 //! (vmalloc's rule: always fits, one more O(log n) descent), and only if no such block exists does
-//! it go on skipping until it finds the exact fit. So an allocation never fails when some free
-//! block can hold it, and the cost stays O(log n) except when nothing but tight, misaligned holes
-//! is left. `alloc_top_down` always returns the exact highest fit, O(log n + k) with k the skipped
-//! blocks.
+//! it go on skipping until it finds the exact fit.
+//!
+//! Every allocation visits at most [`RangeAllocator::max_visits`] tree nodes
+//! ([`DEFAULT_MAX_VISITS`] unless set with [`RangeAllocator::set_max_visits`]), so that its cost is
+//! bounded whatever the free space looks like: the pool allocates under its global lock, and a
+//! guest can shape its free space (one-page grants freed every other page leave thousands of
+//! one-page holes). When the augmented maximum proves that nothing fits (no free block is `len`
+//! long) the answer is [`RangeError::NoSpace`] after one visit. Otherwise the visits are shared out
+//! so that the `len + align - 1` descent always has its share; a search that runs out of visits
+//! fails with [`RangeError::SearchLimit`]. That happens only when the remaining candidates are
+//! long-enough blocks that cannot hold the aligned range (tight, misaligned holes) and there are
+//! more of them than the visits allow: a fit may exist among them, and is not looked for. Before
+//! it runs out, a search may also settle for a block of `len + align - 1` above the lowest fit.
+//! `alloc_top_down` returns the exact highest fit, O(log n + k) with k the skipped blocks, within
+//! the same limit.
 //!
 //! # Example
 //! ```
@@ -91,6 +102,18 @@ pub enum RangeError {
         /// Requested alignment.
         align: u64,
     },
+    /// The search visited [`RangeAllocator::max_visits`] tree nodes without finding a fit: the
+    /// long-enough free blocks it looked at could not hold the aligned range, and a fit may exist
+    /// among the ones it did not look at. Nothing changed.
+    #[error("no fit for length {len:#x} aligned to {align:#x} within {visited} tree nodes")]
+    SearchLimit {
+        /// Requested length.
+        len: u64,
+        /// Requested alignment.
+        align: u64,
+        /// Tree nodes visited.
+        visited: u32,
+    },
     /// Part of the range to reserve is already allocated.
     #[error("range at {start:#x} of length {len:#x} is not entirely free")]
     Busy {
@@ -120,12 +143,36 @@ const NIL: u32 = u32::MAX;
 /// before it falls back to vmalloc's `len + align - 1` rule. See [`RangeAllocator::alloc`].
 pub const SEARCH_BUDGET: u32 = 64;
 
+/// Default for [`RangeAllocator::max_visits`]: tree nodes one allocation may visit.
+pub const DEFAULT_MAX_VISITS: u32 = 256;
+
 /// Outcome of [`RangeAllocator::first_fit`].
 enum Search {
     Found(u32, u64),
     NotFound,
     /// The budget ran out at the block starting here; every block below it was rejected.
     GaveUp(u64),
+    /// The node visits ran out; every block below the one starting here was looked at.
+    OutOfVisits(u64),
+}
+
+/// Tree nodes a search may still visit.
+struct Visits {
+    done: u32,
+    limit: u32,
+    /// Start of the last block whose own length was examined (the search resumes there).
+    resume: u64,
+}
+
+impl Visits {
+    /// Counts one more visit; `false` if the limit is reached.
+    fn take(&mut self) -> bool {
+        if self.done >= self.limit {
+            return false;
+        }
+        self.done += 1;
+        true
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +216,8 @@ pub struct RangeAllocator {
     allocated: HashMap<u64, u64, BuildHasherDefault<StartHasher>>,
     free_bytes: u64,
     nr_free_blocks: usize,
+    max_visits: u32,
+    last_visits: u32,
 }
 
 impl RangeAllocator {
@@ -190,6 +239,8 @@ impl RangeAllocator {
             allocated: HashMap::default(),
             free_bytes: 0,
             nr_free_blocks: 0,
+            max_visits: DEFAULT_MAX_VISITS,
+            last_visits: 0,
         };
         a.insert_free(base, len);
         Ok(a)
@@ -205,10 +256,27 @@ impl RangeAllocator {
         self.span_len
     }
 
-    /// Allocates `len` units at the lowest address aligned to `align` (a power of two). Succeeds
-    /// whenever some free block can hold the aligned range; the address is the lowest possible one
-    /// unless more than [`SEARCH_BUDGET`] free blocks below it were too misaligned (see the module
-    /// documentation).
+    /// Most tree nodes one allocation visits (see the module documentation).
+    pub fn max_visits(&self) -> u32 {
+        self.max_visits
+    }
+
+    /// Sets [`Self::max_visits`] (at least 1; `u32::MAX` for searches that always finish).
+    pub fn set_max_visits(&mut self, max_visits: u32) {
+        self.max_visits = max_visits.max(1);
+    }
+
+    /// Tree nodes the last `alloc`, `alloc_in` or `alloc_top_down` visited (for tests and
+    /// benchmarks).
+    pub fn last_alloc_visits(&self) -> u32 {
+        self.last_visits
+    }
+
+    /// Allocates `len` units at the lowest address aligned to `align` (a power of two). The
+    /// address is the lowest possible one unless more than [`SEARCH_BUDGET`] free blocks below it
+    /// were too misaligned or the visits ran short; it fails with [`RangeError::SearchLimit`] only
+    /// when only tight, misaligned holes are left to search and there are more than
+    /// [`Self::max_visits`] allow (see the module documentation).
     pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
         self.alloc_window(len, align, 0, 1u128 << 64)
     }
@@ -226,64 +294,114 @@ impl RangeAllocator {
 
     fn alloc_window(&mut self, len: u64, align: u64, lo: u64, hi: u128) -> Result<u64, RangeError> {
         Self::check_request(len, align)?;
+        self.last_visits = 0;
         if (lo as u128) >= hi {
             return Err(RangeError::NoSpace { len, align });
         }
+        let no_space = RangeError::NoSpace { len, align };
+        let mut visits = Visits {
+            done: 0,
+            limit: self.max_visits,
+            resume: 0,
+        };
         // The search visits blocks starting at or after `from`: the block holding `lo`, if any, and
         // every block above it.
+        let search_limit = |visited| RangeError::SearchLimit {
+            len,
+            align,
+            visited,
+        };
         let from = if lo <= self.base {
             0
         } else {
-            match self.floor(lo) {
-                Some(n) if self.block_end(n) > lo as u128 => self.nodes[n as usize].start,
-                _ => lo,
+            match self.floor_counted(lo, &mut visits) {
+                Err(()) => {
+                    self.last_visits = visits.done;
+                    return Err(search_limit(visits.done));
+                }
+                Ok(Some(n)) if self.block_end(n) > lo as u128 => self.nodes[n as usize].start,
+                Ok(_) => lo,
             }
         };
+        visits.resume = from;
         let fit = |s: u64, l: u64| fit_low(s.max(lo), end(s, l).min(hi), len, align);
+        // The exact search may use the visits but the share kept for the `len + align - 1`
+        // descent: the path towards `from`, a look at the right child of each node on it, and
+        // the descent to the block, two visits per level (at most four tree heights).
+        let keep = (4 * u32::from(self.height(self.root)) + 8).min(self.max_visits / 2);
+        visits.limit = self.max_visits - keep;
         let mut budget = SEARCH_BUDGET;
-        let found = match self.first_fit(self.root, from, hi, len, &fit, &mut budget) {
-            Search::Found(n, s) => Some((n, s)),
-            Search::NotFound => None,
-            Search::GaveUp(at) => {
+        let first = self.first_fit(self.root, from, hi, len, &fit, &mut budget, &mut visits);
+        visits.limit = self.max_visits;
+        let found = match first {
+            Search::Found(n, s) => Ok((n, s)),
+            Search::NotFound => Err(no_space),
+            Search::GaveUp(at) | Search::OutOfVisits(at) => {
                 // Many blocks were long enough yet could not hold the aligned range. A block of
                 // `len + align - 1` always can: take the lowest such block (vmalloc's rule, one
                 // O(log n) descent), and only when there is none keep searching exactly.
                 let mut unlimited = u32::MAX;
-                let guaranteed = len.checked_add(align - 1).and_then(|l2| {
-                    match self.first_fit(self.root, at, hi, l2, &fit, &mut unlimited) {
-                        Search::Found(n, s) => Some((n, s)),
-                        _ => None,
+                let guaranteed = match len.checked_add(align - 1) {
+                    Some(l2) => {
+                        self.first_fit(self.root, at, hi, l2, &fit, &mut unlimited, &mut visits)
                     }
-                });
-                guaranteed.or_else(|| {
-                    match self.first_fit(self.root, at, hi, len, &fit, &mut unlimited) {
-                        Search::Found(n, s) => Some((n, s)),
-                        _ => None,
+                    None => Search::NotFound,
+                };
+                match guaranteed {
+                    Search::Found(n, s) => Ok((n, s)),
+                    Search::OutOfVisits(_) => Err(search_limit(visits.done)),
+                    Search::NotFound | Search::GaveUp(_) => {
+                        match self.first_fit(
+                            self.root,
+                            at,
+                            hi,
+                            len,
+                            &fit,
+                            &mut unlimited,
+                            &mut visits,
+                        ) {
+                            Search::Found(n, s) => Ok((n, s)),
+                            Search::OutOfVisits(_) => Err(search_limit(visits.done)),
+                            Search::NotFound | Search::GaveUp(_) => Err(no_space),
+                        }
                     }
-                })
+                }
             }
         };
-        match found {
-            Some((node, start)) => {
-                self.cut(node, start, len);
-                self.allocated.insert(start, len);
-                Ok(start)
-            }
-            None => Err(RangeError::NoSpace { len, align }),
-        }
+        self.last_visits = visits.done;
+        let (node, start) = found?;
+        self.cut(node, start, len);
+        self.allocated.insert(start, len);
+        Ok(start)
     }
 
     /// Allocates `len` units at the highest address aligned to `align`.
     pub fn alloc_top_down(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
         Self::check_request(len, align)?;
-        let found = self.last_fit(self.root, len, &|s, l| fit_high(s, end(s, l), len, align));
+        let mut visits = Visits {
+            done: 0,
+            limit: self.max_visits,
+            resume: 0,
+        };
+        let found = self.last_fit(
+            self.root,
+            len,
+            &|s, l| fit_high(s, end(s, l), len, align),
+            &mut visits,
+        );
+        self.last_visits = visits.done;
         match found {
-            Some((node, start)) => {
+            Ok(Some((node, start))) => {
                 self.cut(node, start, len);
                 self.allocated.insert(start, len);
                 Ok(start)
             }
-            None => Err(RangeError::NoSpace { len, align }),
+            Ok(None) => Err(RangeError::NoSpace { len, align }),
+            Err(()) => Err(RangeError::SearchLimit {
+                len,
+                align,
+                visited: visits.done,
+            }),
         }
     }
 
@@ -544,7 +662,9 @@ impl RangeAllocator {
     /// Lowest-addressed block among those starting at or after `from` and below `hi` for which `fit`
     /// finds a start; subtrees whose largest block is shorter than `len` are skipped. Each block that
     /// is long enough but rejected by `fit` costs one unit of `budget`; at zero the search gives up
-    /// and says where.
+    /// and says where. Every node entered costs one of `visits`; when they run out the search stops
+    /// and says from where it would have to resume.
+    #[allow(clippy::too_many_arguments)]
     fn first_fit<F: Fn(u64, u64) -> Option<u64>>(
         &self,
         n: u32,
@@ -553,16 +673,20 @@ impl RangeAllocator {
         len: u64,
         fit: &F,
         budget: &mut u32,
+        visits: &mut Visits,
     ) -> Search {
         if n == NIL {
             return Search::NotFound;
+        }
+        if !visits.take() {
+            return Search::OutOfVisits(visits.resume);
         }
         let node = &self.nodes[n as usize];
         if node.max_len < len {
             return Search::NotFound;
         }
         if node.start > from {
-            match self.first_fit(node.left, from, hi, len, fit, budget) {
+            match self.first_fit(node.left, from, hi, len, fit, budget, visits) {
                 Search::NotFound => {}
                 r => return r,
             }
@@ -574,37 +698,60 @@ impl RangeAllocator {
             if let Some(s) = fit(node.start, node.len) {
                 return Search::Found(n, s);
             }
+            visits.resume = node.start;
             *budget = budget.saturating_sub(1);
             if *budget == 0 {
                 return Search::GaveUp(node.start);
             }
         }
-        self.first_fit(node.right, from, hi, len, fit, budget)
+        self.first_fit(node.right, from, hi, len, fit, budget, visits)
     }
 
-    /// Highest-addressed block for which `fit` finds a start.
+    /// Highest-addressed block for which `fit` finds a start; `Err` when the visits ran out.
     fn last_fit<F: Fn(u64, u64) -> Option<u64>>(
         &self,
         n: u32,
         len: u64,
         fit: &F,
-    ) -> Option<(u32, u64)> {
+        visits: &mut Visits,
+    ) -> Result<Option<(u32, u64)>, ()> {
         if n == NIL {
-            return None;
+            return Ok(None);
+        }
+        if !visits.take() {
+            return Err(());
         }
         let node = &self.nodes[n as usize];
         if node.max_len < len {
-            return None;
+            return Ok(None);
         }
-        if let Some(r) = self.last_fit(node.right, len, fit) {
-            return Some(r);
+        if let Some(r) = self.last_fit(node.right, len, fit, visits)? {
+            return Ok(Some(r));
         }
         if node.len >= len {
             if let Some(s) = fit(node.start, node.len) {
-                return Some((n, s));
+                return Ok(Some((n, s)));
             }
         }
-        self.last_fit(node.left, len, fit)
+        self.last_fit(node.left, len, fit, visits)
+    }
+
+    /// [`Self::floor`], counting the nodes it visits; `Err` when the visits ran out.
+    fn floor_counted(&self, key: u64, visits: &mut Visits) -> Result<Option<u32>, ()> {
+        let (mut n, mut best) = (self.root, None);
+        while n != NIL {
+            if !visits.take() {
+                return Err(());
+            }
+            let node = &self.nodes[n as usize];
+            if node.start <= key {
+                best = Some(n);
+                n = node.right;
+            } else {
+                n = node.left;
+            }
+        }
+        Ok(best)
     }
 
     /// The free block with the largest start ≤ `key`.

@@ -1,9 +1,10 @@
 //! The range allocator against a simple model (a sorted list of free ranges), over random sequences
-//! of every operation, plus regression tests for defects found in peer allocators.
+//! of every operation and limits on the nodes a search may visit, plus regression tests for
+//! defects found in peer allocators and for searches a guest can make expensive.
 
 mod support;
 
-use gcma_host::range::{RangeAllocator, RangeError, SEARCH_BUDGET};
+use gcma_host::range::{RangeAllocator, RangeError, DEFAULT_MAX_VISITS, SEARCH_BUDGET};
 use proptest::prelude::*;
 use support::range_model::{step, Model, Op};
 
@@ -50,6 +51,17 @@ fn ops(base: u64, len: u64) -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op, 1..120)
 }
 
+/// Limits on the nodes one search visits: unlimited, the default, and ones small enough to bind
+/// on the model's trees.
+fn visit_cap() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        2 => Just(u32::MAX),
+        2 => Just(DEFAULT_MAX_VISITS),
+        1 => Just(1u32),
+        2 => 2u32..64,
+    ]
+}
+
 /// Spans at the edges of the address space.
 fn span() -> impl Strategy<Value = (u64, u64)> {
     prop_oneof![
@@ -67,8 +79,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn matches_model((base, len) in span(), ops in span().prop_flat_map(|(b, l)| ops(b, l))) {
+    fn matches_model(
+        (base, len) in span(),
+        ops in span().prop_flat_map(|(b, l)| ops(b, l)),
+        cap in visit_cap(),
+    ) {
         let mut a = RangeAllocator::new(base, len).unwrap();
+        a.set_max_visits(cap);
         let mut m = Model::new(base, len);
         for op in &ops {
             if let Err(e) = step(&mut a, &mut m, base, op) {
@@ -267,5 +284,67 @@ fn many_blocks_stay_balanced() {
     for x in xs.iter().skip(1).step_by(2) {
         a.free(*x).unwrap();
     }
+    a.check_invariants().unwrap();
+}
+
+/// A guest that fragments the space with one-unit blocks freed every other unit, then asks for an
+/// alignment no hole has: every hole is long enough, none fits. Without a limit the search walks
+/// all of them (the cost the pool used to pay under its lock per request).
+fn one_unit_holes(n: u64) -> RangeAllocator {
+    let mut a = RangeAllocator::new(0, 2 * n).unwrap();
+    for _ in 0..2 * n {
+        a.alloc(1, 1).unwrap();
+    }
+    for i in 0..n {
+        a.free(2 * i + 1).unwrap();
+    }
+    assert_eq!(a.nr_free_blocks(), n as usize);
+    a
+}
+
+#[test]
+fn misaligned_requests_on_fragmented_space_stop_at_the_visit_limit() {
+    let mut a = one_unit_holes(32_768);
+    assert_eq!(a.max_visits(), DEFAULT_MAX_VISITS);
+    let before: Vec<_> = a.iter_free().collect();
+    // No hole can hold an even start: the search gives up within its visits.
+    let r = a.alloc(1, 2);
+    assert!(
+        matches!(r, Err(RangeError::SearchLimit { len: 1, align: 2, visited }) if visited <= DEFAULT_MAX_VISITS),
+        "{r:?}"
+    );
+    assert!(a.last_alloc_visits() <= DEFAULT_MAX_VISITS);
+    // No block is two units long: the augmented maximum proves it at the root.
+    assert_eq!(a.alloc(2, 1), Err(RangeError::NoSpace { len: 2, align: 1 }));
+    assert_eq!(a.last_alloc_visits(), 1);
+    assert_eq!(
+        a.iter_free().collect::<Vec<_>>(),
+        before,
+        "failures change nothing"
+    );
+    // Unlimited, the same request walks every hole to prove there is no fit.
+    a.set_max_visits(u32::MAX);
+    assert_eq!(a.alloc(1, 2), Err(RangeError::NoSpace { len: 1, align: 2 }));
+    assert!(a.last_alloc_visits() > 32_768, "{}", a.last_alloc_visits());
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_tight_fit_beyond_the_visit_limit_is_not_looked_for() {
+    // Thousands of 3-unit holes [8i+1, 8i+4) (no 4-aligned start for 2 units in any), then the
+    // only fit, [8n+4, 8n+6), exactly 2 units: no block has len + align - 1 = 5 units.
+    let n = 4096u64;
+    let mut a = RangeAllocator::new(0, 8 * n + 8).unwrap();
+    for i in 0..n {
+        a.reserve(8 * i, 1).unwrap();
+        a.reserve(8 * i + 4, 4).unwrap();
+    }
+    a.reserve(8 * n, 4).unwrap();
+    a.reserve(8 * n + 6, 2).unwrap();
+    let r = a.alloc(2, 4);
+    assert!(matches!(r, Err(RangeError::SearchLimit { .. })), "{r:?}");
+    assert!(a.last_alloc_visits() <= DEFAULT_MAX_VISITS);
+    a.set_max_visits(u32::MAX);
+    assert_eq!(a.alloc(2, 4), Ok(8 * n + 4));
     a.check_invariants().unwrap();
 }

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::unbounded;
+use crossbeam::channel::bounded;
 use gcma_host::api::GcmaBackend;
 use gcma_host::pool::{Pool, PoolConfig};
 use vm_memory::{Bytes, GuestAddress};
@@ -79,8 +79,9 @@ fn agent_samples(
         .build(hv)
         .expect("build the VM");
     let mut vm = built.vm;
-    let (tx, rx) = unbounded();
-    let (mailbox, _control) = Mailbox::new(0, params, tx);
+    // Read only after the run: room for every sample the payload sends.
+    let (tx, rx) = bounded(1 << 16);
+    let (mailbox, _control) = Mailbox::new(0, params, tx, vm.output_counters().clone());
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .expect("mailbox");

@@ -24,6 +24,7 @@ use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, MicroVm, SerialOutput, VmConfig, VmOutcome};
 
 #[path = "../tests/support/ping.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
 mod ping;
 use ping::{elf, host_driver_setup, ping_code, NullDevice};
 

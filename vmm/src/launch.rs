@@ -119,15 +119,18 @@ impl VmBuilder {
         } else {
             Some(DeviceEventLoop::start(notifiers)?)
         };
-        let handle = Arc::new(VmHandle::new(
-            self.name,
-            self.config.mem_bytes,
-            self.payload,
-            vm.exit_counters(),
-            vm.stop_handle(),
-            balloon.clone(),
-            parts,
-        ));
+        let handle = Arc::new(
+            VmHandle::new(
+                self.name,
+                self.config.mem_bytes,
+                self.payload,
+                vm.exit_counters(),
+                vm.stop_handle(),
+                balloon.clone(),
+                parts,
+            )
+            .with_guest_io(vm.log_limiter().clone(), vm.output_counters().clone()),
+        );
         Ok(BuiltVm {
             vm,
             handle,

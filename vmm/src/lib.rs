@@ -8,6 +8,7 @@
 //! * [`grant`]: the grant window where contiguous pool grants are mapped into a guest.
 //! * [`api`]: the control plane: a running VM as operators see it, the control API, metrics.
 //! * [`launch`]: assembling a VM with its devices ([`launch::VmBuilder`]).
+//! * [`limits`]: the bounds on what one guest can make the host do ([`limits::GuestLimits`]).
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
 //! * [`abi`]: the guest-physical layout payloads are built against.
 //!
@@ -33,6 +34,7 @@ mod error;
 pub mod grant;
 pub mod kvm;
 pub mod launch;
+pub mod limits;
 pub mod payloads;
 
 pub use error::{Error, Result};

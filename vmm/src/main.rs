@@ -18,6 +18,7 @@ use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
 
 mod demo;
+mod limit_args;
 
 /// A rust-vmm VMM for microVMs.
 #[derive(Debug, Parser)]
@@ -88,6 +89,8 @@ struct DemoArgs {
     /// Print only the final report, no progress lines and no table.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    limits: limit_args::LimitArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -158,6 +161,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         progress: !args.quiet,
         summary_json: args.summary_json,
         metrics_linger: Duration::from_secs(args.metrics_linger_s),
+        limits: args.limits.guest_limits(),
+        max_search_nodes: args.limits.gcma_max_search_nodes,
     };
     let summary = demo::run_demo(&cfg)?;
     Ok(if summary.all_checks_passed() {
@@ -214,6 +219,8 @@ struct RunArgs {
     balloon_stats_interval_s: u64,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    limits: limit_args::LimitArgs,
     /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
     /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
     /// device work (see examples/notify_bench.rs); needs a spare host core.
@@ -286,6 +293,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         } else {
             0
         },
+        limits: args.limits.guest_limits(),
         ..VmConfig::default()
     };
     let mut builder =
@@ -295,6 +303,8 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
             // A guest may not park more than a pool's worth of frontswap pages on the host.
             client_frontswap_limit_pages: Some(pool_pages),
+            max_search_nodes: args.limits.gcma_max_search_nodes,
+            log_limit: args.limits.log_limit(),
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
         .map_err(CliError::Pool)?;

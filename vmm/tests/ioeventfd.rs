@@ -11,7 +11,7 @@ use std::thread::ThreadId;
 
 use balloon::error::DeviceError;
 use balloon::transport::mmio::{regs, MmioTransport};
-use balloon::transport::{Activation, IrqLine, VirtioDevice};
+use balloon::transport::{Activation, Drained, IrqLine, VirtioDevice};
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use kvm_ioctls::IoEventAddress;
 use vmm::abi::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -53,12 +53,12 @@ impl<D: VirtioDevice> VirtioDevice for Recording<D> {
     fn activate(&mut self, activation: Activation) -> Result<(), DeviceError> {
         self.inner.activate(activation)
     }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError> {
         self.threads
             .lock()
             .unwrap()
             .push(std::thread::current().id());
-        self.inner.process_queue(index)
+        self.inner.process_queue(index, budget)
     }
     fn reset(&mut self) {
         self.inner.reset()

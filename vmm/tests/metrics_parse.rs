@@ -12,6 +12,7 @@ use gcma_host::pool::{Pool, PoolConfig};
 use vmm::api::control::metrics_handler;
 use vmm::api::http::HttpServer;
 use vmm::api::metrics::{VmMetricsSource, VmmMetrics};
+use vmm::devices::OutputStats;
 use vmm::kvm::vm::ExitStats;
 
 struct FakeVm(&'static str);
@@ -46,6 +47,16 @@ impl VmMetricsSource for FakeVm {
         let mut g = GcmaCounters::default();
         g.by_status[0][0] = 4;
         Some(g)
+    }
+    fn log_suppressed(&self) -> Vec<(&'static str, u64)> {
+        vec![("virtio_mmio_driver_failed", 99_990)]
+    }
+    fn output(&self) -> Option<OutputStats> {
+        Some(OutputStats {
+            written_bytes: 16 << 20,
+            dropped_total_bytes: 1 << 30,
+            ..OutputStats::default()
+        })
     }
 }
 
@@ -137,10 +148,19 @@ fn metrics_endpoint_output_parses() {
         "gcma_grants_total",
         "vmm_vcpu_exits_total",
         "vmm_gcma_requests_total",
+        "vmm_guest_log_suppressed_lines_total",
+        "vmm_guest_output_dropped_bytes_total",
+        "vmm_mailbox_dropped_events_total",
+        "gcma_log_suppressed_lines_total",
     ] {
         assert!(names.lines().any(|l| l == want), "{want} missing: {names}");
     }
     assert!(body.contains(r#"vmm_vcpu_exits_total{vm="vm1",reason="mmio_write"} 5"#));
+    assert!(body.contains(
+        r#"vmm_guest_log_suppressed_lines_total{vm="vm0",kind="virtio_mmio_driver_failed"} 99990"#
+    ));
+    assert!(body
+        .contains(r#"vmm_guest_output_dropped_bytes_total{vm="vm0",reason="total"} 1073741824"#));
     assert!(
         body.contains(r#"gcma_pool_pages{state="granted"} 8"#),
         "{body}"
@@ -160,6 +180,9 @@ const UNITLESS_COUNTS: &[&str] = &[
     "vmm_gcma_requests",
     "vmm_gcma_unanswerable_requests",
     "vmm_gcma_grants",
+    "vmm_guest_log_suppressed_lines",
+    "vmm_mailbox_dropped_events",
+    "gcma_log_suppressed_lines",
     "vmm_gcma_stuck_grants",
     "gcma_clients",
     "gcma_live_grants",

@@ -494,7 +494,7 @@ pub mod status {
     /// `PUT`: the page was not kept (ephemeral puts may be dropped; a later `GET` misses).
     pub const NOT_STORED: u32 = 2;
     /// `ALLOC_CONTIG`: no run long enough (`value0` = [`super::no_space`] reason, `value1` =
-    /// pages available or longest run).
+    /// the device's own granted pages, or its window's free pages; never pool-wide counts).
     pub const NO_SPACE: u32 = 3;
     /// `STORE` refused; no copy of the key is left (`value0` = [`super::reject`] reason).
     pub const REJECTED: u32 = 4;
@@ -533,13 +533,16 @@ pub mod status {
     }
 }
 
-/// `value0` of a `NO_SPACE` response.
+/// `value0` of a `NO_SPACE` response. `value1` is always one of the device's own numbers: a
+/// guest never learns how much of the pool other guests hold.
 pub mod no_space {
-    /// Fewer non-granted pages in the pool than asked (`value1` = pages available).
+    /// Fewer non-granted pages in the pool than asked (`value1` = pages this device holds
+    /// granted now).
     pub const EXHAUSTED: u64 = 1;
-    /// Grants fragment the pool (`value1` = longest run).
+    /// Grants fragment the pool, or the search for a run reached its limit (`value1` = pages this
+    /// device holds granted now).
     pub const FRAGMENTED: u64 = 2;
-    /// The grant window has no room for the run.
+    /// The grant window has no room for the run (`value1` = free pages of the window).
     pub const WINDOW_FULL: u64 = 3;
 }
 
@@ -568,7 +571,7 @@ pub const RESPONSE_LEN: usize = 24;
 /// | `STATS` OK | entries written | entries the device has |
 /// | `NEW_POOL` OK | pool id | 0 |
 /// | `FLUSH_OBJECT` / `INVALIDATE_AREA` OK | pages dropped | 0 |
-/// | `NO_SPACE` | [`no_space`] reason | pages available / longest run |
+/// | `NO_SPACE` | [`no_space`] reason | pages this device holds granted / its window's free pages |
 /// | `REJECTED` | [`reject`] reason | 0 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Response {

@@ -28,7 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
+
 use crate::error::ChainError;
+use crate::log_kinds;
 use crate::transport::chain::{add_used, pop_chain_into, Desc, PoppedHead};
 use crate::transport::{GuestMemoryMmap, Queue};
 
@@ -90,6 +94,8 @@ pub struct BlkQueue<B: ?Sized> {
     stop: Option<Arc<AtomicBool>>,
     bounce: Vec<u8>,
     descs: Vec<Desc>,
+    /// Limits the log lines the guest can trigger (see [`Self::set_log_limiter`]).
+    logs: Arc<LogLimiter>,
 }
 
 impl<B: BlkBackend + ?Sized> BlkQueue<B> {
@@ -103,7 +109,20 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
             stop: None,
             bounce: vec![0u8; BOUNCE_LEN],
             descs: Vec::new(),
+            logs: Arc::new(LogLimiter::default()),
         }
+    }
+
+    /// Routes the log lines the guest can trigger through `limiter` (one per disk, shared by its
+    /// queues) instead of the queue's own.
+    pub fn set_log_limiter(&mut self, limiter: Arc<LogLimiter>) {
+        limiter.declare_all(log_kinds::ALL_BLK);
+        self.logs = limiter;
+    }
+
+    /// The limiter of the log lines this queue writes.
+    pub fn log_limiter(&self) -> &Arc<LogLimiter> {
+        &self.logs
     }
 
     /// Records the features the driver accepted (DISCARD and WRITE_ZEROES are answered
@@ -142,8 +161,13 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(done),
                 Err(e) => {
-                    let n = self.metrics.broken_ring();
-                    guest_warn!(n, "virtio-blk {}: broken ring: {e}", self.name);
+                    self.metrics.broken_ring();
+                    guest_warn!(
+                        self.logs,
+                        log_kinds::BLK_BROKEN_RING,
+                        "virtio-blk {}: broken ring: {e}",
+                        self.name
+                    );
                     return Err(e);
                 }
             };
@@ -155,9 +179,10 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
                     (head, len)
                 }
                 PoppedHead::Rejected { head, error } => {
-                    let n = self.metrics.unanswerable();
+                    self.metrics.unanswerable();
                     guest_warn!(
-                        n,
+                        self.logs,
+                        log_kinds::BLK_UNANSWERABLE,
                         "virtio-blk {}: chain {head} returned unused: {error}",
                         self.name
                     );

@@ -14,9 +14,12 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
+use gcma_host::guest_warn;
+
 use super::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
 use super::metrics::{ReqStatus, ReqType};
 use super::{BlkBackend, BlkQueue, BLK_ID_LEN, SECTOR_SIZE};
+use crate::log_kinds;
 use crate::transport::chain::Desc;
 use crate::transport::GuestMemoryMmap;
 
@@ -141,9 +144,10 @@ fn handle_chain<B: BlkBackend + ?Sized>(
     if w_len == 0 || writable.iter().any(|d| !d.writable) {
         // No place for a status byte, or readable buffers after writable ones: nothing can be
         // answered in a way the driver would read.
-        let n = q.metrics.unanswerable();
+        q.metrics.unanswerable();
         guest_warn!(
-            n,
+            q.logs,
+            log_kinds::BLK_UNANSWERABLE,
             "virtio-blk {}: chain without a status byte or out of order, returned unused",
             q.name
         );
@@ -171,9 +175,10 @@ fn handle_chain<B: BlkBackend + ?Sized>(
     let status = match &outcome {
         Outcome::Ok => ReqStatus::Ok,
         Outcome::Guest(s, why) => {
-            let n = q.metrics.guest_error();
+            q.metrics.guest_error();
             guest_warn!(
-                n,
+                q.logs,
+                log_kinds::BLK_REFUSED,
                 "virtio-blk {}: {} request refused: {why}",
                 q.name,
                 ty.name()
@@ -181,7 +186,15 @@ fn handle_chain<B: BlkBackend + ?Sized>(
             *s
         }
         Outcome::Storage(why) => {
-            log::error!("virtio-blk {}: {} request failed: {why}", q.name, ty.name());
+            // A guest repeats requests on failing storage at its own rate: limited too.
+            gcma_host::guest_log!(
+                q.logs,
+                log_kinds::BLK_IO_FAILED,
+                log::Level::Error,
+                "virtio-blk {}: {} request failed: {why}",
+                q.name,
+                ty.name()
+            );
             ReqStatus::IoErr
         }
     };
@@ -195,8 +208,13 @@ fn handle_chain<B: BlkBackend + ?Sized>(
     let mut st = Cursor::new(writable, w_len);
     st.skip(data_len);
     if st.write(mem, &[code]).is_err() {
-        let n = q.metrics.unanswerable();
-        guest_warn!(n, "virtio-blk {}: status byte unreachable", q.name);
+        q.metrics.unanswerable();
+        guest_warn!(
+            q.logs,
+            log_kinds::BLK_UNANSWERABLE,
+            "virtio-blk {}: status byte unreachable",
+            q.name
+        );
         return (ty, status, 0);
     }
     let used = u32::try_from(written + 1).unwrap_or(u32::MAX);

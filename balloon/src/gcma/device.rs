@@ -2,13 +2,16 @@
 //! draining of its queues. What a request does is in `requests.rs`.
 //!
 //! One device is one pool client (one VM). Its grants live in its [`GrantWindow`], which owns the
-//! guest-physical → grant table; the device keeps only counters. Every notification drains the
-//! queue before returning used buffers and raising one interrupt: MMIO exits are expensive under
-//! nested virtualization, so drivers batch and the device keeps up.
+//! guest-physical → grant table; the device keeps only counters. Every notification serves up to
+//! one queue's worth of chains before returning used buffers and raising one interrupt: MMIO exits
+//! are expensive under nested virtualization, so drivers batch and the device keeps up; a guest
+//! that posts more meanwhile is served on the transport's next turn.
 
 use std::sync::Arc;
 
 use gcma_host::api::ClientId;
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
 use log::{debug, info};
 
 use super::metrics::GcmaMetrics;
@@ -18,8 +21,9 @@ use super::proto::{
 };
 use super::window::GrantWindow;
 use crate::error::DeviceError;
+use crate::log_kinds;
 use crate::transport::chain::Desc;
-use crate::transport::drain::drain_queue;
+use crate::transport::drain::{drain_queue, Drained};
 use crate::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, Queue, QueueT, ShmRegion, VirtioDevice,
 };
@@ -48,6 +52,8 @@ pub struct GcmaDevice {
     /// The buffers of the chain being handled, reused from chain to chain (taken while a queue
     /// is drained).
     descs: Vec<Desc>,
+    /// Limits the log lines the guest can trigger (the transport's, see `set_log_limiter`).
+    pub(super) logs: Arc<LogLimiter>,
 }
 
 impl std::fmt::Debug for GcmaDevice {
@@ -79,6 +85,7 @@ impl GcmaDevice {
             metrics: Arc::new(GcmaMetrics::default()),
             page: vec![0u8; PAGE_SIZE],
             descs: Vec::with_capacity(usize::from(QUEUE_MAX_SIZE)),
+            logs: Arc::new(LogLimiter::default()),
         }
     }
 
@@ -117,14 +124,20 @@ impl GcmaDevice {
     fn release_all(&mut self) {
         let released = self.window.release_client(self.client);
         if let Err(e) = self.window.pool().retire_client(self.client) {
-            let n = self.metrics.pool_error();
-            guest_warn!(n, "virtio-gcma {}: retiring pool client: {e}", self.name);
+            self.metrics.pool_error();
+            guest_warn!(
+                self.logs,
+                log_kinds::GCMA_POOL_ERROR,
+                "virtio-gcma {}: retiring pool client: {e}",
+                self.name
+            );
         }
         self.metrics.set_grants(&self.window.usage());
         if released.stuck > 0 {
-            let n = self.metrics.map_failed();
+            self.metrics.map_failed();
             guest_warn!(
-                n,
+                self.logs,
+                log_kinds::GCMA_MAP_FAILED,
                 "virtio-gcma {}: {} grants could not be unmapped; kept granted until they are",
                 self.name,
                 released.stuck
@@ -132,23 +145,27 @@ impl GcmaDevice {
         }
     }
 
-    fn drain(&mut self, run: &mut Running, index: u16) -> Result<(), DeviceError> {
+    fn drain(
+        &mut self,
+        run: &mut Running,
+        index: u16,
+        budget: u32,
+    ) -> Result<Drained, DeviceError> {
         let mem = Arc::clone(&run.mem);
         let Some(queue) = run.queues.get_mut(usize::from(index)) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
         if !queue.ready() {
             debug!("virtio-gcma {}: notify of unready queue {index}", self.name);
-            return Ok(());
+            return Ok(Drained::default());
         }
         self.metrics.notified(index);
         let mut descs = std::mem::take(&mut self.descs);
-        let budget = u32::MAX;
         let r = drain_queue(queue, &mem, &run.interrupt, &mut descs, budget, |chain| {
             self.answer(&mem, index, chain)
         });
         self.descs = descs;
-        r.map(|_| ()).map_err(|source| {
+        r.map_err(|source| {
             self.metrics.broken_ring();
             DeviceError::BrokenRing {
                 queue: index,
@@ -218,11 +235,11 @@ impl VirtioDevice for GcmaDevice {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError> {
         let Some(mut run) = self.running.take() else {
             return Err(DeviceError::NotActivated);
         };
-        let r = self.drain(&mut run, index);
+        let r = self.drain(&mut run, index, budget);
         self.running = Some(run);
         r
     }
@@ -237,6 +254,10 @@ impl VirtioDevice for GcmaDevice {
             "virtio-gcma {}: new pool client {:?}",
             self.name, self.client
         );
+    }
+
+    fn set_log_limiter(&mut self, limiter: Arc<LogLimiter>) {
+        self.logs = limiter;
     }
 
     fn shm_regions(&self) -> Vec<ShmRegion> {

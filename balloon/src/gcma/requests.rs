@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use gcma_host::api::{CleancacheKey, FrontswapKey, GcmaBackend, PoolError, RejectReason};
+use gcma_host::guest_warn;
 use log::debug;
 
 use super::device::GcmaDevice;
@@ -16,6 +17,7 @@ use super::proto::{
     REQUEST_HEADER_LEN, RESPONSE_LEN, STAT_ENTRY_LEN,
 };
 use super::window::GrantError;
+use crate::log_kinds;
 use crate::transport::chain::{ChainRef, Desc};
 use crate::transport::drain::{Chain, Completion};
 use crate::transport::stream::{read_stream, stream_len, write_stream};
@@ -32,9 +34,10 @@ impl GcmaDevice {
         let (chain, valid) = match chain {
             Chain::Valid(c) => (c, true),
             Chain::Rejected { chain, error } => {
-                let n = self.metrics.rejected_chain();
+                self.metrics.rejected_chain();
                 guest_warn!(
-                    n,
+                    self.logs,
+                    log_kinds::GCMA_REJECTED_CHAIN,
                     "virtio-gcma {}: queue {queue}: chain {}: {error}",
                     self.name,
                     chain.head
@@ -283,8 +286,13 @@ impl GcmaDevice {
             },
             Err(GrantError::Pool(e)) => self.pool_error(e),
             Err(e) => {
-                let n = self.metrics.map_failed();
-                guest_warn!(n, "virtio-gcma {}: mapping a grant failed: {e}", self.name);
+                self.metrics.map_failed();
+                guest_warn!(
+                    self.logs,
+                    log_kinds::GCMA_MAP_FAILED,
+                    "virtio-gcma {}: mapping a grant failed: {e}",
+                    self.name
+                );
                 Response::status(status::MAP_FAILED)
             }
         }
@@ -303,9 +311,10 @@ impl GcmaDevice {
             Err(GrantError::Pool(e)) => self.pool_error(e),
             Err(e) => {
                 // The unmap failed: the guest keeps the grant rather than share it with anyone.
-                let n = self.metrics.map_failed();
+                self.metrics.map_failed();
                 guest_warn!(
-                    n,
+                    self.logs,
+                    log_kinds::GCMA_MAP_FAILED,
                     "virtio-gcma {}: freeing the grant at {gpa:#x}: {e}",
                     self.name
                 );
@@ -319,15 +328,17 @@ impl GcmaDevice {
             PoolError::UnknownPool(_) => Response::status(status::UNKNOWN_POOL),
             PoolError::UnknownGrant(_) => Response::status(status::UNKNOWN_GRANT),
             PoolError::Invalid(_) => Response::status(status::BAD_REQUEST),
-            PoolError::Exhausted { available, .. } => Response {
+            // The pool's own numbers (pages left, longest run) would tell this guest how much
+            // its neighbours hold: it learns only what it holds itself.
+            PoolError::Exhausted { .. } => Response {
                 status: status::NO_SPACE,
                 value0: no_space::EXHAUSTED,
-                value1: available,
+                value1: self.window.usage().granted_pages,
             },
-            PoolError::Fragmented { largest_run, .. } => Response {
+            PoolError::Fragmented { .. } => Response {
                 status: status::NO_SPACE,
                 value0: no_space::FRAGMENTED,
-                value1: largest_run,
+                value1: self.window.usage().granted_pages,
             },
             PoolError::Rejected(r) => Response {
                 status: status::REJECTED,
@@ -340,9 +351,10 @@ impl GcmaDevice {
                 value1: 0,
             },
             PoolError::UnknownClient(_) | PoolError::Io { .. } => {
-                let n = self.metrics.pool_error();
+                self.metrics.pool_error();
                 guest_warn!(
-                    n,
+                    self.logs,
+                    log_kinds::GCMA_POOL_ERROR,
                     "virtio-gcma {}: pool error: {}",
                     self.name,
                     gcma_host::api::ErrorChain(&e)

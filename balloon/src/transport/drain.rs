@@ -3,7 +3,7 @@
 //! at the end.
 
 use super::chain::{add_used, notify_used, pop_chain_into, ChainRef, Desc, PoppedHead};
-use super::{GuestMemoryMmap, InterruptHandle, Queue};
+use super::{GuestMemoryMmap, InterruptHandle, Queue, QueueT};
 use crate::error::ChainError;
 
 /// One chain as the device sees it.
@@ -39,7 +39,7 @@ pub enum Completion {
 pub struct Drained {
     /// Chains taken off the available ring.
     pub chains: u32,
-    /// The budget ran out: more chains may be waiting.
+    /// The budget ran out with more chains available on the ring.
     pub more: bool,
 }
 
@@ -59,7 +59,13 @@ pub fn drain_queue(
     let mut used = 0u32;
     let outcome = loop {
         if drained.chains == budget {
-            drained.more = true;
+            // More only if the driver really made more available: a round that would find the
+            // ring empty costs the caller a turn for nothing. (A chain posted after this check
+            // comes with its own notification.) An unreadable index is left for the next turn's
+            // pop to report.
+            drained.more = queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .map_or(true, |idx| idx.0 != queue.next_avail());
             break Ok(());
         }
         let (head, completion) = match pop_chain_into(queue, mem, descs) {

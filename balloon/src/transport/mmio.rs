@@ -3,19 +3,25 @@
 //! [`MmioTransport::read`] and [`MmioTransport::write`] take an offset into the device's MMIO
 //! window and the access bytes, exactly as a VMM's MMIO bus hands them over. Spec violations by the
 //! driver never panic: they are ignored (with a log line and a counter) or put the device into
-//! `DEVICE_NEEDS_RESET`, as the specification prescribes.
+//! `DEVICE_NEEDS_RESET`, as the specification prescribes. Every log line a driver can provoke goes
+//! through the transport's [`LogLimiter`], shared with its device (and, in the VMM, with the VM's
+//! other devices).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
 use log::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
+use crate::log_kinds;
+
 use super::{
-    Activation, GuestMemoryMmap, InterruptHandle, IrqLine, VirtioDevice, INT_CONFIG_CHANGE,
-    STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
-    STATUS_FEATURES_OK, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+    Activation, Drained, GuestMemoryMmap, InterruptHandle, IrqLine, VirtioDevice,
+    INT_CONFIG_CHANGE, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
+    STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
 };
 
 pub use crate::virtio_mmio::regs;
@@ -49,6 +55,10 @@ pub struct MmioCounters {
     pub resets: u64,
     /// Successful activations.
     pub activations: u64,
+    /// Notifications that left chains for a later turn (the device served its budget).
+    pub deferred_notifications: u64,
+    /// Turns served later for such queues, without a new notification.
+    pub deferred_rounds: u64,
     /// Interrupts raised (used-buffer and config-change).
     pub interrupts: u64,
 }
@@ -71,6 +81,13 @@ pub struct MmioTransport<D: VirtioDevice> {
     queues: Vec<Queue>,
     activated: bool,
     counters: MmioCounters,
+    logs: Arc<LogLimiter>,
+    /// Most chains served per notification; `None`: the queue's size.
+    requests_per_notify: Option<u16>,
+    /// Per queue: a notification left work that [`Self::process_pending`] serves.
+    pending: Vec<bool>,
+    /// Set when any queue has pending work, for whoever calls [`Self::process_pending`].
+    pending_signal: Option<Arc<AtomicBool>>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
@@ -102,9 +119,40 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queues: Vec::new(),
             activated: false,
             counters: MmioCounters::default(),
+            logs: Arc::new(LogLimiter::default()),
+            requests_per_notify: None,
+            pending: Vec::new(),
+            pending_signal: None,
         };
+        t.logs.declare_all(log_kinds::ALL);
+        t.device.set_log_limiter(Arc::clone(&t.logs));
         t.rebuild_queues();
         t
+    }
+
+    /// Routes the log lines of this transport and its device through `limiter` (the VM's: one
+    /// limiter per VM), instead of the transport's own default one.
+    pub fn set_log_limiter(&mut self, limiter: Arc<LogLimiter>) {
+        limiter.declare_all(log_kinds::ALL);
+        self.device.set_log_limiter(Arc::clone(&limiter));
+        self.logs = limiter;
+    }
+
+    /// The limiter of the log lines this transport and its device write.
+    pub fn log_limiter(&self) -> &Arc<LogLimiter> {
+        &self.logs
+    }
+
+    /// Serve at most `n` chains per notification and turn (`None`, the default: one queue's worth,
+    /// the queue's size). Never more than the queue's size.
+    pub fn set_requests_per_notify(&mut self, n: Option<u16>) {
+        self.requests_per_notify = n;
+    }
+
+    /// Sets `signal` whenever a notification leaves work for [`Self::process_pending`] (the VMM
+    /// shares one flag among a VM's transports and checks it between guest runs).
+    pub fn set_pending_signal(&mut self, signal: Arc<AtomicBool>) {
+        self.pending_signal = Some(signal);
     }
 
     /// The device model.
@@ -148,25 +196,112 @@ impl<D: VirtioDevice> MmioTransport<D> {
         f
     }
 
-    /// Deliver a notification for queue `index` to the device, as a `QueueNotify` write or an
-    /// ioeventfd would. Ignored unless the device is running.
-    pub fn process_queue(&mut self, index: u16) {
+    /// Chains the device may serve per turn on queue `index`: one queue's worth, or less if
+    /// configured.
+    fn budget(&self, index: u16) -> u32 {
+        let size = self
+            .queues
+            .get(usize::from(index))
+            .map_or(1, |q| u32::from(q.size()));
+        let cap = self.requests_per_notify.map_or(size, u32::from);
+        size.min(cap).max(1)
+    }
+
+    /// Deliver a notification for queue `index` to the device, as an ioeventfd would: serves at
+    /// most one queue's worth of chains and returns what the device did. Ignored unless the
+    /// device is running. When [`Drained::more`] is set the caller must come back: the VMM's
+    /// event loop signals the queue's eventfd again (so that other devices get their turn
+    /// first); a `QueueNotify` register write instead leaves the work to
+    /// [`Self::process_pending`].
+    pub fn process_queue(&mut self, index: u16) -> Drained {
         if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
             debug!("virtio-mmio: notify of queue {index} while not running, ignored");
-            return;
+            return Drained::default();
         }
         if usize::from(index) >= self.queues.len() {
             self.counters.ignored_writes += 1;
             guest_warn!(
-                self.counters.ignored_writes,
+                self.logs,
+                log_kinds::MMIO_IGNORED_WRITE,
                 "virtio-mmio: notify of nonexistent queue {index}, ignored"
             );
-            return;
+            return Drained::default();
         }
         self.counters.notifications += 1;
-        if let Err(e) = self.device.process_queue(index) {
-            self.set_needs_reset(&format!("queue {index}: {e}"));
+        let budget = self.budget(index);
+        match self.device.process_queue(index, budget) {
+            Ok(d) => d,
+            Err(e) => {
+                self.set_needs_reset(&format!("queue {index}: {e}"));
+                Drained::default()
+            }
         }
+    }
+
+    /// What a `QueueNotify` write of `index` does, without keeping leftovers for
+    /// [`Self::process_pending`]: the device serves one queue's worth (see
+    /// [`Self::process_queue`]); before `DRIVER_OK` the notification is deferred to activation.
+    /// The VMM's ioeventfd loop calls this and re-arms the queue's eventfd when more is left.
+    pub fn notify(&mut self, index: u16) -> Drained {
+        if self.activated {
+            return self.process_queue(index);
+        }
+        // Linux kicks queues it filled during probe (the balloon's stats buffer) before
+        // DRIVER_OK; every such queue is processed on activation.
+        if self.status & STATUS_FEATURES_OK != 0 {
+            self.counters.early_notifications += 1;
+            if let Some(n) = self.early_notified.get_mut(usize::from(index)) {
+                *n = true;
+            }
+            debug!("virtio-mmio: notify of queue {index} before DRIVER_OK, deferred");
+        } else {
+            self.ignore(
+                regs::QUEUE_NOTIFY,
+                "notify before FEATURES_OK or bad queue index",
+            );
+        }
+        Drained::default()
+    }
+
+    /// Remembers that queue `index` has work left for [`Self::process_pending`].
+    fn defer(&mut self, index: u16) {
+        if let Some(p) = self.pending.get_mut(usize::from(index)) {
+            *p = true;
+            self.counters.deferred_notifications += 1;
+            if let Some(s) = &self.pending_signal {
+                s.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether a notification left work that [`Self::process_pending`] has not served yet.
+    pub fn has_pending(&self) -> bool {
+        self.pending.iter().any(|&p| p)
+    }
+
+    /// Serves one more turn (one queue's worth) of every queue a `QueueNotify` write left work
+    /// on. Returns whether work is still left (the caller comes back later: the VMM lets the
+    /// guest run in between, so a guest that keeps posting cannot hold the vCPU thread, and
+    /// every request it posted is still served without another notification).
+    pub fn process_pending(&mut self) -> bool {
+        let mut left = false;
+        for i in 0..self.pending.len() {
+            if !std::mem::take(&mut self.pending[i]) {
+                continue;
+            }
+            self.counters.deferred_rounds += 1;
+            let index = i as u16;
+            if self.process_queue(index).more {
+                self.pending[i] = true;
+                left = true;
+            }
+        }
+        if left {
+            if let Some(s) = &self.pending_signal {
+                s.store(true, Ordering::Release);
+            }
+        }
+        left
     }
 
     /// Put the device into `DEVICE_NEEDS_RESET` and tell the driver with a config-change
@@ -175,7 +310,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
             return;
         }
-        warn!(
+        guest_warn!(
+            self.logs,
+            log_kinds::MMIO_NEEDS_RESET,
             "virtio-mmio device {}: needs reset: {why}",
             self.device.device_id()
         );
@@ -183,7 +320,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.counters.needs_reset += 1;
         if self.status & STATUS_DRIVER_OK != 0 {
             if let Err(e) = self.interrupt.signal_config_change() {
-                warn!("virtio-mmio: config-change interrupt failed: {e}");
+                guest_warn!(
+                    self.logs,
+                    log_kinds::MMIO_INTERRUPT_FAILED,
+                    "virtio-mmio: config-change interrupt failed: {e}"
+                );
             }
         }
     }
@@ -198,7 +339,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if data.len() != 4 || !offset.is_multiple_of(4) {
             self.counters.bad_accesses += 1;
             guest_warn!(
-                self.counters.bad_accesses,
+                self.logs,
+                log_kinds::MMIO_BAD_ACCESS,
                 "virtio-mmio: {}-byte read at {offset:#x} (registers are 32-bit), returning 0",
                 data.len()
             );
@@ -257,7 +399,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             _ => {
                 self.counters.bad_accesses += 1;
                 guest_warn!(
-                    self.counters.bad_accesses,
+                    self.logs,
+                    log_kinds::MMIO_BAD_ACCESS,
                     "virtio-mmio: read of write-only or unknown register {offset:#x}"
                 );
                 0
@@ -279,7 +422,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             self.counters.bad_accesses += 1;
             guest_warn!(
-                self.counters.bad_accesses,
+                self.logs,
+                log_kinds::MMIO_BAD_ACCESS,
                 "virtio-mmio: {}-byte write at {offset:#x} (registers are 32-bit), ignored",
                 data.len()
             );
@@ -310,17 +454,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             regs::QUEUE_NOTIFY => {
                 // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
                 match u16::try_from(v) {
-                    Ok(index) if self.activated => self.process_queue(index),
-                    // Linux kicks queues it filled during probe (the balloon's stats buffer)
-                    // before DRIVER_OK; every ready queue is processed on activation.
-                    Ok(index) if self.status & STATUS_FEATURES_OK != 0 && !self.activated => {
-                        self.counters.early_notifications += 1;
-                        if let Some(n) = self.early_notified.get_mut(usize::from(index)) {
-                            *n = true;
+                    Ok(index) => {
+                        if self.notify(index).more {
+                            self.defer(index);
                         }
-                        debug!("virtio-mmio: notify of queue {index} before DRIVER_OK, deferred");
                     }
-                    _ => self.ignore(offset, "notify before FEATURES_OK or bad queue index"),
+                    Err(_) => self.ignore(offset, "notify before FEATURES_OK or bad queue index"),
                 }
             }
             regs::INTERRUPT_ACK => {
@@ -342,7 +481,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn ignore(&mut self, offset: u64, why: &str) {
         self.counters.ignored_writes += 1;
         guest_warn!(
-            self.counters.ignored_writes,
+            self.logs,
+            log_kinds::MMIO_IGNORED_WRITE,
             "virtio-mmio device {}: write to {offset:#x} ignored: {why}",
             self.device.device_id()
         );
@@ -401,6 +541,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         if let Some(r) = self.queue_resetting.get_mut(sel) {
             *r = true;
+        }
+        if let Some(p) = self.pending.get_mut(sel) {
+            *p = false;
         }
         debug!(
             "virtio-mmio device {}: queue {sel} reset",
@@ -504,7 +647,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         if added & STATUS_FAILED != 0 {
-            warn!(
+            guest_warn!(
+                self.logs,
+                log_kinds::MMIO_DRIVER_FAILED,
                 "virtio-mmio device {}: driver set FAILED",
                 self.device.device_id()
             );
@@ -546,7 +691,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             None
         };
         if let Some(why) = why {
-            warn!(
+            guest_warn!(
+                self.logs,
+                log_kinds::MMIO_FEATURES_REFUSED,
                 "virtio-mmio device {}: FEATURES_OK refused ({f:#x}): {why}",
                 self.device.device_id()
             );
@@ -559,18 +706,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn rebuild_queues(&mut self) {
         let sizes = self.device.queue_max_sizes(self.driver_features);
-        self.queues = sizes
-            .iter()
-            .filter_map(|&max| match Queue::new(max) {
+        // Refilled in place: a guest may reset the device in a loop, and a reset should cost no
+        // allocation the transport can avoid.
+        self.queues.clear();
+        self.queues
+            .extend(sizes.iter().filter_map(|&max| match Queue::new(max) {
                 Ok(q) => Some(q),
                 Err(e) => {
                     warn!("virtio-mmio: device reported invalid queue size {max}: {e}");
                     None
                 }
-            })
-            .collect();
-        self.queue_resetting = vec![false; self.queues.len()];
-        self.early_notified = vec![false; self.queues.len()];
+            }));
+        let n = self.queues.len();
+        self.queue_resetting.clear();
+        self.queue_resetting.resize(n, false);
+        self.early_notified.clear();
+        self.early_notified.resize(n, false);
+        self.pending.clear();
+        self.pending.resize(n, false);
     }
 
     fn activate(&mut self) {
@@ -596,11 +749,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 let early = std::mem::take(&mut self.early_notified);
                 self.early_notified = vec![false; early.len()];
                 for (index, _) in early.iter().enumerate().filter(|(_, &n)| n) {
-                    if self.queues[index].ready() && self.status & STATUS_DEVICE_NEEDS_RESET == 0 {
-                        self.counters.notifications += 1;
-                        if let Err(e) = self.device.process_queue(index as u16) {
-                            self.set_needs_reset(&format!("queue {index}: {e}"));
-                        }
+                    if self.queues[index].ready() && self.process_queue(index as u16).more {
+                        self.defer(index as u16);
                     }
                 }
             }

@@ -16,10 +16,12 @@ pub mod stream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use drain::Drained;
 pub use mmio::{MmioCounters, MmioTransport};
 pub use virtio_queue::{Queue, QueueT};
 
 use crate::error::DeviceError;
+use gcma_host::log_limit::LogLimiter;
 
 /// Guest memory as the devices see it: `vm-memory` regions backed by `mmap` (a memfd in the VMM).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -130,8 +132,8 @@ pub struct Activation {
 ///
 /// The transport calls the methods in this order: [`features_negotiated`](Self::features_negotiated)
 /// when the driver sets `FEATURES_OK`, [`activate`](Self::activate) on `DRIVER_OK`,
-/// [`process_queue`](Self::process_queue) on every notification, [`reset`](Self::reset) when the
-/// driver writes 0 to `Status`. Errors returned put the device into `DEVICE_NEEDS_RESET`; the
+/// [`process_queue`](Self::process_queue) on every notification (and again while it reports more
+/// work), [`reset`](Self::reset) when the driver writes 0 to `Status`. Errors returned put the device into `DEVICE_NEEDS_RESET`; the
 /// transport then stops delivering notifications until the driver resets it.
 pub trait VirtioDevice: Send {
     /// The virtio device id (5 for the balloon).
@@ -167,8 +169,13 @@ pub trait VirtioDevice: Send {
     /// Start the device with the driver-configured queues.
     fn activate(&mut self, activation: Activation) -> Result<(), DeviceError>;
 
-    /// The driver notified queue `index` (or its ioeventfd fired): process available buffers.
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError>;
+    /// The driver notified queue `index` (or its ioeventfd fired): process available buffers,
+    /// at most `budget` chains of them (at least 1; the transport passes one queue's worth or
+    /// less, see [`MmioTransport::set_requests_per_notify`]). Report [`Drained::more`] when the
+    /// budget ran out with chains possibly left: the transport then serves the queue again on a
+    /// later turn without waiting for a notification (the driver may not send another one), so
+    /// that a guest that keeps posting cannot hold the calling thread.
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError>;
 
     /// Return to the pre-negotiation state, dropping queues and in-flight buffers.
     fn reset(&mut self);
@@ -196,5 +203,12 @@ pub trait VirtioDevice: Send {
     /// Shared-memory regions the device exposes (none by default).
     fn shm_regions(&self) -> Vec<ShmRegion> {
         Vec::new()
+    }
+
+    /// The limiter every log line the guest can trigger goes through (see
+    /// [`crate::log_kinds`]). The transport hands the device its own when it is built and when
+    /// the VMM gives it the VM's ([`MmioTransport::set_log_limiter`]).
+    fn set_log_limiter(&mut self, limiter: Arc<LogLimiter>) {
+        let _ = limiter;
     }
 }

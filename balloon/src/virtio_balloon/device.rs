@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use log::{debug, warn};
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
+use log::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -13,9 +15,10 @@ use super::{
     VIRTIO_BALLOON_F_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ, VIRTIO_ID_BALLOON,
 };
 use crate::error::DeviceError;
+use crate::log_kinds;
 use crate::memory_release::{self, GUEST_PAGE_SIZE};
 use crate::transport::chain::{self, ChainRef, Desc};
-use crate::transport::drain::{drain_queue, Chain, Completion};
+use crate::transport::drain::{drain_queue, Chain, Completion, Drained};
 use crate::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -91,6 +94,8 @@ pub struct Balloon {
     running: Option<Running>,
     stats: BalloonStats,
     counters: BalloonCounters,
+    /// Limits the log lines the guest can trigger (the transport's, see `set_log_limiter`).
+    logs: Arc<LogLimiter>,
 }
 
 impl std::fmt::Debug for Balloon {
@@ -119,6 +124,7 @@ impl Balloon {
             running: None,
             stats: BalloonStats::default(),
             counters: BalloonCounters::default(),
+            logs: Arc::new(LogLimiter::default()),
         }
     }
 
@@ -310,11 +316,12 @@ impl VirtioDevice for Balloon {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError> {
         let features = self.features;
         let poison_val = self.poison_val;
         let counters = &mut self.counters;
         let stats = &mut self.stats;
+        let logs: &LogLimiter = &self.logs;
         let run = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
         let qi = usize::from(index);
         let Running {
@@ -329,15 +336,16 @@ impl VirtioDevice for Balloon {
         let kind = *kind;
         if !queue.ready() {
             debug!("virtio-balloon: notify of queue {index} that was never made ready, ignored");
-            return Ok(());
+            return Ok(Drained::default());
         }
-        let drained = drain_queue(queue, mem, interrupt, descs, u32::MAX, |chain| {
+        let drained = drain_queue(queue, mem, interrupt, descs, budget, |chain| {
             let c = match chain {
                 Chain::Valid(c) => c,
                 Chain::Rejected { chain, error } => {
                     counters.rejected_chains += 1;
                     guest_warn!(
-                        counters.rejected_chains,
+                        logs,
+                        log_kinds::BALLOON_REJECTED_CHAIN,
                         "virtio-balloon: queue {index}: chain {} rejected: {error}",
                         chain.head
                     );
@@ -346,18 +354,18 @@ impl VirtioDevice for Balloon {
             };
             match kind {
                 QueueKind::Inflate | QueueKind::Deflate => {
-                    if let Some(pfns) = read_pfns(mem, &c, index, counters) {
+                    if let Some(pfns) = read_pfns(mem, &c, index, counters, logs) {
                         if kind == QueueKind::Inflate {
                             counters.inflate_chains += 1;
-                            inflate_pfns(mem, regions, &pfns, counters);
+                            inflate_pfns(mem, regions, &pfns, counters, logs);
                         } else {
                             counters.deflate_chains += 1;
-                            deflate_pfns(regions, &pfns, counters);
+                            deflate_pfns(regions, &pfns, counters, logs);
                         }
                     }
                 }
                 QueueKind::Stats => {
-                    if parse_stats(mem, &c, stats, counters) {
+                    if parse_stats(mem, &c, stats, counters, logs) {
                         // Keep the newest buffer; give an older one back.
                         let release = stats_head.replace((qi, c.head)).map(|(_, old)| old);
                         return Completion::Held { release };
@@ -366,21 +374,23 @@ impl VirtioDevice for Balloon {
                 QueueKind::Reporting => {
                     counters.report_chains += 1;
                     let poisoned = features & VIRTIO_BALLOON_F_PAGE_POISON != 0 && poison_val != 0;
-                    report_free(mem, regions, &c, poisoned, counters);
+                    report_free(mem, regions, &c, poisoned, counters, logs);
                 }
             }
             Completion::Used(0)
         });
-        drained
-            .map(|_| ())
-            .map_err(|source| DeviceError::BrokenRing {
-                queue: index,
-                source,
-            })
+        drained.map_err(|source| DeviceError::BrokenRing {
+            queue: index,
+            source,
+        })
     }
 
     fn supports_queue_reset(&self) -> bool {
         true
+    }
+
+    fn set_log_limiter(&mut self, limiter: Arc<LogLimiter>) {
+        self.logs = limiter;
     }
 
     fn queue_reset(&mut self, index: u16) {
@@ -423,6 +433,7 @@ fn read_pfns(
     c: &ChainRef<'_>,
     queue: u16,
     counters: &mut BalloonCounters,
+    logs: &LogLimiter,
 ) -> Option<Vec<u32>> {
     let total: u64 = c.readable().map(|d| u64::from(d.len)).sum();
     let why = if c.writable().next().is_some() {
@@ -437,7 +448,8 @@ fn read_pfns(
     if let Some(why) = why {
         counters.malformed_chains += 1;
         guest_warn!(
-            counters.malformed_chains,
+            logs,
+            log_kinds::BALLOON_MALFORMED_CHAIN,
             "virtio-balloon: queue {queue}: chain {} ({total} bytes): {why}",
             c.head
         );
@@ -446,7 +458,8 @@ fn read_pfns(
     if !total.is_multiple_of(4) {
         counters.malformed_chains += 1;
         guest_warn!(
-            counters.malformed_chains,
+            logs,
+            log_kinds::BALLOON_MALFORMED_CHAIN,
             "virtio-balloon: queue {queue}: chain {}: {total} bytes is not whole PFNs",
             c.head
         );
@@ -458,7 +471,9 @@ fn read_pfns(
         // The buffer was validated to lie in guest memory; a failure here is a race with memory
         // removal, treated as zeros.
         if mem.read_slice(&mut bytes[start..], d.addr).is_err() {
-            warn!(
+            guest_warn!(
+                logs,
+                log_kinds::BALLOON_MALFORMED_CHAIN,
                 "virtio-balloon: queue {queue}: unreadable PFN buffer {:?}",
                 d.addr
             );
@@ -481,12 +496,19 @@ fn locate(regions: &[RegionPages], pfn: u32) -> Option<(usize, u64)> {
         .then(|| (i, (gpa - r.start) / GUEST_PAGE_SIZE))
 }
 
-fn count_out_of_range(pfns: &[u32], bad: u64, first: Option<u32>, counters: &mut BalloonCounters) {
+fn count_out_of_range(
+    pfns: &[u32],
+    bad: u64,
+    first: Option<u32>,
+    counters: &mut BalloonCounters,
+    logs: &LogLimiter,
+) {
     if bad > 0 {
         counters.pfn_out_of_range += bad;
         counters.chains_with_bad_pfns += 1;
         guest_warn!(
-            counters.chains_with_bad_pfns,
+            logs,
+            log_kinds::BALLOON_BAD_PFNS,
             "virtio-balloon: {bad} of {} PFNs outside guest memory ignored (first {:#x})",
             pfns.len(),
             first.unwrap_or(0)
@@ -499,6 +521,7 @@ fn inflate_pfns(
     regions: &mut [RegionPages],
     pfns: &[u32],
     counters: &mut BalloonCounters,
+    logs: &LogLimiter,
 ) {
     let mut fresh: Vec<(usize, u64)> = Vec::with_capacity(pfns.len());
     let (mut bad, mut first_bad) = (0u64, None);
@@ -518,7 +541,7 @@ fn inflate_pfns(
             }
         }
     }
-    count_out_of_range(pfns, bad, first_bad, counters);
+    count_out_of_range(pfns, bad, first_bad, counters, logs);
     fresh.sort_unstable();
     // Coalesce consecutive pages into runs: one release call per run.
     let mut i = 0;
@@ -528,7 +551,7 @@ fn inflate_pfns(
         while i + n < fresh.len() && fresh[i + n] == (ri, first + n as u64) {
             n += 1;
         }
-        release_run(mem, &regions[ri], first, n as u64, counters);
+        release_run(mem, &regions[ri], first, n as u64, counters, logs);
         i += n;
     }
 }
@@ -541,6 +564,7 @@ fn release_run(
     first: u64,
     n: u64,
     counters: &mut BalloonCounters,
+    logs: &LogLimiter,
 ) {
     let per_host = (r.host_page / GUEST_PAGE_SIZE).max(1);
     if per_host == 1 {
@@ -549,6 +573,7 @@ fn release_run(
             r.start + first * GUEST_PAGE_SIZE,
             n * GUEST_PAGE_SIZE,
             counters,
+            logs,
         );
         return;
     }
@@ -558,22 +583,43 @@ fn release_run(
         let lo = hp * per_host;
         let hi = lo + per_host;
         if hi <= r.nr_pages() && (lo..hi).all(|p| r.test(p)) {
-            release_counted(mem, r.start + lo * GUEST_PAGE_SIZE, r.host_page, counters);
+            release_counted(
+                mem,
+                r.start + lo * GUEST_PAGE_SIZE,
+                r.host_page,
+                counters,
+                logs,
+            );
         }
     }
 }
 
-fn release_counted(mem: &GuestMemoryMmap, gpa: u64, len: u64, counters: &mut BalloonCounters) {
+fn release_counted(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    len: u64,
+    counters: &mut BalloonCounters,
+    logs: &LogLimiter,
+) {
     match memory_release::release(mem, gpa, len) {
         Ok(_) => counters.released_bytes += len,
         Err(e) => {
             counters.release_errors += 1;
-            guest_warn!(counters.release_errors, "virtio-balloon: {e}");
+            guest_warn!(
+                logs,
+                log_kinds::BALLOON_RELEASE_FAILED,
+                "virtio-balloon: {e}"
+            );
         }
     }
 }
 
-fn deflate_pfns(regions: &mut [RegionPages], pfns: &[u32], counters: &mut BalloonCounters) {
+fn deflate_pfns(
+    regions: &mut [RegionPages],
+    pfns: &[u32],
+    counters: &mut BalloonCounters,
+    logs: &LogLimiter,
+) {
     let (mut bad, mut first_bad) = (0u64, None);
     for &pfn in pfns {
         counters.deflated_pfns += 1;
@@ -589,7 +635,7 @@ fn deflate_pfns(regions: &mut [RegionPages], pfns: &[u32], counters: &mut Balloo
             }
         }
     }
-    count_out_of_range(pfns, bad, first_bad, counters);
+    count_out_of_range(pfns, bad, first_bad, counters, logs);
 }
 
 /// Parse a stats buffer into `stats`; `false` if the chain is unusable (return it at once).
@@ -598,11 +644,13 @@ fn parse_stats(
     c: &ChainRef<'_>,
     stats: &mut BalloonStats,
     counters: &mut BalloonCounters,
+    logs: &LogLimiter,
 ) -> bool {
     if c.writable().next().is_some() {
         counters.malformed_chains += 1;
         guest_warn!(
-            counters.malformed_chains,
+            logs,
+            log_kinds::BALLOON_MALFORMED_CHAIN,
             "virtio-balloon: stats chain {} has device-writable buffers",
             c.head
         );
@@ -622,7 +670,8 @@ fn parse_stats(
     if bytes.len() % STAT_ENTRY_LEN != 0 {
         counters.malformed_chains += 1;
         guest_warn!(
-            counters.malformed_chains,
+            logs,
+            log_kinds::BALLOON_MALFORMED_CHAIN,
             "virtio-balloon: stats buffer of {} bytes is not whole entries",
             bytes.len()
         );
@@ -646,11 +695,13 @@ fn report_free(
     c: &ChainRef<'_>,
     poisoned: bool,
     counters: &mut BalloonCounters,
+    logs: &LogLimiter,
 ) {
     if c.readable().next().is_some() {
         counters.malformed_chains += 1;
         guest_warn!(
-            counters.malformed_chains,
+            logs,
+            log_kinds::BALLOON_MALFORMED_CHAIN,
             "virtio-balloon: report chain {} has device-readable buffers; they are ignored",
             c.head
         );
@@ -674,7 +725,7 @@ fn report_free(
             let lo = (cur - r.start).next_multiple_of(r.host_page) + r.start;
             let hi = (stop - r.start) / r.host_page * r.host_page + r.start;
             if hi > lo {
-                release_counted(mem, lo, hi - lo, counters);
+                release_counted(mem, lo, hi - lo, counters, logs);
             }
             cur = stop;
         }
@@ -705,19 +756,20 @@ mod tests {
         mem.write_slice(&[7u8; 64], GuestAddress(0)).unwrap();
         let mut regions = region(&mem, HUGE);
         let mut c = BalloonCounters::default();
+        let logs = LogLimiter::default();
         let per_huge = (HUGE / GUEST_PAGE_SIZE) as u32;
         // All but the last 4 KiB piece of the first huge page: nothing released.
         let most: Vec<u32> = (0..per_huge - 1).collect();
-        inflate_pfns(&mem, &mut regions, &most, &mut c);
+        inflate_pfns(&mem, &mut regions, &most, &mut c, &logs);
         assert_eq!(c.released_bytes, 0);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 7);
         // The last piece completes it: the whole huge page goes.
-        inflate_pfns(&mem, &mut regions, &[per_huge - 1], &mut c);
+        inflate_pfns(&mem, &mut regions, &[per_huge - 1], &mut c, &logs);
         assert_eq!(c.released_bytes, HUGE);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 0);
         // Deflating a piece and inflating it again releases the huge page again, once.
-        deflate_pfns(&mut regions, &[3], &mut c);
-        inflate_pfns(&mem, &mut regions, &[3], &mut c);
+        deflate_pfns(&mut regions, &[3], &mut c, &logs);
+        inflate_pfns(&mem, &mut regions, &[3], &mut c, &logs);
         assert_eq!(c.released_bytes, 2 * HUGE);
         assert_eq!(regions[0].inflated, u64::from(per_huge));
     }

@@ -49,6 +49,8 @@ impl VhostBlk {
     /// daemon hands to `VhostUserDaemon`, which updates it on every memory table).
     pub fn new(disk: Arc<Disk>, mem: GuestMem) -> Self {
         let name: Arc<str> = Arc::from(disk.name.as_str());
+        // One limiter for the log lines the guest can trigger through this disk's queues.
+        let logs = Arc::new(gcma_host::log_limit::LogLimiter::default());
         let queues = (0..disk.config.num_queues)
             .map(|_| {
                 let mut q = BlkQueue::new(
@@ -57,6 +59,7 @@ impl VhostBlk {
                     Arc::clone(&name),
                 );
                 q.set_stop(Arc::clone(&disk.stop));
+                q.set_log_limiter(Arc::clone(&logs));
                 Mutex::new(q)
             })
             .collect();

@@ -50,8 +50,9 @@ pub struct ClientOptions {
     /// dropped.
     pub cleancache_cap_pages: Option<u64>,
     /// Put-back policy: with the shared backing, most frontswap pages the client may have
-    /// accepted at once; with its own file, most evicted pages kept in host memory (the rest are
-    /// written to the file). The pool-wide [`super::PoolConfig::put_back_limit_pages`] is a
+    /// accepted at once (`None`: an equal share of the pool-wide limit among the registered
+    /// clients, rounded up); with its own file, most evicted pages kept in host memory (the rest
+    /// are written to the file). The pool-wide [`super::PoolConfig::put_back_limit_pages`] is a
     /// ceiling over all clients either way.
     pub put_back_limit_pages: Option<u64>,
 }

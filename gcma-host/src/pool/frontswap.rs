@@ -289,7 +289,11 @@ impl Pool {
                 None => Err(std::io::Error::other("no backing file")),
             };
             if let Err(e) = written {
-                log::warn!("gcma pool: backing write failed: {e}");
+                crate::guest_warn!(
+                    self.logs,
+                    super::LOG_BACKING_WRITE,
+                    "gcma pool: backing write failed: {e}"
+                );
                 Counters::add(&self.counters.backing_write_errors, 1);
                 let mut g = self.lock();
                 g.slots.release(s);
@@ -348,7 +352,11 @@ impl Pool {
         key: FrontswapKey,
         e: &std::io::Error,
     ) -> PoolError {
-        log::warn!("gcma pool: write to a client's backing file failed: {e}");
+        crate::guest_warn!(
+            self.logs,
+            super::LOG_BACKING_WRITE,
+            "gcma pool: write to a client's backing file failed: {e}"
+        );
         Counters::add(&self.counters.backing_write_errors, 1);
         let mut g = self.lock();
         g.fs_remove(client, &key);
@@ -357,6 +365,14 @@ impl Pool {
             c.counters.fs_rejects += 1;
         }
         self.reject(RejectReason::BackingIo)
+    }
+
+    /// Put-back policy: the limit of a client without one of its own
+    /// ([`super::ClientOptions::put_back_limit_pages`]) while `clients` clients are registered:
+    /// an equal share of the pool-wide limit (rounded up), so that one guest cannot take the
+    /// whole limit and get every other guest's new stores rejected.
+    pub(super) fn put_back_share(&self, clients: u64) -> u64 {
+        self.cfg.put_back_limit_pages.div_ceil(clients.max(1))
     }
 
     /// Installs a store under the lock, with the durable copy `durable` already written. On
@@ -375,6 +391,7 @@ impl Pool {
         let policy = self.cfg.frontswap_policy;
         let gen = g.gen();
         let pb_total = g.fs_stored_shared + g.pb_file_host;
+        let pb_share = self.put_back_share(g.clients.live());
         let page_available = g.fs_page_available();
         let release = |g: &mut Inner| {
             if let Durable::Slot(s) = durable {
@@ -420,7 +437,7 @@ impl Pool {
                 refuse = Some(RejectReason::ClientLimit);
             } else if policy == FrontswapPolicy::PutBack
                 && (pb_total >= self.cfg.put_back_limit_pages
-                    || c.put_back_limit.is_some_and(|l| n >= l))
+                    || n >= c.put_back_limit.unwrap_or(pb_share))
             {
                 refuse = Some(RejectReason::PutBackLimit);
             }
@@ -899,16 +916,12 @@ impl Pool {
     }
 
     fn writeout_failed(&self, g: &mut Inner, w: Writeout, e: &std::io::Error) {
-        let n = self
-            .counters
-            .backing_write_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        if n <= 16 || n.is_power_of_two() {
-            log::warn!(
-                "gcma pool: write-back failed ({n} so far), page kept in host memory and retried: {e}"
-            );
-        }
+        Counters::add(&self.counters.backing_write_errors, 1);
+        crate::guest_warn!(
+            self.logs,
+            super::LOG_WRITE_BACK,
+            "gcma pool: write-back failed, page kept in host memory and retried: {e}"
+        );
         if let Some(c) = g.clients.by_slot_mut(w.client) {
             c.counters.write_errors += 1;
         }

@@ -102,8 +102,21 @@ impl Pool {
             }
             first = match g.alloc.alloc(nr_pages, align_pages) {
                 Ok(f) => f,
-                Err(RangeError::NoSpace { .. }) => {
-                    Counters::add(&self.counters.grant_fail_fragmented, 1);
+                Err(e @ (RangeError::NoSpace { .. } | RangeError::SearchLimit { .. })) => {
+                    // Both are "fragmented" to the client; operators see which.
+                    Counters::add(
+                        if matches!(e, RangeError::SearchLimit { .. }) {
+                            &self.counters.grant_fail_search_limit
+                        } else {
+                            &self.counters.grant_fail_fragmented
+                        },
+                        1,
+                    );
+                    // The search is the lock time a refused request costs: count it too.
+                    Counters::add(
+                        &self.counters.grant_locked_ns,
+                        t_locked.elapsed().as_nanos() as u64,
+                    );
                     return Err(PoolError::Fragmented {
                         requested: nr_pages,
                         largest_run: g.alloc.largest_free(),

@@ -13,6 +13,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::Inner;
 use crate::api::{FrontswapPolicy, RejectReason};
+use crate::log_limit::LogLimiter;
 
 /// Upper bounds of the grant-latency histogram buckets, in microseconds (the last bucket, +Inf,
 /// is implicit).
@@ -37,6 +38,8 @@ pub(crate) struct Counters {
     pub grant_pages: AtomicU64,
     pub grant_fail_exhausted: AtomicU64,
     pub grant_fail_fragmented: AtomicU64,
+    /// Grants refused as fragmented because the search ran out of its node visits.
+    pub grant_fail_search_limit: AtomicU64,
     pub frees: AtomicU64,
     pub zeroed_pages: AtomicU64,
     pub idle_zeroed_pages: AtomicU64,
@@ -146,6 +149,9 @@ pub struct PoolStats {
     pub grant_failures_exhausted: u64,
     /// Grants refused because grants fragment the pool.
     pub grant_failures_fragmented: u64,
+    /// Grants refused as fragmented because the search for a run visited the most tree nodes it
+    /// may ([`super::PoolConfig::max_search_nodes`]).
+    pub grant_failures_search_limit: u64,
     /// Grants returned.
     pub frees: u64,
     /// Pages zeroed before being granted.
@@ -205,7 +211,8 @@ pub struct PoolStats {
     pub grant_latency_sum_ns: u64,
     /// Largest grant latency in nanoseconds.
     pub grant_latency_max_ns: u64,
-    /// Time grants spent holding the pool lock (range choice, eviction, small zeroing), in ns.
+    /// Time grants spent holding the pool lock (range choice, eviction, small zeroing), in ns;
+    /// refused-as-fragmented requests count their search too.
     pub grant_locked_ns: u64,
     /// Time grants spent waiting for the pool lock, in ns.
     pub grant_lock_wait_ns: u64,
@@ -220,6 +227,7 @@ impl PoolStats {
         self.granted_pages_total = g(&c.grant_pages);
         self.grant_failures_exhausted = g(&c.grant_fail_exhausted);
         self.grant_failures_fragmented = g(&c.grant_fail_fragmented);
+        self.grant_failures_search_limit = g(&c.grant_fail_search_limit);
         self.frees = g(&c.frees);
         self.zeroed_pages = g(&c.zeroed_pages);
         self.idle_zeroed_pages = g(&c.idle_zeroed_pages);
@@ -313,6 +321,7 @@ pub struct ClientStats {
 pub(crate) struct PoolCollector {
     pub inner: Arc<Mutex<Inner>>,
     pub counters: Arc<Counters>,
+    pub logs: Arc<LogLimiter>,
     pub nr_pages: u64,
     pub policy: FrontswapPolicy,
 }
@@ -416,6 +425,7 @@ impl Collector for PoolCollector {
             &[
                 (&[("reason", "exhausted")], s.grant_failures_exhausted),
                 (&[("reason", "fragmented")], s.grant_failures_fragmented),
+                (&[("reason", "search_limit")], s.grant_failures_search_limit),
             ],
         )?;
         counter(e, "gcma_grant_frees", "Grants returned.", s.frees)?;
@@ -574,6 +584,21 @@ impl Collector for PoolCollector {
                     s.evictions_pressure[1],
                 ),
             ],
+        )?;
+        let suppressed: Vec<([(&str, &str); 1], u64)> = self
+            .logs
+            .suppressed()
+            .into_iter()
+            .map(|(kind, n)| ([("kind", kind)], n))
+            .collect();
+        let suppressed: Vec<(&[(&str, &str)], u64)> =
+            suppressed.iter().map(|(l, v)| (&l[..], *v)).collect();
+        labelled(
+            e,
+            "gcma_log_suppressed_lines",
+            "Log lines clients provoked that the pool's log limiter suppressed, by kind.",
+            MetricType::Counter,
+            &suppressed,
         )?;
         let mut cum = 0u64;
         let mut buckets = Vec::with_capacity(s.grant_latency_buckets.len());

@@ -56,7 +56,9 @@
 //! * **Caps** on the pool pages its frontswap and its cleancache data may occupy, so that one
 //!   client cannot push the others out: a store beyond the cap goes outside the pool (or is
 //!   refused), a cleancache put beyond it is dropped.
-//! * **Put-back limit** of its own, under the pool-wide one.
+//! * **Put-back limit** of its own, under the pool-wide one; without one, a client with the shared
+//!   backing may hold an equal share of the pool-wide limit, so that one guest cannot take all of
+//!   it and get every other guest's new stores rejected.
 //!
 //! A write-back that fails keeps the host copy and is retried with a growing backoff by
 //! [`Pool::retry_writebacks`] (a daemon's timer), counted in `gcma_writeback_retries_total`.
@@ -109,7 +111,8 @@ use crate::api::{
     CleancacheKey, ClientId, ContigGrant, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError,
     PAGE_SIZE,
 };
-use crate::range::RangeAllocator;
+use crate::log_limit::{LogLimit, LogLimiter};
+use crate::range::{RangeAllocator, DEFAULT_MAX_VISITS};
 
 pub use backing::BackingStore;
 use backing::{open_backing_file, BackingSlots};
@@ -150,17 +153,29 @@ pub struct PoolConfig {
     /// Directory of the sparse backing file (write-through / write-back); the file is unlinked at
     /// once. `None` uses the system temporary directory.
     pub backing_dir: Option<PathBuf>,
-    /// Put-back policy: most frontswap pages accepted at once (pool-wide).
+    /// Put-back policy: most frontswap pages accepted at once (pool-wide). Each client has its
+    /// own limit under it: [`ClientOptions::put_back_limit_pages`], by default an equal share of
+    /// this one among the registered clients.
     pub put_back_limit_pages: u64,
     /// Most frontswap pages one client may hold; `None` for no limit. Under write-through a store
     /// is accepted into the backing file even when no pool page is free, so without a limit one
     /// client can grow the backing file without bound: set this for untrusted guests.
     pub client_frontswap_limit_pages: Option<u64>,
+    /// Most nodes of the range allocator's tree one grant may visit under the pool lock
+    /// ([`crate::range::RangeAllocator::set_max_visits`]); a grant that would need more is refused
+    /// as fragmented. Bounds the lock time a guest can cost per request whatever shape its grants
+    /// give the free space.
+    pub max_search_nodes: u32,
+    /// How many log lines of one kind the pool writes per window for events its clients can
+    /// provoke (backing-file write failures); the rest are counted in
+    /// `gcma_log_suppressed_lines_total`.
+    pub log_limit: LogLimit,
 }
 
 impl PoolConfig {
     /// A 4 KiB-page, unlocked, write-through pool of `nr_pages` pages with its backing file in the
-    /// temporary directory and a put-back limit of `nr_pages`.
+    /// temporary directory, a put-back limit of `nr_pages`, [`DEFAULT_MAX_VISITS`] tree nodes per
+    /// grant and the default log limit.
     pub fn new(nr_pages: u64) -> Self {
         PoolConfig {
             nr_pages,
@@ -170,6 +185,8 @@ impl PoolConfig {
             backing_dir: None,
             put_back_limit_pages: nr_pages,
             client_frontswap_limit_pages: None,
+            max_search_nodes: DEFAULT_MAX_VISITS,
+            log_limit: LogLimit::default(),
         }
     }
 }
@@ -286,7 +303,18 @@ pub struct Pool {
     backing: Option<File>,
     /// Grants waiting for the lock; second-class operations let them go first.
     grants_waiting: AtomicU32,
+    /// Limits the log lines clients can provoke (see [`LOG_KINDS`]).
+    logs: Arc<LogLimiter>,
 }
+
+/// Kinds of log lines the pool writes through its [`LogLimiter`]: a backing-file write that
+/// failed for a write-through store, and one that failed for a write-back eviction. A client
+/// provokes them at the rate it stores pages, so each is limited like a guest's own lines.
+pub const LOG_KINDS: &[&str] = &[LOG_BACKING_WRITE, LOG_WRITE_BACK];
+/// Log kind: a write-through store's backing-file write failed.
+pub const LOG_BACKING_WRITE: &str = "pool_backing_write_failed";
+/// Log kind: a write-back eviction's backing-file write failed.
+pub const LOG_WRITE_BACK: &str = "pool_write_back_failed";
 
 /// How long a second-class operation defers to waiting grants before taking its turn anyway.
 const MAX_YIELD_SPINS: u32 = 1000;
@@ -313,8 +341,11 @@ impl Pool {
             FrontswapPolicy::PutBack => None,
             _ => Some(open_backing_file(cfg.backing_dir.as_ref())?),
         };
-        let alloc = RangeAllocator::new(0, cfg.nr_pages)
+        let mut alloc = RangeAllocator::new(0, cfg.nr_pages)
             .map_err(|_| PoolError::Invalid("pool size not accepted by the range allocator"))?;
+        alloc.set_max_visits(cfg.max_search_nodes);
+        let logs = Arc::new(LogLimiter::new(cfg.log_limit));
+        logs.declare_all(LOG_KINDS);
         let inner = Inner {
             pages: PageTable::new(cfg.nr_pages as u32),
             alloc,
@@ -349,6 +380,7 @@ impl Pool {
             counters: Arc::new(Counters::default()),
             backing,
             grants_waiting: AtomicU32::new(0),
+            logs,
         }))
     }
 
@@ -397,9 +429,15 @@ impl Pool {
         registry.register_collector(Box::new(PoolCollector {
             inner: Arc::clone(&self.inner),
             counters: Arc::clone(&self.counters),
+            logs: Arc::clone(&self.logs),
             nr_pages: self.cfg.nr_pages,
             policy: self.cfg.frontswap_policy,
         }));
+    }
+
+    /// The limiter of the log lines clients can provoke (its counts are in `/metrics`).
+    pub fn log_limiter(&self) -> &Arc<LogLimiter> {
+        &self.logs
     }
 
     /// The name a client registered with.

@@ -69,10 +69,15 @@ impl Model {
     }
 
     /// Checks `got` against the model's lowest fit and, if valid, applies it to the model. The
-    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks.
+    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks, or
+    /// when its visits (`s.cap`) may have run out before it walked the whole tree; it may give up
+    /// ([`RangeError::SearchLimit`]) only when the visits cannot cover three walks of the tree,
+    /// and, for an unwindowed request with visits enough for the `len + align - 1` descent, only
+    /// when no free block of `len + align - 1` exists.
     pub fn alloc_in(
         &mut self,
         got: &Result<u64, RangeError>,
+        s: Search,
         len: u64,
         align: u64,
         lo: u128,
@@ -81,6 +86,26 @@ impl Model {
         check(len, align)?;
         if lo >= hi {
             return Err(RangeError::NoSpace { len, align });
+        }
+        let n = self.free.len() as u64;
+        let h = avl_height_bound(n);
+        assert!(s.visits <= s.cap, "{} visits, limit {}", s.visits, s.cap);
+        if let Err(RangeError::SearchLimit { visited, .. }) = got {
+            assert_eq!(*visited, s.visits);
+            assert!(
+                u64::from(s.cap) < 3 * n + h + 4,
+                "gave up with {} visits allowed for {n} free blocks",
+                s.cap
+            );
+            let len2 = len as u128 + align as u128 - 1;
+            if !s.windowed && u64::from(s.cap) >= 8 * h + 16 {
+                assert!(
+                    self.free.iter().all(|&(a, b)| b - a < len2),
+                    "gave up although a free block of len + align - 1 exists: {:?}",
+                    self.free
+                );
+            }
+            return got.clone();
         }
         let (want, rejected) = self.lowest_fit(len, align, lo, hi);
         let Some(w) = want else {
@@ -95,8 +120,9 @@ impl Model {
                     && self.free.iter().any(|&(a, b)| a <= g && g + len_w <= b);
                 let skipped = rejected.iter().filter(|&&r| (r as u128) < g).count();
                 assert!(fits, "allocator returned {g:#x}, which does not fit");
+                let visits_short = u64::from(s.cap / 2) < n + h + 2;
                 assert!(
-                    g > w as u128 && skipped as u32 >= SEARCH_BUDGET,
+                    g > w as u128 && (skipped as u32 >= SEARCH_BUDGET || visits_short),
                     "allocator returned {g:#x}, lowest fit is {w:#x}, only {skipped} blocks skipped"
                 );
                 g as u64
@@ -107,8 +133,26 @@ impl Model {
         Ok(chosen)
     }
 
-    pub fn top_down(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
+    /// Checks a top-down allocation: the exact highest fit, unless the visits (`s.cap`) were
+    /// fewer than the free blocks and the search gave up.
+    pub fn top_down(
+        &mut self,
+        got: &Result<u64, RangeError>,
+        s: Search,
+        len: u64,
+        align: u64,
+    ) -> Result<u64, RangeError> {
         check(len, align)?;
+        assert!(s.visits <= s.cap, "{} visits, limit {}", s.visits, s.cap);
+        if let Err(RangeError::SearchLimit { .. }) = got {
+            let n = self.free.len() as u64;
+            assert!(
+                u64::from(s.cap) < n,
+                "top-down search gave up with {} visits allowed for {n} free blocks",
+                s.cap
+            );
+            return got.clone();
+        }
         let (len_w, al) = (len as u128, align as u128);
         let found = self.free.iter().rev().find_map(|&(a, b)| {
             let s = b.checked_sub(len_w)? / al * al;
@@ -197,6 +241,31 @@ pub enum Op {
     FreeAddr { at: u64 },
 }
 
+/// How a search went: the most nodes it could visit, how many it did, and whether its range was
+/// limited to a window.
+#[derive(Clone, Copy, Debug)]
+pub struct Search {
+    pub cap: u32,
+    pub visits: u32,
+    pub windowed: bool,
+}
+
+impl Search {
+    /// The last search `a` made.
+    pub fn of(a: &RangeAllocator, windowed: bool) -> Self {
+        Search {
+            cap: a.max_visits(),
+            visits: a.last_alloc_visits(),
+            windowed,
+        }
+    }
+}
+
+/// An upper bound on the height of an AVL tree of `n` nodes (1.4405 log2(n + 2)).
+fn avl_height_bound(n: u64) -> u64 {
+    (1.4405 * ((n + 2) as f64).log2()).ceil() as u64
+}
+
 /// The allocator's free blocks as `[start, end)` in `u128`.
 pub fn free_list(a: &RangeAllocator) -> Vec<(u128, u128)> {
     a.iter_free_blocks()
@@ -212,15 +281,26 @@ pub fn step(a: &mut RangeAllocator, m: &mut Model, base: u64, op: &Op) -> Result
     let (got, want) = match *op {
         Op::Alloc { len, align } => {
             let got = a.alloc(len, align);
-            let want = m.alloc_in(&got, len, align, 0, TOP);
+            let want = m.alloc_in(&got, Search::of(a, false), len, align, 0, TOP);
             (got, want)
         }
         Op::AllocIn { len, align, lo, hi } => {
             let got = a.alloc_in(len, align, lo..hi);
-            let want = m.alloc_in(&got, len, align, lo as u128, hi as u128);
+            let want = m.alloc_in(
+                &got,
+                Search::of(a, true),
+                len,
+                align,
+                lo as u128,
+                hi as u128,
+            );
             (got, want)
         }
-        Op::TopDown { len, align } => (a.alloc_top_down(len, align), m.top_down(len, align)),
+        Op::TopDown { len, align } => {
+            let got = a.alloc_top_down(len, align);
+            let want = m.top_down(&got, Search::of(a, false), len, align);
+            (got, want)
+        }
         Op::Reserve { at, len } => (
             a.reserve(at, len).map(|()| at),
             m.reserve(at, len).map(|()| at),

@@ -15,6 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::devices::OutputStats;
 use crate::kvm::vm::ExitStats;
 
 /// What one microVM contributes to `/metrics`. Implementations read live counters.
@@ -27,6 +28,14 @@ pub trait VmMetricsSource: Send + Sync {
     fn balloon(&self) -> Option<BalloonStatus>;
     /// The gcma device's counters, if the VM has one.
     fn gcma(&self) -> Option<GcmaCounters>;
+    /// Log lines the guest triggered that its log limiter suppressed, per kind.
+    fn log_suppressed(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    /// What the guest's console output and mailbox came to, if known.
+    fn output(&self) -> Option<OutputStats> {
+        None
+    }
 }
 
 /// The set of VMs whose metrics are exported, plus the registry they are encoded with.
@@ -183,6 +192,8 @@ impl Collector for VmCollector {
         let mut guest_stats: Vec<(&str, Sample)> = Vec::new();
         let (mut requests, mut unanswerable, mut grants, mut granted_pages) =
             (vec![], vec![], vec![], vec![]);
+        let (mut suppressed, mut out_bytes, mut out_dropped, mut mailbox_dropped) =
+            (vec![], vec![], vec![], vec![]);
         let (mut stuck_grants, mut stuck_pages) = (vec![], vec![]);
         for vm in &vms {
             let name = vm.vm_name();
@@ -234,6 +245,20 @@ impl Collector for VmCollector {
                 granted_pages.push((l(&[]), g.granted_pages));
                 stuck_grants.push((l(&[]), g.stuck_grants));
                 stuck_pages.push((l(&[]), g.stuck_pages));
+            }
+            for (kind, n) in vm.log_suppressed() {
+                suppressed.push((l(&[("kind", kind)]), n));
+            }
+            if let Some(o) = vm.output() {
+                out_bytes.push((l(&[]), o.written_bytes));
+                for (reason, n) in [
+                    ("rate", o.dropped_rate_bytes),
+                    ("total", o.dropped_total_bytes),
+                    ("buffer", o.dropped_buffer_bytes),
+                ] {
+                    out_dropped.push((l(&[("reason", reason)]), n));
+                }
+                mailbox_dropped.push((l(&[]), o.mailbox_dropped_events));
             }
         }
         family(
@@ -327,6 +352,34 @@ impl Collector for VmCollector {
             "Pool pages granted to this VM.",
             MetricType::Gauge,
             &granted_pages,
+        )?;
+        family(
+            e,
+            "vmm_guest_log_suppressed_lines",
+            "Log lines the guest triggered that were not written (over the per-kind rate), by kind.",
+            MetricType::Counter,
+            &suppressed,
+        )?;
+        family(
+            e,
+            "vmm_guest_output_bytes",
+            "Guest console output (UART and batched console) written to its destination.",
+            MetricType::Counter,
+            &out_bytes,
+        )?;
+        family(
+            e,
+            "vmm_guest_output_dropped_bytes",
+            "Guest console output dropped: over the rate, over the total, or a full in-memory buffer.",
+            MetricType::Counter,
+            &out_dropped,
+        )?;
+        family(
+            e,
+            "vmm_mailbox_dropped_events",
+            "Mailbox events dropped because the host's event channel was full.",
+            MetricType::Counter,
+            &mailbox_dropped,
         )?;
         family(
             e,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use balloon::gcma::{GcmaCounters, GcmaMetrics, GrantWindow};
 use balloon::transport::MmioTransport;
 use balloon::virtio_balloon::{Balloon, BalloonStatus};
+use gcma_host::log_limit::LogLimiter;
 use gcma_host::pool::Pool;
 
 use crate::api::control::{ControlError, VmControl};
@@ -17,7 +18,7 @@ use crate::api::model::{
     BalloonDeviceConfig, BalloonStats, BalloonStatsUpdate, BalloonUpdate, GcmaInfo, GcmaRequests,
     GrantInfo, PoolInfo, VmExits, VmInfo,
 };
-use crate::devices::VirtioSlot;
+use crate::devices::{OutputCounters, OutputStats, VirtioSlot};
 use crate::kvm::vm::{ExitCounters, ExitStats, StopHandle};
 use crate::kvm::VmOutcome;
 
@@ -79,6 +80,9 @@ pub struct VmHandle {
     stats_interval_s: AtomicU16,
     /// Ask the guest for statistics at the poller's next step (the interval just changed).
     stats_refresh_now: AtomicBool,
+    /// The VM's log limiter and output counters, once known ([`Self::with_guest_io`]).
+    logs: Option<Arc<LogLimiter>>,
+    output: Option<Arc<OutputCounters>>,
 }
 
 impl VmHandle {
@@ -105,7 +109,17 @@ impl VmHandle {
             state: Mutex::new(VmState::Running),
             stats_interval_s: AtomicU16::new(0),
             stats_refresh_now: AtomicBool::new(false),
+            logs: None,
+            output: None,
         }
+    }
+
+    /// The same handle, reporting the VM's suppressed log lines and its output counters in
+    /// `/metrics`.
+    pub fn with_guest_io(mut self, logs: Arc<LogLimiter>, output: Arc<OutputCounters>) -> Self {
+        self.logs = Some(logs);
+        self.output = Some(output);
+        self
     }
 
     /// Records how the run ended (shown by `GET /vm`).
@@ -418,6 +432,12 @@ impl VmMetricsSource for VmHandle {
     }
     fn gcma(&self) -> Option<GcmaCounters> {
         self.gcma.as_ref().map(|g| g.metrics.snapshot())
+    }
+    fn log_suppressed(&self) -> Vec<(&'static str, u64)> {
+        self.logs.as_ref().map_or_else(Vec::new, |l| l.suppressed())
+    }
+    fn output(&self) -> Option<OutputStats> {
+        self.output.as_ref().map(|o| o.snapshot())
     }
 }
 

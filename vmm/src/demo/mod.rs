@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError};
 use gcma_host::api::FrontswapPolicy;
 use gcma_host::pool::{Pool, PoolConfig, PoolStats};
 
@@ -21,9 +21,10 @@ use vmm::api::control::metrics_handler;
 use vmm::api::http::HttpServer;
 use vmm::api::metrics::VmmMetrics;
 use vmm::api::runtime::VmHandle;
-use vmm::devices::mailbox::{Mailbox, MailboxEvent};
+use vmm::devices::mailbox::{self, Mailbox, MailboxEvent};
 use vmm::kvm::vm::{SharedBuffer, StopHandle};
 use vmm::launch::{BuiltVm, VmBuilder};
+use vmm::limits::GuestLimits;
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
 
@@ -63,6 +64,10 @@ pub struct DemoConfig {
     /// How long `/metrics` stays up after the run (and after the summary is written), so that
     /// a scraper gets the final values.
     pub metrics_linger: Duration,
+    /// What each guest may cost the host (log lines, console output, requests per kick).
+    pub limits: GuestLimits,
+    /// Tree nodes one grant may visit under the pool lock.
+    pub max_search_nodes: u32,
 }
 
 impl Default for DemoConfig {
@@ -85,6 +90,8 @@ impl Default for DemoConfig {
             progress: true,
             summary_json: None,
             metrics_linger: Duration::ZERO,
+            limits: GuestLimits::default(),
+            max_search_nodes: gcma_host::range::DEFAULT_MAX_VISITS,
         }
     }
 }
@@ -247,16 +254,19 @@ fn launch(
     mem_mib: u64,
     window_bytes: u64,
     events: &crossbeam::channel::Sender<MailboxEvent>,
+    limits: GuestLimits,
 ) -> Result<Running, DemoError> {
     let err = |source: vmm::Error| DemoError::Vm {
         vm: name.to_string(),
         source,
     };
-    let serial = SharedBuffer::default();
+    // Only shown when a check fails: the first 64 KiB are plenty.
+    let serial = SharedBuffer::with_capacity(64 << 10);
     let config = VmConfig {
         mem_bytes: mem_mib << 20,
         serial: SerialOutput::Buffer(serial.clone()),
         grant_window_bytes: window_bytes,
+        limits,
         ..VmConfig::default()
     };
     let BuiltVm {
@@ -267,7 +277,8 @@ fn launch(
         .gcma(pool.clone())
         .build(hv)
         .map_err(err)?;
-    let (mailbox, control) = Mailbox::new(index, params, events.clone());
+    let (mailbox, control) =
+        Mailbox::new(index, params, events.clone(), vm.output_counters().clone());
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .map_err(|e| err(e.into()))?;
@@ -351,6 +362,8 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         // Bound what one guest can push to the backing file (a store may be accepted there when
         // no pool page is free): at most a pool's worth each.
         client_frontswap_limit_pages: Some(pool_pages),
+        max_search_nodes: cfg.max_search_nodes,
+        log_limit: cfg.limits.log,
         ..PoolConfig::new(pool_pages)
     })
     .map_err(DemoError::Pool)?;
@@ -393,12 +406,23 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     );
 
     let hz = tsc_hz();
-    let (tx, rx) = unbounded::<MailboxEvent>();
+    // Bounded: a guest writing events in a loop fills it and the rest is dropped and counted.
+    let (tx, rx) = bounded::<MailboxEvent>(mailbox::EVENT_QUEUE_LEN);
     let mut vms: Vec<Running> = Vec::new();
     for i in 0..cfg.tenants {
         let params = vec![DEMO_ROLE_TENANT, i as u64, cfg.cc_pages, cfg.fs_pages];
         let name = format!("tenant{i}");
-        let r = launch(&hv, &pool, &name, i, params, cfg.vm_mem_mib, 4 << 20, &tx)?;
+        let r = launch(
+            &hv,
+            &pool,
+            &name,
+            i,
+            params,
+            cfg.vm_mem_mib,
+            4 << 20,
+            &tx,
+            cfg.limits,
+        )?;
         metrics.add_vm(r.metrics.clone());
         vms.push(r);
     }
@@ -451,6 +475,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         cfg.vm_mem_mib,
         window,
         &tx,
+        cfg.limits,
     )?;
     metrics.add_vm(g.metrics.clone());
     vms.push(g);

@@ -6,44 +6,25 @@
 //! `len` bytes at `gpa` to the same output as the UART.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+pub use super::output::SharedWriter;
 
 use crate::abi::{CONSOLE_LEN_SHIFT, CONSOLE_REG_WRITE};
 use crate::kvm::bus::MmioDevice;
 
-/// An output shared by the UART and the batched console, so their bytes interleave in order.
-#[derive(Clone)]
-pub struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
-
-impl SharedWriter {
-    /// Shares `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        SharedWriter(Arc::new(Mutex::new(out)))
-    }
-}
-
-impl std::fmt::Debug for SharedWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedWriter").finish_non_exhaustive()
-    }
-}
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
-    }
-}
+/// Log kind: writing the guest's console output failed.
+pub const LOG_CONSOLE_OUTPUT: &str = "console_output_failed";
 
 /// The batched console device.
 pub struct ConsoleDevice {
     mem: GuestMemoryMmap,
     out: SharedWriter,
+    logs: Arc<LogLimiter>,
     buf: Vec<u8>,
     /// Writes refused (bad register, width or buffer outside guest memory).
     refused: u64,
@@ -58,11 +39,13 @@ impl std::fmt::Debug for ConsoleDevice {
 }
 
 impl ConsoleDevice {
-    /// A console reading guest buffers from `mem` and writing to `out`.
-    pub fn new(mem: GuestMemoryMmap, out: SharedWriter) -> Self {
+    /// A console reading guest buffers from `mem` and writing to `out` (which applies the VM's
+    /// output limits); failures to write are logged through `logs`.
+    pub fn new(mem: GuestMemoryMmap, out: SharedWriter, logs: Arc<LogLimiter>) -> Self {
         ConsoleDevice {
             mem,
             out,
+            logs,
             buf: Vec::new(),
             refused: 0,
         }
@@ -105,7 +88,7 @@ impl MmioDevice for ConsoleDevice {
             .write_all(&self.buf)
             .and_then(|()| self.out.flush())
         {
-            log::warn!("console output failed: {e}");
+            guest_warn!(self.logs, LOG_CONSOLE_OUTPUT, "console output failed: {e}");
         }
     }
 }
@@ -114,7 +97,7 @@ impl MmioDevice for ConsoleDevice {
 mod tests {
     use super::*;
 
-    use crate::kvm::vm::SharedBuffer as Sink;
+    use crate::devices::output::SharedBuffer as Sink;
 
     #[test]
     fn copies_guest_buffers_and_refuses_bad_ones() {
@@ -122,7 +105,11 @@ mod tests {
         mem.write_slice(b"hello, console", GuestAddress(0x1234))
             .unwrap();
         let sink = Sink::default();
-        let mut dev = ConsoleDevice::new(mem, SharedWriter::new(Box::new(sink.clone())));
+        let mut dev = ConsoleDevice::new(
+            mem,
+            SharedWriter::new(Box::new(sink.clone())),
+            Arc::new(LogLimiter::default()),
+        );
         let req = |gpa: u64, len: u64| (gpa | (len << CONSOLE_LEN_SHIFT)).to_le_bytes();
         dev.write(CONSOLE_REG_WRITE, &req(0x1234, 5));
         dev.write(CONSOLE_REG_WRITE, &req(0x1234 + 5, 9));

@@ -2,18 +2,28 @@
 //! host chose and sends `(tag, value)` events back (progress, measurements, verdicts). Register
 //! layout in [`crate::abi`] (`MAILBOX_*`).
 //!
-//! Every access is a guest exit, so payloads use it for a few words per phase, not for data.
+//! Every access is a guest exit, so payloads use it for a few words per phase, not for data. A
+//! guest may still write events in a loop: the host's channel must be bounded (for example
+//! `crossbeam::channel::bounded(`[`EVENT_QUEUE_LEN`]`)`); events that find it full are dropped and
+//! counted ([`OutputCounters`], exported as `vmm_mailbox_dropped_events_total`), so a guest can
+//! neither grow host memory nor block its vCPU thread through the mailbox.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam::channel::Sender;
+use crossbeam::channel::{Sender, TrySendError};
+
+use super::output::OutputCounters;
 
 use crate::abi::{
     MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE, MAILBOX_REG_PARAM,
     MAILBOX_REG_PARAM_SEL,
 };
 use crate::kvm::bus::MmioDevice;
+
+/// A good length for the host's event channel: far more than the few events per phase a payload
+/// sends, a few tens of KiB of memory at most.
+pub const EVENT_QUEUE_LEN: usize = 4096;
 
 /// One event a payload sent: which VM, its tag and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +45,18 @@ pub struct Mailbox {
     tag: u64,
     control: Arc<AtomicU64>,
     events: Sender<MailboxEvent>,
+    counters: Arc<OutputCounters>,
 }
 
 impl Mailbox {
-    /// A mailbox for VM `vm` offering `params`, delivering events to `events`. Returns the device
-    /// and the control word the host sets.
+    /// A mailbox for VM `vm` offering `params`, delivering events to `events` (a bounded
+    /// channel: events that find it full are dropped and counted in `counters`, the VM's).
+    /// Returns the device and the control word the host sets.
     pub fn new(
         vm: usize,
         params: Vec<u64>,
         events: Sender<MailboxEvent>,
+        counters: Arc<OutputCounters>,
     ) -> (Self, Arc<AtomicU64>) {
         let control = Arc::new(AtomicU64::new(0));
         let dev = Mailbox {
@@ -53,6 +66,7 @@ impl Mailbox {
             tag: 0,
             control: control.clone(),
             events,
+            counters,
         };
         (dev, control)
     }
@@ -91,12 +105,17 @@ impl MmioDevice for Mailbox {
             MAILBOX_REG_PARAM_SEL => self.sel = v,
             MAILBOX_REG_EVENT_TAG => self.tag = v,
             MAILBOX_REG_EVENT_VALUE => {
-                // The receiver may be gone (the host stopped listening): the event is dropped.
-                let _ = self.events.send(MailboxEvent {
+                let ev = MailboxEvent {
                     vm: self.vm,
                     tag: self.tag,
                     value: v,
-                });
+                };
+                // Never waits: a full channel drops the event (counted); a gone receiver (the
+                // host stopped listening) drops it too.
+                match self.events.try_send(ev) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                    Err(TrySendError::Full(_)) => self.counters.mailbox_event_dropped(),
+                }
             }
             _ => log::debug!("mailbox: write to unknown register {offset:#x} ignored"),
         }
@@ -109,8 +128,8 @@ mod tests {
 
     #[test]
     fn params_control_and_events() {
-        let (tx, rx) = crossbeam::channel::unbounded();
-        let (mut m, control) = Mailbox::new(3, vec![10, 20], tx);
+        let (tx, rx) = crossbeam::channel::bounded(EVENT_QUEUE_LEN);
+        let (mut m, control) = Mailbox::new(3, vec![10, 20], tx, Arc::default());
         let mut buf = [0u8; 8];
         m.write(MAILBOX_REG_PARAM_SEL, &1u64.to_le_bytes());
         m.read(MAILBOX_REG_PARAM, &mut buf);
@@ -134,5 +153,22 @@ mod tests {
         );
         m.read(0x1234, &mut buf);
         assert_eq!(buf, [0; 8]);
+    }
+
+    #[test]
+    fn a_guest_flooding_events_fills_a_bounded_channel_and_the_rest_is_counted() {
+        let (tx, rx) = crossbeam::channel::bounded(16);
+        let counters = Arc::new(OutputCounters::default());
+        let (mut m, _) = Mailbox::new(0, vec![], tx, counters.clone());
+        for i in 0..100_000u64 {
+            m.write(MAILBOX_REG_EVENT_VALUE, &i.to_le_bytes());
+        }
+        assert_eq!(rx.len(), 16, "the channel holds what it can, no more");
+        assert_eq!(counters.snapshot().mailbox_dropped_events, 100_000 - 16);
+        assert_eq!(
+            rx.try_recv().unwrap().value,
+            0,
+            "the oldest events are kept"
+        );
     }
 }

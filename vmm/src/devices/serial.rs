@@ -5,7 +5,10 @@
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::sync::Arc;
 
+use gcma_host::guest_warn;
+use gcma_host::log_limit::LogLimiter;
 use vm_superio::{Serial, Trigger};
 
 use crate::kvm::bus::MmioDevice;
@@ -22,9 +25,13 @@ impl Trigger for NoInterrupt {
     }
 }
 
+/// Log kind: writing a byte the guest sent to the UART failed (one event per byte).
+pub const LOG_SERIAL_OUTPUT: &str = "serial_output_failed";
+
 /// The UART as an MMIO device; output goes to the writer given at creation.
 pub struct SerialDevice {
     uart: Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    logs: Arc<LogLimiter>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -34,10 +41,12 @@ impl std::fmt::Debug for SerialDevice {
 }
 
 impl SerialDevice {
-    /// A UART whose transmitted bytes are written to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// A UART whose transmitted bytes are written to `out`; failures to write (one per byte
+    /// once the output is broken) are logged through `logs`.
+    pub fn new(out: Box<dyn Write + Send>, logs: Arc<LogLimiter>) -> Self {
         SerialDevice {
             uart: Serial::new(NoInterrupt, out),
+            logs,
         }
     }
 }
@@ -60,7 +69,11 @@ impl MmioDevice for SerialDevice {
             return;
         }
         if let Err(e) = self.uart.write(reg, value) {
-            log::warn!("serial console output failed: {e}");
+            guest_warn!(
+                self.logs,
+                LOG_SERIAL_OUTPUT,
+                "serial console output failed: {e}"
+            );
         }
     }
 }
@@ -68,12 +81,12 @@ impl MmioDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvm::vm::SharedBuffer as Shared;
+    use crate::devices::output::SharedBuffer as Shared;
 
     #[test]
     fn transmits_bytes_written_to_thr_and_reports_an_empty_transmitter() {
         let out = Shared::default();
-        let mut dev = SerialDevice::new(Box::new(out.clone()));
+        let mut dev = SerialDevice::new(Box::new(out.clone()), Arc::new(LogLimiter::default()));
         for b in b"hi\n" {
             dev.write(0, &[*b]);
         }
@@ -85,5 +98,34 @@ mod tests {
         let mut wide = [0xffu8; 4];
         dev.read(1 << 40, &mut wide);
         assert_eq!(wide, [0; 4]);
+    }
+
+    /// An output that always fails, as a closed standard output does.
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_output_logs_at_the_limiters_rate_not_once_per_byte() {
+        let logs = Arc::new(LogLimiter::default());
+        let mut dev = SerialDevice::new(Box::new(Broken), logs.clone());
+        let t0 = std::time::Instant::now();
+        for _ in 0..10_000 {
+            dev.write(0, b"x");
+        }
+        let windows = t0.elapsed().as_secs() + 1;
+        let written = logs.written_total();
+        assert!(written >= 1 && written <= 10 * windows, "{written} lines");
+        assert_eq!(
+            logs.suppressed(),
+            vec![(LOG_SERIAL_OUTPUT, 10_000 - written)]
+        );
     }
 }

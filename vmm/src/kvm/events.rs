@@ -169,6 +169,7 @@ impl Drop for IrqfdLine {
 pub struct NotifierStats {
     wakeups: AtomicU64,
     delivered: AtomicU64,
+    rearmed: AtomicU64,
 }
 
 impl NotifierStats {
@@ -178,9 +179,17 @@ impl NotifierStats {
     }
 
     /// Notifications handed to the transport (one per wake-up and queue; guest kicks that
-    /// arrive while one is pending are coalesced, which is fine: processing drains the queue).
+    /// arrive while one is pending are coalesced, which is fine: a queue with work left after
+    /// its turn is re-armed).
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Turns that ended with work left (the device served one queue's worth), after which the
+    /// queue's eventfd was signalled again so that the loop comes back to it after the other
+    /// ready events.
+    pub fn rearmed(&self) -> u64 {
+        self.rearmed.load(Ordering::Relaxed)
     }
 }
 
@@ -264,14 +273,27 @@ impl<D: VirtioDevice> QueueNotifier<D> {
     }
 
     fn deliver(&self, queue: u16) {
-        // The same path as a trapped `QueueNotify` write, so notifications sent between
-        // FEATURES_OK and DRIVER_OK are deferred to activation exactly as on the synchronous path
-        // (`process_queue` alone would drop them).
-        self.transport
+        // What a trapped `QueueNotify` write does, so notifications sent between FEATURES_OK and
+        // DRIVER_OK are deferred to activation exactly as on the synchronous path. The device
+        // serves one queue's worth per turn; when work is left the queue's eventfd is signalled
+        // again, so the loop serves the other ready events (other devices, other queues) before
+        // coming back: a guest that keeps posting cannot hold this thread or the transport.
+        let drained = self
+            .transport
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write(regs::QUEUE_NOTIFY, &u32::from(queue).to_le_bytes());
+            .notify(queue);
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        if drained.more {
+            if let Some(evt) = self.queues.get(usize::from(queue)) {
+                match evt.write(1) {
+                    Ok(()) => {
+                        self.stats.rearmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => log::warn!("re-arming the ioeventfd of queue {queue}: {e}"),
+                }
+            }
+        }
     }
 }
 

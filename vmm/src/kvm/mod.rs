@@ -5,10 +5,12 @@
 //! * [`x86`]: the CPU and boot structures for the ring-3, 64-bit entry of kernel-less payloads.
 //! * [`loader`]: a loader for static ELF payloads.
 //! * [`bus`]: the MMIO bus the run loop dispatches exits to ([`MmioBus`], [`MmioDevice`]).
+//! * [`deferred`]: queue work a notification left, served a turn at a time between guest runs.
 //! * [`events`]: ioeventfd queue notifications on an `event-manager` thread, irqfd lines.
 //! * [`vm`]: a microVM tying these together and its run loop ([`MicroVm`]).
 
 pub mod bus;
+pub mod deferred;
 pub mod events;
 pub mod hypervisor;
 pub mod loader;

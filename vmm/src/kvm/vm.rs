@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use gcma_host::log_limit::LogLimiter;
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
@@ -20,16 +22,19 @@ use crate::abi::{
     PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::devices::{
-    ConsoleDevice, ExitDevice, ExitLatch, PolledIrq, SerialDevice, SharedWriter, VirtioSlot,
+    console, serial, ConsoleDevice, ExitDevice, ExitLatch, OutputCounters, PolledIrq, SerialDevice,
+    SharedWriter, VirtioSlot,
 };
 use crate::error::{Error, Result};
 use crate::grant::slots::SlotPerGrant;
 use crate::grant::KvmWindow;
 use crate::kvm::bus::{MmioBus, SharedMmioDevice};
+use crate::kvm::deferred::Deferred;
 use crate::kvm::loader::{load_elf, LoadedImage};
 use crate::kvm::memory::GuestRam;
 use crate::kvm::x86;
 use crate::kvm::Hypervisor;
+use crate::limits::GuestLimits;
 
 /// Smallest guest RAM accepted: boot area, a payload and its stack.
 pub const MIN_MEM_BYTES: u64 = 8 << 20;
@@ -60,30 +65,7 @@ pub enum SerialOutput {
     Sink,
 }
 
-/// A byte buffer shared between the serial console and whoever reads it.
-#[derive(Debug, Clone, Default)]
-pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuffer {
-    /// A copy of everything written so far.
-    pub fn contents(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub use crate::devices::output::SharedBuffer;
 
 /// How to build a microVM.
 #[derive(Debug, Clone)]
@@ -103,6 +85,8 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// How grants are mapped into the grant window.
     pub grant_mapping: GrantMapping,
+    /// What the guest may cost the host: log lines, console output, requests per notification.
+    pub limits: GuestLimits,
 }
 
 /// How contiguous grants are made visible in a VM's grant window.
@@ -140,6 +124,7 @@ impl Default for VmConfig {
             grant_window_bytes: 0,
             irqchip: false,
             grant_mapping: GrantMapping::OneSlot,
+            limits: GuestLimits::default(),
         }
     }
 }
@@ -239,6 +224,10 @@ pub struct MicroVm {
     virtio_devices: u32,
     run_state: Arc<RunState>,
     max_memslots: u32,
+    limits: GuestLimits,
+    logs: Arc<LogLimiter>,
+    output: Arc<OutputCounters>,
+    deferred: Deferred,
 }
 
 impl std::fmt::Debug for MicroVm {
@@ -328,12 +317,28 @@ impl MicroVm {
 
         let exit_latch = Arc::new(ExitLatch::default());
         let mut bus = MmioBus::new();
-        let out = SharedWriter::new(serial_writer(&config.serial)?);
-        let serial: SharedMmioDevice =
-            Arc::new(Mutex::new(SerialDevice::new(Box::new(out.clone()))));
+        let limits = config.limits;
+        let logs = Arc::new(LogLimiter::new(limits.log));
+        logs.declare_all(&[serial::LOG_SERIAL_OUTPUT, console::LOG_CONSOLE_OUTPUT]);
+        let output = Arc::new(OutputCounters::new(match &config.serial {
+            SerialOutput::Buffer(b) => Some(b),
+            _ => None,
+        }));
+        let out = SharedWriter::limited(
+            serial_writer(&config.serial)?,
+            limits.output,
+            output.clone(),
+        );
+        let serial: SharedMmioDevice = Arc::new(Mutex::new(SerialDevice::new(
+            Box::new(out.clone()),
+            logs.clone(),
+        )));
         bus.insert(SERIAL_BASE, SERIAL_SIZE, serial)?;
-        let console: SharedMmioDevice =
-            Arc::new(Mutex::new(ConsoleDevice::new(ram.memory().clone(), out)));
+        let console: SharedMmioDevice = Arc::new(Mutex::new(ConsoleDevice::new(
+            ram.memory().clone(),
+            out,
+            logs.clone(),
+        )));
         bus.insert(CONSOLE_BASE, CONSOLE_SIZE, console)?;
         let exit: SharedMmioDevice = Arc::new(Mutex::new(ExitDevice::new(exit_latch.clone())));
         bus.insert(EXIT_BASE, EXIT_SIZE, exit)?;
@@ -351,7 +356,26 @@ impl MicroVm {
             stats: Arc::default(),
             virtio_devices: 0,
             run_state: Arc::new(RunState::default()),
+            limits,
+            logs,
+            output,
+            deferred: Deferred::new(),
         })
+    }
+
+    /// The limiter every log line this guest can trigger goes through (its devices' too).
+    pub fn log_limiter(&self) -> &Arc<LogLimiter> {
+        &self.logs
+    }
+
+    /// What the guest's console output and mailbox came to (written and dropped).
+    pub fn output_counters(&self) -> &Arc<OutputCounters> {
+        &self.output
+    }
+
+    /// The bounds the VM was built with.
+    pub fn limits(&self) -> GuestLimits {
+        self.limits
     }
 
     /// Loads a static ELF payload and points the vCPU at its entry.
@@ -454,7 +478,12 @@ impl MicroVm {
         let base = VIRTIO_MMIO_BASE + u64::from(n) * VIRTIO_MMIO_SIZE;
         let irq = Arc::new(PolledIrq::new(FIRST_VIRTIO_GSI + n));
         let mem = Arc::new(self.ram.memory().clone());
-        let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem, irq.clone())));
+        let mut transport = MmioTransport::new(device, mem, irq.clone());
+        transport.set_log_limiter(self.logs.clone());
+        transport.set_requests_per_notify(self.limits.requests_per_notify);
+        transport.set_pending_signal(self.deferred.flag());
+        let transport = Arc::new(Mutex::new(transport));
+        self.deferred.add(transport.clone());
         let shared: SharedMmioDevice = transport.clone();
         self.bus.insert(base, VIRTIO_MMIO_SIZE, shared)?;
         self.virtio_devices += 1;
@@ -495,6 +524,7 @@ impl MicroVm {
         // SAFETY: pthread_self has no preconditions.
         *lock_state(&self.run_state) = Some(unsafe { libc::pthread_self() });
         let result = self.run_loop();
+        self.deferred.finish();
         *lock_state(&self.run_state) = None;
         KICK_TARGET.with(|t| t.set(std::ptr::null_mut()));
         self.vcpu.set_kvm_immediate_exit(0);
@@ -507,6 +537,7 @@ impl MicroVm {
             if self.run_state.stop.swap(false, Ordering::AcqRel) {
                 return Ok(VmOutcome::Stopped { rip: self.rip()? });
             }
+            self.deferred.before_run(kick_signal())?;
             let stop = {
                 let exit = self.vcpu.run();
                 match exit {
@@ -568,6 +599,8 @@ impl MicroVm {
                 // immediate_exit, which must be cleared or every later KVM_RUN returns at once.
                 ExitCounters::bump(&self.stats.interrupted);
                 self.vcpu.set_kvm_immediate_exit(0);
+                // The timer of leftover queue work (or any signal): serve its next turn.
+                self.deferred.after_interrupt();
                 continue;
             }
             return match stop {

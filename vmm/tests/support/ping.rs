@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use balloon::error::DeviceError;
-use balloon::transport::drain::{drain_queue, Completion};
+use balloon::transport::drain::{drain_queue, Completion, Drained};
 use balloon::transport::mmio::{regs, MmioTransport};
 use balloon::transport::{
     Activation, GuestMemoryMmap, InterruptHandle, Queue, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -25,6 +25,19 @@ const BUFFER: u64 = RING + 0xc00;
 #[derive(Default)]
 pub struct NullDevice {
     running: Option<(Arc<GuestMemoryMmap>, Queue, InterruptHandle)>,
+    /// Posts the buffer again (bumps the avail index) for every buffer served, as another vCPU
+    /// of a hostile guest could while the device works: the ring is never empty.
+    repost: bool,
+}
+
+impl NullDevice {
+    /// A null device that re-posts every buffer it serves (see [`flood_once_code`]).
+    pub fn reposting() -> Self {
+        NullDevice {
+            running: None,
+            repost: true,
+        }
+    }
 }
 
 impl VirtioDevice for NullDevice {
@@ -50,18 +63,26 @@ impl VirtioDevice for NullDevice {
         self.running = Some((a.mem, queue, a.interrupt));
         Ok(())
     }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: u16, budget: u32) -> Result<Drained, DeviceError> {
         let (mem, queue, interrupt) = self.running.as_mut().ok_or(DeviceError::NotActivated)?;
         // Every chain goes straight back, with nothing written.
         let mut descs = Vec::new();
-        drain_queue(queue, mem, interrupt, &mut descs, u32::MAX, |_| {
+        let repost = self.repost;
+        let mem_ref: &GuestMemoryMmap = mem;
+        drain_queue(queue, mem, interrupt, &mut descs, budget, |_| {
+            if repost {
+                use vm_memory::{Bytes, GuestAddress};
+                let idx: u16 = mem_ref.read_obj(GuestAddress(AVAIL + 2)).unwrap();
+                mem_ref
+                    .write_obj(idx.wrapping_add(1), GuestAddress(AVAIL + 2))
+                    .unwrap();
+            }
             Completion::Used(0)
         })
         .map_err(|source| DeviceError::BrokenRing {
             queue: index,
             source,
-        })?;
-        Ok(())
+        })
     }
     fn reset(&mut self) {
         self.running = None;
@@ -124,6 +145,14 @@ impl Code {
 /// The ping guest: `for i in 1..=rsi { avail.idx = i; *QueueNotify = 0; while used.idx != i {} }`,
 /// then writes exit code 0.
 pub fn ping_code(notify_addr: u64) -> Vec<u8> {
+    ping_batch_code(notify_addr, 1)
+}
+
+/// The ping guest posting `batch` (1..=127) buffers per kick: `rsi` times, `avail.idx +=
+/// batch; *QueueNotify = 0; while used.idx != avail.idx {}`, then exit code 0. One kick per
+/// batch, as a driver does: the device must serve the whole batch without another one.
+pub fn ping_batch_code(notify_addr: u64, batch: u8) -> Vec<u8> {
+    assert!((1..=127).contains(&batch));
     let mut c = Code { bytes: Vec::new() };
     c.emit(&[0x48, 0x89, 0xf1]) // mov rcx, rsi (kick count)
         .emit(&[0x31, 0xc0]) // xor eax, eax
@@ -134,12 +163,14 @@ pub fn ping_code(notify_addr: u64) -> Vec<u8> {
     c.emit(&[0x48, 0x39, 0xc8]); // cmp rax, rcx
     let jae_at = c.here();
     c.emit(&[0x73, 0x00]) // jae done (patched)
-        .emit(&[0xff, 0xc0]) // inc eax
-        .emit(&[0x66, 0x89, 0x03]) // mov [rbx], ax
+        .emit(&[0xff, 0xc0]) // inc eax (the kick count)
+        .emit(&[0x89, 0xc6]) // mov esi, eax
+        .emit(&[0x6b, 0xf6, batch]) // imul esi, esi, batch (the avail index)
+        .emit(&[0x66, 0x89, 0x33]) // mov [rbx], si
         .emit(&[0xc7, 0x07, 0, 0, 0, 0]); // mov dword [rdi], 0  (kick queue 0)
     let spin = c.here();
     c.emit(&[0xf3, 0x90]) // pause
-        .emit(&[0x66, 0x39, 0x02]) // cmp [rdx], ax
+        .emit(&[0x66, 0x39, 0x32]) // cmp [rdx], si
         .jump_back(0x75, spin) // jne spin
         .jump_back(0xeb, top); // jmp top
     let done = c.here();
@@ -147,6 +178,22 @@ pub fn ping_code(notify_addr: u64) -> Vec<u8> {
     c.movabs(0xbf, EXIT_BASE + EXIT_REG_CODE) // mov rdi, &exit
         .emit(&[0xc7, 0x07, 0, 0, 0, 0]) // mov dword [rdi], 0
         .emit(&[0xeb, 0xfe]); // jmp $ (not reached: the exit write ends the run)
+    c.bytes
+}
+
+/// The guest of a [`NullDevice::reposting`] device: posts one buffer, kicks once and spins
+/// forever. The device keeps re-posting what it serves, so the ring never empties (as with a
+/// hostile guest whose other vCPUs post as fast as the device serves, but deterministic). Never
+/// exits: stop it from the host.
+pub fn flood_once_code(notify_addr: u64) -> Vec<u8> {
+    let mut c = Code { bytes: Vec::new() };
+    c.movabs(0xbb, AVAIL + 2) // mov rbx, &avail.idx
+        .movabs(0xbf, notify_addr) // mov rdi, &QueueNotify
+        .emit(&[0x66, 0xc7, 0x03, 1, 0]) // mov word [rbx], 1
+        .emit(&[0xc7, 0x07, 0, 0, 0, 0]); // mov dword [rdi], 0  (the only kick)
+    let top = c.here();
+    c.emit(&[0xf3, 0x90]) // pause
+        .jump_back(0xeb, top); // jmp top
     c.bytes
 }
 
