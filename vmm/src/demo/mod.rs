@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError};
 use gcma_host::api::FrontswapPolicy;
-use gcma_host::pool::{Pool, PoolConfig, PoolStats};
+use gcma_host::pool::{Pool, PoolConfig, PoolStats, Zeroer, ZeroerConfig};
 
 use vmm::abi::*;
 use vmm::api::control::metrics_handler;
@@ -63,6 +63,8 @@ pub struct DemoConfig {
     /// How long `/metrics` stays up after the run (and after the summary is written), so that
     /// a scraper gets the final values.
     pub metrics_linger: Duration,
+    /// CPU share of the pool's background zeroer, percent of one core (0: off).
+    pub zeroer_cpu_pct: u32,
 }
 
 impl Default for DemoConfig {
@@ -85,6 +87,7 @@ impl Default for DemoConfig {
             progress: true,
             summary_json: None,
             metrics_linger: Duration::ZERO,
+            zeroer_cpu_pct: gcma_host::pool::DEFAULT_ZEROER_CPU_PCT,
         }
     }
 }
@@ -354,6 +357,11 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         ..PoolConfig::new(pool_pages)
     })
     .map_err(DemoError::Pool)?;
+    // Zeroes free pool pages between grants; stopped when the demo returns.
+    let _zeroer = match cfg.zeroer_cpu_pct {
+        0 => None,
+        pct => Some(Zeroer::start(&pool, ZeroerConfig::new(pct)).map_err(DemoError::Pool)?),
+    };
 
     let mut metrics = VmmMetrics::new();
     pool.register_metrics(metrics.registry_mut());
