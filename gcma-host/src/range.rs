@@ -50,6 +50,9 @@
 //! assert_eq!(a.free(x).unwrap(), 0x100);
 //! assert_eq!(a.free_bytes(), 0x10000 - 0x100);
 //! ```
+//!
+//! Kept as one unit although it is long: the tree's balancing, the augmented maxima and the
+//! searches that rely on them must change together; the invariant checker sits beside them.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -5,6 +5,9 @@
 //! page; misses are allowed), no accepted frontswap page is ever lost or stale, granted pages read
 //! as zero through the memfd mapping, grants fail only when they must (and say why correctly),
 //! bad input changes nothing, and the pool's accounting adds up.
+//!
+//! Kept as one file although it is long: the model, its operations and the per-step checks are
+//! one test; the disk-client model at the end reuses the same harness.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -709,10 +712,10 @@ fn metrics_encode() {
         "gcma_pool_capacity_pages 16",
         "gcma_frontswap_stored_pages{location=\"pool\",policy=\"write_through\"} 0",
         "gcma_writeback_retries_total 0",
-        "gcma_writebacks_waiting 0",
+        "gcma_writeback_waiting_pages 0",
         "gcma_frontswap_cap_hits_total 0",
         "gcma_cleancache_cap_drops_total 0",
-        "gcma_file_writes_total 0",
+        "gcma_file_written_pages_total 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -18,6 +18,8 @@
 //! tried with each of those pages zeroed. Also checked: the counters never go backwards, the
 //! device runs exactly when the transport says so, the balloon never holds more pages than the
 //! guest ever named for inflation, and after any input a reset and a clean inflate work.
+//!
+//! Kept as one unit although it is long: input format, driver and oracles of one target.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -19,6 +19,9 @@
 //!
 //! One file on purpose: it is the code form of `balloon/PROTOCOL.md`, every encoder beside its
 //! decoder, so that the two and the document are read and changed together.
+//!
+//! Kept as one unit although it is long: it is the whole wire format, request and response
+//! types side by side with their encoders, decoders and round-trip tests, mirroring PROTOCOL.md.
 
 /// virtio device id of virtio-gcma.
 ///

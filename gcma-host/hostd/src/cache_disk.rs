@@ -36,7 +36,7 @@ pub struct CacheDisk {
 }
 
 fn pool_err(e: PoolError) -> BlkIoError {
-    BlkIoError::Refused(e.to_string())
+    BlkIoError::Refused(gcma_host::api::ErrorChain(&e).to_string())
 }
 
 impl CacheDisk {

@@ -24,17 +24,18 @@ use crate::swap_disk::SwapDisk;
 use crate::vhost_blk::{GuestMem, VhostBlk};
 use gcma_http::HttpServer;
 
-/// Why the daemon could not start or stop cleanly. Each names what to fix.
+/// Why the daemon could not start or stop cleanly. Each names what to fix; the message names
+/// the step, its sources say why (print with [`gcma_host::api::ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The configuration does not make sense.
     #[error("{0}")]
     Config(String),
     /// The pool could not be built.
-    #[error("cannot build the pool: {0}")]
+    #[error("cannot build the pool")]
     Pool(#[source] PoolError),
     /// A disk's file could not be opened or sized.
-    #[error("disk {disk}: {what} {path}: {source}")]
+    #[error("disk {disk}: {what} {}", path.display())]
     DiskFile {
         /// The disk.
         disk: String,
@@ -47,7 +48,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// A socket could not be served.
-    #[error("disk {disk}: {source}")]
+    #[error("disk {disk}")]
     Socket {
         /// The disk.
         disk: String,
@@ -56,7 +57,7 @@ pub enum DaemonError {
         source: ServeError,
     },
     /// The control endpoint could not be served.
-    #[error("control endpoint: {0}")]
+    #[error("control endpoint")]
     Http(#[from] gcma_http::HttpError),
     /// A disk could not make what it owes durable at shutdown.
     #[error("disk {disk}: flush at shutdown failed: {reason}")]
@@ -328,7 +329,10 @@ impl Daemon {
         let mut failed = None;
         for d in &self.disks {
             let r = match d.kind {
-                DiskKind::Swap => self.pool.flush_client(d.client).map_err(|e| e.to_string()),
+                DiskKind::Swap => self
+                    .pool
+                    .flush_client(d.client)
+                    .map_err(|e| gcma_host::api::ErrorChain(&e).to_string()),
                 DiskKind::Cache => d.backend.flush().map(|()| 0).map_err(|e| e.to_string()),
             };
             match r {

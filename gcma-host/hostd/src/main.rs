@@ -37,7 +37,7 @@ fn main() {
     let daemon = match Daemon::start(&cli) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("gcma-hostd: {e}");
+            eprintln!("gcma-hostd: {}", gcma_host::api::ErrorChain(&e));
             std::process::exit(1);
         }
     };
@@ -53,7 +53,7 @@ fn main() {
     match daemon.shutdown() {
         Ok(_) => std::process::exit(0),
         Err(e) => {
-            eprintln!("gcma-hostd: {e}");
+            eprintln!("gcma-hostd: {}", gcma_host::api::ErrorChain(&e));
             std::process::exit(1);
         }
     }

@@ -33,6 +33,9 @@ pub enum ServeError {
     /// A live process already serves this socket.
     #[error("{0} is in use by a running process")]
     InUse(PathBuf),
+    /// Something that is not a socket sits at the path; it is left alone.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
 }
 
 /// A kind of vhost-user device the daemon serves.
@@ -53,10 +56,17 @@ pub trait DeviceFactory: Send + Sync + 'static {
     fn disconnected(&self);
 }
 
-/// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an error.
+/// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an error, and
+/// so is anything else at the path (a mistyped path must not delete a file).
 pub fn listen(path: &Path) -> Result<Listener, ServeError> {
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::InUse(path.to_path_buf()));
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServeError::NotASocket(path.to_path_buf()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
     }
     Listener::new(path, true).map_err(|e| ServeError::Listen {
         path: path.to_path_buf(),
@@ -111,5 +121,30 @@ fn serve_connection<F: DeviceFactory>(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
         )) => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_replaces_only_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(listen(&file), Err(ServeError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let sock = dir.path().join("swap.sock");
+        let live = listen(&sock).unwrap();
+        assert!(matches!(listen(&sock), Err(ServeError::InUse(_))));
+        drop(live);
+
+        // The file of a socket nobody listens on any more is stale: it is replaced.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        listen(&stale).unwrap();
     }
 }

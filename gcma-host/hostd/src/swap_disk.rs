@@ -34,7 +34,7 @@ fn key(page: u64) -> FrontswapKey {
 }
 
 fn pool_err(e: PoolError) -> BlkIoError {
-    BlkIoError::Refused(e.to_string())
+    BlkIoError::Refused(gcma_host::api::ErrorChain(&e).to_string())
 }
 
 impl SwapDisk {

@@ -212,15 +212,15 @@ pub(super) fn open_backing_file(dir: Option<&PathBuf>) -> Result<File, PoolError
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(PoolError::Io(format!(
-                    "cannot create the backing file in {}: {e}",
-                    dir.display()
-                )))
+                return Err(PoolError::io(
+                    format!("cannot create the backing file in {}", dir.display()),
+                    e,
+                ))
             }
         }
     }
-    Err(PoolError::Io(format!(
-        "cannot create a unique backing file in {}",
-        dir.display()
-    )))
+    Err(PoolError::io(
+        format!("cannot create a unique backing file in {}", dir.display()),
+        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    ))
 }

@@ -2,6 +2,10 @@
 //! until the key is invalidated or replaced, wherever the data moved (pool page, host memory
 //! outside the pool, backing file). See the [pool documentation](super) for the three policies
 //! and for clients with their own backing file.
+//!
+//! Kept as one unit although it is long: store, load, invalidate, eviction under the three
+//! policies and the write-out of clients with their own file all move the same page between the
+//! same four places under one lock protocol; split, the lost-page invariant would span files.
 
 use std::ops::RangeInclusive;
 use std::os::unix::fs::FileExt;
@@ -565,8 +569,9 @@ impl Pool {
                             From::Slot(s)
                         }
                         _ => {
-                            return Err(PoolError::Io(
-                                "frontswap page lost its backing copy".into(),
+                            return Err(PoolError::io(
+                                "frontswap page lost its backing copy",
+                                std::io::Error::from(std::io::ErrorKind::NotFound),
                             ))
                         }
                     }
@@ -582,7 +587,7 @@ impl Pool {
                 };
                 self.lock().slots.unpin(slot);
                 read.map(|()| true)
-                    .map_err(|e| PoolError::Io(format!("backing file read: {e}")))
+                    .map_err(|e| PoolError::io("backing file read", e))
             }
         }
     }
@@ -762,7 +767,7 @@ impl Pool {
                     &mut out[a as usize * PAGE_SIZE..b as usize * PAGE_SIZE],
                     off + a * PAGE_SIZE as u64,
                 )
-                .map_err(|e| PoolError::Io(format!("client backing file read: {e}")))?;
+                .map_err(|e| PoolError::io("client backing file read", e))?;
             start = end;
         }
         Ok(())
@@ -772,7 +777,7 @@ impl Pool {
         f.store
             .read_at(out, off)
             .map(|()| true)
-            .map_err(|e| PoolError::Io(format!("client backing file read: {e}")))
+            .map_err(|e| PoolError::io("client backing file read", e))
     }
 
     pub(super) fn fs_invalidate_page(
@@ -819,7 +824,7 @@ impl Pool {
         if start < end {
             f.store
                 .punch_hole(start, end - start)
-                .map_err(|e| PoolError::Io(format!("client backing file hole punch: {e}")))?;
+                .map_err(|e| PoolError::io("client backing file hole punch", e))?;
         }
         Ok(n)
     }
@@ -1126,13 +1131,11 @@ impl Pool {
         }
         if let Some(e) = failure {
             Counters::add(&self.counters.backing_write_errors, 1);
-            return Err(PoolError::Io(format!(
-                "flush to the client's backing file: {e}"
-            )));
+            return Err(PoolError::io("flush to the client's backing file", e));
         }
         f.store
             .sync_data()
-            .map_err(|e| PoolError::Io(format!("sync of the client's backing file: {e}")))?;
+            .map_err(|e| PoolError::io("sync of the client's backing file", e))?;
         Ok(written)
     }
 }

@@ -522,7 +522,7 @@ impl Collector for PoolCollector {
         )?;
         counter(
             e,
-            "gcma_file_writes",
+            "gcma_file_written_pages",
             "Pages written to clients' own backing files.",
             s.file_writes,
         )?;
@@ -534,8 +534,8 @@ impl Collector for PoolCollector {
         )?;
         gauge(
             e,
-            "gcma_writebacks_waiting",
-            "Failed write-backs waiting for their next attempt.",
+            "gcma_writeback_waiting_pages",
+            "Pages whose failed write-back waits for its next attempt.",
             s.writebacks_waiting,
         )?;
         counter(

@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod ping;
-pub mod prometheus;
 
 use vmm::Hypervisor;
 

@@ -3,6 +3,9 @@
 //! hostile-guest tests (`balloon/tests/*.rs`, `gcma::proto`'s unit tests), encoded in each
 //! target's input format. Every seed is checked to decode back to what it encodes and to pass
 //! its target.
+//!
+//! Kept as one file although it is long: one seed builder per target, each a list of scenarios
+//! encoded the same way.
 
 use std::path::Path;
 

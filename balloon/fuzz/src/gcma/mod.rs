@@ -25,6 +25,9 @@
 //!   may hold is loaded straight from the pool and compared.
 //!
 //! Everything that touches the device's construction and its grant mapper is in [`rig`].
+//!
+//! Kept as one unit although it is long: the input format, the driver, the protocol model and
+//! the oracles of one target evolve together.
 
 pub mod rig;
 
