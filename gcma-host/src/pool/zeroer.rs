@@ -147,7 +147,7 @@ impl Zeroer {
                 let stop = Arc::clone(&stop);
                 move || run(weak, cfg, &stop)
             })
-            .map_err(|e| PoolError::Io(format!("starting the zeroer thread: {e}")))?;
+            .map_err(|e| PoolError::io("starting the zeroer thread", e))?;
         log::debug!("gcma pool: zeroer started");
         Ok(Zeroer {
             stop,
