@@ -218,6 +218,11 @@ impl QemuGuest {
             "console=ttyS0".to_string(),
             "quiet".into(),
             "panic=-1".into(),
+            // Under software emulation on a loaded host the kernel's check that the timer
+            // interrupt arrives through the IO-APIC can miss its ticks and panic ("IO-APIC +
+            // timer doesn't work"; seen here at a load average of 12 on 2 cores). The check
+            // proves nothing about our devices: skip it.
+            "no_timer_check".into(),
         ];
         p.extend(self.mode.kernel_params());
         p.extend(self.cmdline.iter().cloned());
@@ -697,7 +702,9 @@ mod tests {
         assert!(drive[0].ends_with(",readonly=on"));
         assert!(a.iter().any(|x| x == "-no-reboot"));
         let append = after(&a, "-append")[0];
-        assert!(append.starts_with("console=ttyS0 quiet panic=-1 gcmatest.mode=swap"));
+        assert!(
+            append.starts_with("console=ttyS0 quiet panic=-1 no_timer_check gcmatest.mode=swap")
+        );
         assert!(append.contains("gcmatest.mib=160") && append.contains("gcmatest.seed=7"));
         assert!(append.ends_with(" loglevel=4"));
         // The guest parses back exactly what the host asked for.
