@@ -18,6 +18,15 @@
 //! back-to-back grants (the `RESULT`: the worst case, a grant always in progress), during grants
 //! at a 10% duty cycle, and during memsets of the same sizes (what zeroing alone costs it).
 //!
+//! Zeroing ahead of time: first, with no background, the whole pool is dirtied and the background
+//! zeroer (default share, 25% of one core) left to finish; then the largest grant is timed against
+//! a memset of the same bytes (`RESULT grant_prezeroed_over_memset`). The zeroer keeps running
+//! through the latency phase (the pool-full case, `RESULT grant_32000_full_over_memset`). Last,
+//! its cost to the background: a grant of the largest size is taken and freed (leaving that many
+//! dirty free pages), then the background's throughput is measured with the zeroer on until no
+//! dirty page is left, and for as long again with it off after the same preparation
+//! (`RESULT zeroer_tenant_slowdown_pct`).
+//!
 //! Environment: `GCMA_EVAL_REPS` (default 32) and `GCMA_EVAL_BG_SECS` (default 3, the length of
 //! the alternating-window phase) shorten or lengthen a run. Ends with the `RESULT` lines.
 //!
@@ -33,7 +42,7 @@ use std::time::{Duration, Instant};
 use gcma_host::api::{
     CleancacheKey, ClientId, FrontswapKey, FrontswapPolicy, GcmaBackend, PAGE_SIZE,
 };
-use gcma_host::pool::{Pool, PoolConfig};
+use gcma_host::pool::{Pool, PoolConfig, Zeroer, ZeroerConfig};
 
 const POOL_PAGES: u64 = 65536; // 256 MiB
 const SIZES: [u64; 8] = [1, 512, 1024, 2048, 4096, 8192, 16384, 32000];
@@ -298,6 +307,13 @@ fn background(
     }
 }
 
+/// Waits until the pool has no dirty free page (the zeroer has finished).
+fn wait_zeroed(pool: &Pool) {
+    while pool.stats().free_dirty_pages != 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -336,9 +352,68 @@ fn main() {
     let memset_region = Region::new(largest);
     let mut cma = CmaBaseline::new(largest);
 
+    // Zeroing ahead of time, no background: dirty the whole pool, let the zeroer finish, then
+    // the largest grant against a memset of the same bytes (both dirtied in between).
+    let pool_view = PoolView::new(&pool);
+    let prezeroed = {
+        let s0 = pool.stats();
+        let g = pool
+            .alloc_contig(fg_client, POOL_PAGES, 1)
+            .expect("whole-pool grant");
+        pool_view.fill(g.first_page, g.nr_pages, 0x5a);
+        pool.free_contig(fg_client, g.first_page).expect("free");
+        let zeroer = Zeroer::start(&pool, ZeroerConfig::default()).expect("zeroer");
+        let (t, busy0) = (Instant::now(), pool.stats().zeroer_busy_ns);
+        wait_zeroed(&pool);
+        let (wall, busy) = (
+            t.elapsed().as_secs_f64(),
+            (pool.stats().zeroer_busy_ns - busy0) as f64 / 1e9,
+        );
+        println!(
+            "zeroer (default share): {POOL_PAGES} dirty pages zeroed in {wall:.2} s, busy {busy:.3} s ({:.1}% of one core), {:.1} GiB/s while busy",
+            busy / wall * 100.0,
+            (POOL_PAGES * PAGE_SIZE as u64) as f64 / busy / (1u64 << 30) as f64
+        );
+        let (mut grant, mut memset) = (Lat::default(), Lat::default());
+        for r in 0..8u8 {
+            memset_region.memset(0, largest, r | 1);
+            let before = pool.stats().zeroed_pages;
+            let t = Instant::now();
+            let g = pool.alloc_contig(fg_client, largest, 1).expect("grant");
+            grant.add(t.elapsed());
+            assert_eq!(
+                pool.stats().zeroed_pages,
+                before,
+                "a prezeroed grant zeroed pages"
+            );
+            pool_view.fill(g.first_page, g.nr_pages, r | 1);
+            pool.free_contig(fg_client, g.first_page).expect("free");
+            let t = Instant::now();
+            memset_region.memset(0, largest, 0);
+            memset.add(t.elapsed());
+            wait_zeroed(&pool);
+        }
+        drop(zeroer);
+        let s1 = pool.stats();
+        println!(
+            "prezeroed pool, {largest} pages x8: grant min/avg {:.0}/{:.0} µs, memset min/avg {:.0}/{:.0} µs; ratio of averages {:.3}, of medians {:.3} ({} pages zeroed ahead)",
+            grant.min,
+            grant.avg(),
+            memset.min,
+            memset.avg(),
+            grant.avg() / memset.avg(),
+            grant.median() / memset.median(),
+            s1.idle_zeroed_pages - s0.idle_zeroed_pages
+        );
+        grant.avg() / memset.avg()
+    };
+    // Refill what the whole-pool grant evicted, and keep the zeroer on from here (as `vmm` and
+    // `gcma-hostd` run by default) until the tenant-cost phase.
+    fill(&pool, bg_client, cc_pool);
+    let zeroer = Zeroer::start(&pool, ZeroerConfig::default()).expect("zeroer");
+
     // Phase 0: no background, the largest grant against memset, to show the intrinsic cost.
     let before = pool.stats();
-    let pool_view = PoolView::new(&pool);
     let (mut quiet_grant, mut quiet_memset, mut quiet_own) =
         (Lat::default(), Lat::default(), Lat::default());
     for r in 0..8u8 {
@@ -418,6 +493,8 @@ fn main() {
         }
     }
 
+    drop(zeroer);
+
     // Phase 3: background throughput alone, while grants run back to back (the RESULT), and
     // while the same bytes are only memset (what zeroing alone costs the background). The three
     // kinds of window alternate, so that other load on the machine hits them alike.
@@ -482,6 +559,46 @@ fn main() {
         with_duty.0 / with_duty.1,
     );
     let (grant_secs, memset_secs) = (with.1, with_memset.1);
+
+    // Phase 4: the zeroer's cost to the background. Each round leaves `largest` dirty free pages
+    // (a grant taken and freed), then measures the background with the zeroer on until no dirty
+    // page is left (at least 20 ms, at most 500 ms), then prepares the same way and measures it
+    // for as long with the zeroer off. Both windows poll the pool's stats alike.
+    let (mut z_on, mut z_off) = ((0.0, 0.0), (0.0, 0.0));
+    let (z0, mut z_rounds) = (pool.stats(), 0);
+    let dirty = || {
+        let g = pool.alloc_contig(fg_client, largest, 1).expect("grant");
+        pool.free_contig(fg_client, g.first_page).expect("free");
+    };
+    let watch = |until_clean: bool, d: Duration| {
+        let t = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let clean = pool.stats().free_dirty_pages == 0;
+            let e = t.elapsed();
+            if (until_clean && clean && e >= Duration::from_millis(20))
+                || e >= d.max(Duration::from_millis(20))
+            {
+                break;
+            }
+        }
+    };
+    while z_on.1 < bg_secs as f64 && z_rounds < 200 {
+        dirty();
+        let zeroer = Zeroer::start(&pool, ZeroerConfig::default()).expect("zeroer");
+        let r = rate(&mut || watch(true, Duration::from_millis(500)));
+        drop(zeroer);
+        add(&mut z_on, r);
+        dirty();
+        add(
+            &mut z_off,
+            rate(&mut || watch(false, Duration::from_secs_f64(r.1))),
+        );
+        z_rounds += 1;
+    }
+    let z1 = pool.stats();
+    let (bg_zon, bg_zoff) = (z_on.0 / z_on.1, z_off.0 / z_off.1);
+    let zeroer_slowdown = (1.0 - bg_zon / bg_zoff) * 100.0;
     stop.store(true, Ordering::Relaxed);
     bg.join().expect("background thread");
     if let Err(e) = pool.check_consistency() {
@@ -555,9 +672,23 @@ fn main() {
         st.backing_writes,
         st.frontswap_loads_backing
     );
+    println!(
+        "background with the zeroer (default share) on: {bg_zon:.0} it/s over {:.2} s; off: {bg_zoff:.0} it/s over {:.2} s ({z_rounds} rounds of {largest} freed pages); slowdown {zeroer_slowdown:.1}%; meanwhile it zeroed {} pages, busy {:.3} s ({:.1}% of the on time)",
+        z_on.1,
+        z_off.1,
+        z1.idle_zeroed_pages - z0.idle_zeroed_pages,
+        (z1.zeroer_busy_ns - z0.zeroer_busy_ns) as f64 / 1e9,
+        (z1.zeroer_busy_ns - z0.zeroer_busy_ns) as f64 / 1e9 / z_on.1 * 100.0
+    );
     let i32k = SIZES.iter().position(|&s| s == 32000).unwrap();
     println!("RESULT grant_avg_over_memset_max={worst_over_memset:.2}");
     println!("RESULT grant_32000_avg_us={:.0}", grant[i32k].avg());
     println!("RESULT grant_max_over_avg_max={worst_max_over_avg:.2}");
     println!("RESULT background_slowdown_pct={slowdown:.1}");
+    println!("RESULT grant_prezeroed_over_memset={prezeroed:.3}");
+    println!(
+        "RESULT grant_32000_full_over_memset={:.2}",
+        grant[i32k].avg() / memset[i32k].avg()
+    );
+    println!("RESULT zeroer_tenant_slowdown_pct={zeroer_slowdown:.1}");
 }

@@ -91,6 +91,12 @@ struct DemoArgs {
     quiet: bool,
     #[command(flatten)]
     limits: limit_args::LimitArgs,
+    /// CPU share, in percent of one core, of the pool's background zeroer, which zeroes free
+    /// pool pages while the pool is quiet so that grants find them ready (it steps aside
+    /// whenever a grant or a tenant wants the pool). 0 turns it off: grants zero what they take.
+    #[arg(long, default_value_t = gcma_host::pool::DEFAULT_ZEROER_CPU_PCT, value_name = "PCT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    zeroer_cpu_pct: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -163,6 +169,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         metrics_linger: Duration::from_secs(args.metrics_linger_s),
         limits: args.limits.guest_limits(),
         max_search_nodes: args.limits.gcma_max_search_nodes,
+        zeroer_cpu_pct: args.zeroer_cpu_pct,
     };
     let summary = demo::run_demo(&cfg)?;
     Ok(if summary.all_checks_passed() {
@@ -200,6 +207,13 @@ struct RunArgs {
     /// payload asks it for a contiguous grant; `--arg` is its size in pages).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
     gcma_pool_mib: Option<u64>,
+    /// With --gcma-pool-mib: CPU share, in percent of one core, of the pool's background zeroer,
+    /// which zeroes free pool pages while the pool is quiet so that grants find them ready (it
+    /// steps aside whenever a grant or a tenant wants the pool). 0 turns it off: grants zero
+    /// what they take.
+    #[arg(long, default_value_t = gcma_host::pool::DEFAULT_ZEROER_CPU_PCT, value_name = "PCT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    zeroer_cpu_pct: u32,
     /// Size of the guest-physical grant window where gcma grants are mapped, in MiB (a multiple
     /// of 2; used with --gcma-pool-mib).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..=507 * 1024))]
@@ -298,6 +312,8 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     };
     let mut builder =
         VmBuilder::new("vm0", config.clone(), args.payload.clone()).ioeventfd(args.ioeventfd);
+    // Stopped when the run is over (dropped at the end of this function).
+    let mut _zeroer = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool_pages = pool_mib << 8;
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
@@ -308,6 +324,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
         .map_err(CliError::Pool)?;
+        if args.zeroer_cpu_pct > 0 {
+            let cfg = gcma_host::pool::ZeroerConfig::new(args.zeroer_cpu_pct);
+            _zeroer = Some(gcma_host::pool::Zeroer::start(&pool, cfg).map_err(CliError::Pool)?);
+        }
         builder = builder.gcma(pool);
     }
     if let Some(target_pages) = args.balloon_pages {

@@ -39,6 +39,13 @@ pub struct Cli {
     #[arg(long)]
     pub mlock: bool,
 
+    /// CPU share, in percent of one core, of the background zeroer that zeroes free pool pages
+    /// while the pool is quiet so that grants find them ready (it steps aside whenever a grant
+    /// or a disk request wants the pool). 0 turns it off: grants then zero what they take.
+    #[arg(long, default_value_t = gcma_host::pool::DEFAULT_ZEROER_CPU_PCT, value_name = "PCT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub zeroer_cpu_pct: u32,
+
     /// When swap pages leave the pool: write-through writes every page to the disk's file
     /// before acknowledging it (nothing acknowledged is lost even if the daemon is killed);
     /// write-back writes it when a grant or pressure evicts it, and on shutdown; put-back keeps

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use balloon::blk::BlkConfig;
 use gcma_host::api::{PoolError, PAGE_SIZE};
-use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig};
+use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig, Zeroer, ZeroerConfig};
 use prometheus_client::registry::Registry;
 
 use crate::cache_disk::CacheDisk;
@@ -105,6 +105,8 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     accept: Vec<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
+    /// The background zeroer (`--zeroer-cpu-pct`), stopped at shutdown.
+    zeroer: Option<Zeroer>,
 }
 
 /// Pages of a byte count, rounded down.
@@ -177,6 +179,10 @@ impl Daemon {
             images.push(image);
         }
         let pool = Pool::new(cfg).map_err(DaemonError::Pool)?;
+        let zeroer = match cli.zeroer_cpu_pct {
+            0 => None,
+            pct => Some(Zeroer::start(&pool, ZeroerConfig::new(pct)).map_err(DaemonError::Pool)?),
+        };
         // The default cap: the pool divided evenly among the disks.
         let default_cap = nr_pages / n_disks.max(1) as u64;
         let mut disks = Vec::with_capacity(n_disks);
@@ -298,6 +304,7 @@ impl Daemon {
             stop,
             accept,
             housekeeping,
+            zeroer,
         })
     }
 
@@ -343,6 +350,7 @@ impl Daemon {
         if let Some(t) = self.housekeeping.take() {
             let _ = t.join();
         }
+        drop(self.zeroer.take());
         // Accepting threads may be blocked in accept(); they end with the process.
         self.accept.clear();
         log::info!(
@@ -398,16 +406,11 @@ fn check(cli: &Cli) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Retries failed write-backs as their backoff expires, and zeroes idle free pages so that
-/// grants find them ready.
+/// Retries failed write-backs as their backoff expires. (Idle free pages are zeroed by the
+/// pool's background zeroer, `--zeroer-cpu-pct`.)
 fn housekeeping(pool: &Pool, stop: &AtomicBool) {
-    let mut last_zeroing = Instant::now();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(20));
         pool.retry_writebacks();
-        if last_zeroing.elapsed() >= Duration::from_millis(500) {
-            pool.zero_idle_pages(4096);
-            last_zeroing = Instant::now();
-        }
     }
 }

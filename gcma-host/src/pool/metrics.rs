@@ -71,6 +71,7 @@ pub(crate) struct Counters {
     pub grant_locked_ns: AtomicU64,
     pub grant_lock_wait_ns: AtomicU64,
     pub grant_zero_ns: AtomicU64,
+    pub zeroer_busy_ns: AtomicU64,
 }
 
 pub(crate) fn reject_index(r: RejectReason) -> usize {
@@ -218,6 +219,8 @@ pub struct PoolStats {
     pub grant_lock_wait_ns: u64,
     /// Time grants spent zeroing with the lock released, in ns.
     pub grant_zero_unlocked_ns: u64,
+    /// Time the background [`super::Zeroer`] spent working (not pausing), in ns.
+    pub zeroer_busy_ns: u64,
 }
 
 impl PoolStats {
@@ -259,6 +262,7 @@ impl PoolStats {
         self.grant_locked_ns = g(&c.grant_locked_ns);
         self.grant_lock_wait_ns = g(&c.grant_lock_wait_ns);
         self.grant_zero_unlocked_ns = g(&c.grant_zero_ns);
+        self.zeroer_busy_ns = g(&c.zeroer_busy_ns);
     }
 }
 
@@ -441,6 +445,13 @@ impl Collector for PoolCollector {
             "Free pages zeroed ahead of time.",
             s.idle_zeroed_pages,
         )?;
+        e.encode_descriptor(
+            "gcma_zeroer_busy_seconds",
+            "Time the background zeroer spent working.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&(s.zeroer_busy_ns as f64 / 1e9), None)?;
         counter(
             e,
             "gcma_cleancache_puts",

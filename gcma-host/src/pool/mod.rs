@@ -11,11 +11,13 @@
 //!   ([`BackingStore`]) and the lock that serialises writes to each.
 //! * `clients.rs`: client slots with generations, per-client options and counters.
 //! * [`metrics`]: counters, [`PoolStats`] and the `prometheus-client` collector.
+//! * `zeroer.rs`: the background [`Zeroer`], which zeroes free pages ahead of grants.
 //!
 //! # Page states
 //! Every pool page is free (known zero, or dirty), cleancache, frontswap or granted. The range
 //! allocator ([`crate::range::RangeAllocator`]) over pool page numbers tracks *granted* runs only:
-//! to it, free and second-class pages are all available. A grant takes the lowest fitting run,
+//! to it, free and second-class pages are all available. A grant takes the lowest fitting run
+//! (or the highest, when that has fewer pages not known to be zero: `Inner::place_grant`),
 //! evicts the second-class pages in it, zeroes every page not known to be zero, and marks the run
 //! granted. Pages a put or store needs come from free pages (dirty ones first, so that zero pages
 //! stay cheap for grants; the newest-freed first, so that low addresses tend to stay free; bulk
@@ -85,6 +87,12 @@
 //! lets a thread that releases and retakes the lock in a tight loop starve a sleeping waiter;
 //! this keeps a busy tenant from delaying a grant.
 //!
+//! The background [`Zeroer`] only ever *tries* the lock, and only when no grant and no tenant
+//! waits for it; holding it, it zeroes one dirty free page at a time and lets go as soon as
+//! anyone waits (second-class operations count themselves in `lock_waiters` when they find the
+//! lock taken). A page's zeroing and its move to the known-zero list happen under the lock, so
+//! a grant that skips a known-zero page never holds another guest's bytes.
+//!
 //! No operation takes the lock twice nested, and the pool lock is never held across file I/O. A
 //! client's own file has a write lock of its own, held across each write or hole punch to that
 //! file (that is what serialises them); it is always taken before the pool lock, never while
@@ -100,12 +108,13 @@ mod hash;
 pub mod metrics;
 pub mod pages;
 pub mod reservation;
+mod zeroer;
 
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::api::{
     CleancacheKey, ClientId, ContigGrant, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError,
@@ -123,8 +132,9 @@ pub use frontswap::writeback_backoff;
 use frontswap::Retry;
 pub use metrics::{ClientStats, EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
 use metrics::{Counters, PoolCollector};
-use pages::{PageState, PageTable, Tenant};
+use pages::{PageState, PageTable};
 use reservation::Reservation;
+pub use zeroer::{Zeroer, ZeroerConfig, DEFAULT_ZEROER_CPU_PCT};
 
 /// Grants with at most this many pages to zero are zeroed under the lock (cheaper than dropping
 /// and retaking it); larger ones are zeroed with the lock released.
@@ -305,6 +315,9 @@ pub struct Pool {
     grants_waiting: AtomicU32,
     /// Limits the log lines clients can provoke (see [`LOG_KINDS`]).
     logs: Arc<LogLimiter>,
+    /// Second-class operations that found the lock taken and wait for it; the [`Zeroer`]
+    /// steps aside for them.
+    lock_waiters: AtomicU32,
 }
 
 /// Kinds of log lines the pool writes through its [`LogLimiter`]: a backing-file write that
@@ -381,6 +394,7 @@ impl Pool {
             backing,
             grants_waiting: AtomicU32::new(0),
             logs,
+            lock_waiters: AtomicU32::new(0),
         }))
     }
 
@@ -407,7 +421,17 @@ impl Pool {
             spins += 1;
         }
         // A panic while holding the lock would be a bug; the state is still the best we have.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        match self.inner.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        // Contended: say so, so that the background zeroer lets go (uncontended takes pay
+        // nothing for this).
+        self.lock_waiters.fetch_add(1, Ordering::Relaxed);
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock_waiters.fetch_sub(1, Ordering::Relaxed);
+        g
     }
 
     /// Takes the lock for a grant or a grant's release, ahead of second-class operations.
@@ -564,25 +588,16 @@ impl Pool {
     }
 
     /// Zeroes up to `max_pages` free pages that may hold old bytes, so that later grants find
-    /// them known-zero and skip them. Meant for idle time (a daemon's housekeeping tick): each
-    /// batch of [`ZERO_IDLE_BATCH_PAGES`] pages is zeroed under the lock (a few microseconds),
-    /// and the lock is released between batches. Returns the number of pages zeroed.
+    /// them known-zero and skip them. Meant for idle time (a daemon's housekeeping tick; the
+    /// background [`Zeroer`] does it continuously): each batch of [`ZERO_IDLE_BATCH_PAGES`] pages
+    /// is zeroed under the lock (a few microseconds), and the lock is released between batches.
+    /// Returns the number of pages zeroed.
     pub fn zero_idle_pages(&self, max_pages: u64) -> u64 {
         let mut done = 0;
         while done < max_pages {
             let mut g = self.lock();
-            let mut n = 0;
-            while n < ZERO_IDLE_BATCH_PAGES && done + n < max_pages {
-                // The oldest dirty pages: those puts would take last.
-                let Some(p) = g.pages.head(PageState::FreeDirty) else {
-                    break;
-                };
-                // SAFETY: `p` is free (holds no data, granted to no one) and the lock is held,
-                // so no one else reads or writes it.
-                unsafe { self.res.zero_pages(p as u64, 1) };
-                g.pages.set(p, PageState::FreeZero, Tenant::None);
-                n += 1;
-            }
+            let (n, _) =
+                self.zero_dirty_locked(&mut g, ZERO_IDLE_BATCH_PAGES.min(max_pages - done), false);
             drop(g);
             done += n;
             if n < ZERO_IDLE_BATCH_PAGES {
@@ -591,6 +606,33 @@ impl Pool {
         }
         Counters::add(&self.counters.idle_zeroed_pages, done);
         done
+    }
+
+    /// Zeroes up to `max_pages` dirty free pages, the lock held (`g`). With `step_aside`, stops
+    /// before the next page as soon as a grant or a tenant waits for the lock. Returns the pages
+    /// zeroed and whether it stopped for a waiter.
+    fn zero_dirty_locked(&self, g: &mut Inner, max_pages: u64, step_aside: bool) -> (u64, bool) {
+        let mut n = 0;
+        while n < max_pages {
+            if step_aside
+                && (self.grants_waiting.load(Ordering::Relaxed) != 0
+                    || self.lock_waiters.load(Ordering::Relaxed) != 0)
+            {
+                return (n, true);
+            }
+            // The oldest dirty pages: those puts would take last.
+            let Some(p) = g.pages.head(PageState::FreeDirty) else {
+                break;
+            };
+            // SAFETY: `p` is free (holds no data, granted to no one) and the lock is held,
+            // so no one else reads or writes it.
+            unsafe { self.res.zero_pages(p as u64, 1) };
+            // To the far end of the zero list: puts take zero pages last and from the other end,
+            // so the work done here stays for grants.
+            g.pages.set_free_head(p, PageState::FreeZero);
+            n += 1;
+        }
+        (n, false)
     }
 
     /// Unregisters `client`: drops its cleancache and frontswap pages and, unless `keep_grants`,

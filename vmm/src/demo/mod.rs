@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError};
 use gcma_host::api::FrontswapPolicy;
-use gcma_host::pool::{Pool, PoolConfig, PoolStats};
+use gcma_host::pool::{Pool, PoolConfig, PoolStats, Zeroer, ZeroerConfig};
 
 use vmm::abi::*;
 use vmm::api::control::metrics_handler;
@@ -68,6 +68,8 @@ pub struct DemoConfig {
     pub limits: GuestLimits,
     /// Tree nodes one grant may visit under the pool lock.
     pub max_search_nodes: u32,
+    /// CPU share of the pool's background zeroer, percent of one core (0: off).
+    pub zeroer_cpu_pct: u32,
 }
 
 impl Default for DemoConfig {
@@ -92,6 +94,7 @@ impl Default for DemoConfig {
             metrics_linger: Duration::ZERO,
             limits: GuestLimits::default(),
             max_search_nodes: gcma_host::range::DEFAULT_MAX_VISITS,
+            zeroer_cpu_pct: gcma_host::pool::DEFAULT_ZEROER_CPU_PCT,
         }
     }
 }
@@ -367,6 +370,11 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         ..PoolConfig::new(pool_pages)
     })
     .map_err(DemoError::Pool)?;
+    // Zeroes free pool pages between grants; stopped when the demo returns.
+    let _zeroer = match cfg.zeroer_cpu_pct {
+        0 => None,
+        pct => Some(Zeroer::start(&pool, ZeroerConfig::new(pct)).map_err(DemoError::Pool)?),
+    };
 
     let mut metrics = VmmMetrics::new();
     pool.register_metrics(metrics.registry_mut());
