@@ -461,6 +461,16 @@ impl MicroVm {
         for e in &k.e820 {
             log::info!("linux: e820 {}", e.linux_line());
         }
+        for (n, d) in self.virtio_windows.iter().enumerate() {
+            log::info!(
+                "linux: virtio-mmio device id {} as \\_SB_.{} at [{:#x}, {:#x}) gsi {}",
+                d.device_id,
+                VirtioMmioDevice::acpi_name(n),
+                d.base,
+                d.base + d.len_bytes,
+                d.gsi
+            );
+        }
         Ok(self.linux.insert(guest))
     }
 
@@ -586,6 +596,7 @@ impl MicroVm {
         let base = VIRTIO_MMIO_BASE + u64::from(n) * VIRTIO_MMIO_SIZE;
         let gsi = FIRST_VIRTIO_GSI + n;
         let irq = Arc::new(PolledIrq::new(gsi));
+        let device_id = device.device_id();
         let line: Arc<dyn balloon::transport::IrqLine> = match self.kind {
             GuestKind::Payload => irq.clone(),
             GuestKind::Linux => {
@@ -609,6 +620,7 @@ impl MicroVm {
             base,
             len_bytes: VIRTIO_MMIO_SIZE,
             gsi,
+            device_id,
         });
         log::debug!("virtio device in slot {n} at {base:#x}, gsi {}", irq.gsi());
         Ok(VirtioSlot {

@@ -56,6 +56,9 @@ pub struct VirtioMmioDevice {
     pub len_bytes: u64,
     /// Its interrupt (a GSI of the IOAPIC; edge-triggered, active high).
     pub gsi: u32,
+    /// Its virtio device ID (not in the DSDT: the guest's driver reads it from the registers;
+    /// kept for logs and reports).
+    pub device_id: u32,
 }
 
 impl VirtioMmioDevice {
@@ -119,7 +122,9 @@ fn dsdt_body(devices: &[VirtioMmioDevice]) -> Result<Vec<u8>> {
         "COM1".into(),
         vec![&hid, &uid, &crs],
     )));
-    let mut body = aml::Scope::raw("\\_SB_".into(), sb);
+    // `_SB_` at the root of the DSDT is `\_SB_`; written without the root prefix, as iasl
+    // writes it, so that the disassembled and recompiled DSDT is the same AML.
+    let mut body = aml::Scope::raw("_SB_".into(), sb);
     // \_S5_: Package { SLP_TYPa }, what Linux writes to the sleep control register for S5.
     body.extend(to_bytes(&Name::new(
         "_S5_".into(),
@@ -300,6 +305,7 @@ mod tests {
                 base: 0xd010_0000 + n * 0x1000,
                 len_bytes: 0x1000,
                 gsi: 5 + n as u32,
+                device_id: 5,
             })
             .collect()
     }
@@ -369,6 +375,7 @@ mod tests {
                 base: 0xd010_0000 + n * 0x1000,
                 len_bytes: 0x1000,
                 gsi: 5,
+                device_id: 5,
             })
             .collect();
         assert!(AcpiTables::build(&many).is_err());
