@@ -152,15 +152,15 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// Initramfs for --kernel, loaded at the top of guest RAM.
-    #[arg(long, value_name = "PATH", requires = "kernel")]
+    #[arg(long, value_name = "PATH", conflicts_with = "payload")]
     initrd: Option<PathBuf>,
     /// Kernel command line for --kernel [default: "console=ttyS0 earlyprintk=serial pci=off
     /// panic=-1"].
-    #[arg(long, requires = "kernel")]
+    #[arg(long, conflicts_with = "payload")]
     cmdline: Option<String>,
     /// Write the ACPI tables given to the --kernel guest to this directory (rsdp.dat, xsdt.dat,
     /// facp.dat, dsdt.dat, apic.dat; `iasl -d *.dat` decompiles them), then boot.
-    #[arg(long, value_name = "DIR", requires = "kernel")]
+    #[arg(long, value_name = "DIR", conflicts_with = "payload")]
     dump_acpi: Option<PathBuf>,
     /// Number of vCPUs. Kernel-less payloads run on one; more are refused until SMP guests are
     /// supported.
@@ -264,7 +264,16 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             };
             (GuestKind::Payload, payload.clone(), elf)
         }
-        (None, Some(kernel)) => (GuestKind::Linux, kernel.display().to_string(), Vec::new()),
+        (None, Some(kernel)) => {
+            // Checked before KVM is opened, as payloads are: a typo is reported as such.
+            for (what, path) in [("kernel", Some(kernel)), ("initrd", args.initrd.as_ref())] {
+                if let Some(path) = path {
+                    std::fs::File::open(path)
+                        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+                }
+            }
+            (GuestKind::Linux, kernel.display().to_string(), Vec::new())
+        }
         (None, None) => return Err("give --payload or --kernel".into()),
     };
     let mem_mib = args.mem_mib.unwrap_or(match kind {

@@ -223,6 +223,14 @@ mod tests {
         assert_eq!(walk(&m, &s, va), None, "table outside RAM");
     }
 
+    /// Offsets of a 32-bit virtual address's page-directory and page-table entries.
+    fn pde32(va: u64) -> u64 {
+        (va >> 22) * 4
+    }
+    fn pte32(va: u64) -> u64 {
+        ((va >> 12) & 0x3ff) * 4
+    }
+
     #[test]
     fn paging_off_and_32_bit_modes() {
         let m = mem();
@@ -230,12 +238,8 @@ mod tests {
         assert_eq!(walk(&m, &s, 0x1234), Some(0x1234));
         s.cr0 = CR0_PG | 1;
         s.cr3 = 0x1000;
-        put(&m, 0x1000 + (0x0040_1234u64 >> 22) * 4, 0x2000 | 3);
-        put(
-            &m,
-            0x2000 + ((0x0040_1234u64 >> 12) & 0x3ff) * 4,
-            0x9000 | 3,
-        );
+        put(&m, 0x1000 + pde32(0x0040_1234), 0x2000 | 3);
+        put(&m, 0x2000 + pte32(0x0040_1234), 0x9000 | 3);
         assert_eq!(walk(&m, &s, 0x0040_1234), Some(0x9234));
         s.cr4 = CR4_PSE;
         put(

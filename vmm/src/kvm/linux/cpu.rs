@@ -45,6 +45,10 @@ const PTE_HUGE: u64 = 1 << 7;
 const LEAF1_ECX_CX16: u32 = 1 << 13;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF7_EBX_ERMS: u32 = 1 << 9;
+const LEAF7_EDX_FSRM: u32 = 1 << 4;
+/// CPUID.(7,1):EAX: fast zero-length MOVSB (10), fast short STOSB (11), fast short CMPSB (12).
+const LEAF7_1_EAX_FAST_SHORT_STRINGS: u32 = 0b111 << 10;
 
 // MSRs set at boot (the values a PC's firmware leaves).
 const MSR_IA32_TSC: u32 = 0x10;
@@ -222,6 +226,7 @@ pub fn guest_cpuid(kvm: &Kvm, quirks: &Quirks) -> Result<CpuId> {
 /// * leaf 1: APIC ID 0 and one logical processor in EBX; the hypervisor bit set; TSC deadline
 ///   timer on (the in-kernel local APIC emulates it); CX16 cleared on kvm-pvm hosts
 ///   ([`Quirks::hide_cx16`]: their instruction emulator fails on `lock cmpxchg16b`);
+/// * leaf 7: the fast-string bits cleared on kvm-pvm hosts ([`Quirks::hide_fast_strings`]);
 /// * leaf 4: one core per package;
 /// * leaf 0xb: x2APIC ID 0 in EDX.
 ///
@@ -244,6 +249,14 @@ pub fn adjust_cpuid_entries(entries: &mut [kvm_cpuid_entry2], quirks: &Quirks) {
                 // EAX[31:26]: cores per package - 1; [25:14]: threads sharing this cache - 1.
                 e.eax &= 0x3fff;
             }
+            7 if quirks.hide_fast_strings => match e.index {
+                0 => {
+                    e.ebx &= !LEAF7_EBX_ERMS;
+                    e.edx &= !LEAF7_EDX_FSRM;
+                }
+                1 => e.eax &= !LEAF7_1_EAX_FAST_SHORT_STRINGS,
+                _ => {}
+            },
             0xb => {
                 e.edx = 0;
             }
@@ -381,20 +394,29 @@ mod tests {
         let mut e = [
             entry(1, 0x0708_0800, LEAF1_ECX_CX16 | 1),
             entry(0x4000_0000, 0x4b4d_564b, 0),
+            kvm_cpuid_entry2 {
+                function: 7,
+                ebx: LEAF7_EBX_ERMS | 1,
+                edx: LEAF7_EDX_FSRM,
+                ..Default::default()
+            },
         ];
         adjust_cpuid_entries(&mut e, &Quirks::default());
         assert_eq!(e[0].ebx, 0x0001_0800, "APIC ID 0, one logical processor");
         assert_ne!(e[0].ecx & LEAF1_ECX_CX16, 0);
+        assert_eq!((e[2].ebx, e[2].edx), (LEAF7_EBX_ERMS | 1, LEAF7_EDX_FSRM));
         assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(e[1].ebx, 0x4b4d_564b, "KVM's signature is kept");
         adjust_cpuid_entries(
             &mut e,
             &Quirks {
                 hide_cx16: true,
+                hide_fast_strings: true,
                 ..Quirks::default()
             },
         );
         assert_eq!(e[0].ecx & LEAF1_ECX_CX16, 0);
+        assert_eq!((e[2].ebx, e[2].edx), (1, 0), "ERMS and FSRM cleared");
         assert_eq!(e[0].ecx & 1, 1, "other bits untouched");
     }
 

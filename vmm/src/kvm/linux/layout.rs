@@ -204,8 +204,10 @@ mod tests {
             assert!(w[0].end <= w[1].start, "{w:?}");
         }
         assert!(used.last().unwrap().end <= EBDA_START);
-        assert!(BOOT_STACK_TOP > ZERO_PAGE_ADDR + 0x1000 && BOOT_STACK_TOP < PML4_ADDR);
-        assert!(IDENTITY_MAPPED_GIB << 30 > LAPIC_ADDR);
+        const {
+            assert!(BOOT_STACK_TOP > ZERO_PAGE_ADDR + 0x1000 && BOOT_STACK_TOP < PML4_ADDR);
+            assert!(IDENTITY_MAPPED_GIB << 30 > LAPIC_ADDR);
+        }
     }
 
     #[test]
