@@ -8,7 +8,9 @@
 //! * `vmlinux`: the uncompressed ELF; our VMM enters it at its 64-bit entry, QEMU at its PVH
 //!   entry (the kernel has `CONFIG_PVH=y`).
 //!
-//! Rounds alternate which VMM goes first, so machine noise hits both alike; each boot is killed
+//! QEMU runs twice per round: as usually run (anonymous guest RAM, transparent huge pages where
+//! the host allows) and with its guest RAM in a memfd like ours, which tells how much of a gap
+//! is the memory backing. Rounds rotate which VMM goes first, so machine noise hits both alike; each boot is killed
 //! once the banner is out. Both get the same command line and CPUID features, including what our
 //! VMM changes on a kvm-pvm host (README.md, "Linux guests"), so the kernel does the same work
 //! before its banner. The banner reaches the serial port only once `earlyprintk=serial` has been
@@ -18,8 +20,8 @@
 //!
 //! Run (after `cargo build --release -p vmm`, which builds the `vmm` binary timed here):
 //! `nice -n 10 cargo run --release -p vmm --example linux_boot_bench -- --rounds 1`.
-//! Ends with one `RESULT linux_banner_<image> vmm_s=<x> qemu_s=<y> ratio=<x/y>` line per image
-//! (medians over the rounds; goal: ratio <= 1.0).
+//! Ends with one `RESULT linux_banner_<image> vmm_s=<x> qemu_s=<y> ratio=<x/y> qemu_memfd_s=<z>
+//! ratio_vs_qemu_memfd=<x/z>` line per image (medians over the rounds; goal: ratio <= 1.0).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,8 +35,8 @@ use vmm::kvm::linux::Quirks;
 #[derive(Parser)]
 struct Args {
     /// Boots per VMM and image; the medians are reported.
-    #[arg(long, default_value_t = 1)]
-    rounds: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
     /// Guest RAM of both VMMs, in MiB.
     #[arg(long, default_value_t = 96)]
     mem_mib: u64,
@@ -61,7 +63,12 @@ const BANNER: &str = "Linux version ";
 #[derive(Clone, Copy, PartialEq)]
 enum Vmm {
     Ours,
+    /// QEMU as it is usually run: guest RAM is anonymous memory, which it asks to be backed by
+    /// transparent huge pages.
     Qemu,
+    /// QEMU with guest RAM in a memfd, as ours is (`vmm/src/kvm/memory.rs`): shmem gets huge
+    /// pages only where `/sys/kernel/mm/transparent_hugepage/shmem_enabled` allows.
+    QemuMemfd,
 }
 
 /// Starts `vmm` on `kernel` with its serial console going to `serial`.
@@ -79,7 +86,7 @@ fn spawn(which: Vmm, bins: &Bins, kernel: &Path, kit: &Kit, mem_mib: u64, serial
                 .arg(serial);
             c
         }
-        Vmm::Qemu => {
+        Vmm::Qemu | Vmm::QemuMemfd => {
             // Our VMM applies its host work-arounds itself; QEMU gets them spelled out: the
             // same command line and the same CPUID features hidden, so that both guests run
             // the same code. kvm-pvm also refuses QEMU's write of IA32_ARCH_CAPABILITIES
@@ -111,6 +118,11 @@ fn spawn(which: Vmm, bins: &Bins, kernel: &Path, kit: &Kit, mem_mib: u64, serial
                 .arg("-initrd")
                 .arg(&kit.initrd)
                 .args(["-append", &cmdline]);
+            if which == Vmm::QemuMemfd {
+                c.arg("-object")
+                    .arg(format!("memory-backend-memfd,id=ram,size={mem_mib}M"))
+                    .args(["-machine", "memory-backend=ram"]);
+            }
             c
         }
     };
@@ -118,7 +130,10 @@ fn spawn(which: Vmm, bins: &Bins, kernel: &Path, kit: &Kit, mem_mib: u64, serial
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins.name(which)))
+        .unwrap_or_else(|e| {
+            eprintln!("linux_boot_bench: cannot start {}: {e}", bins.name(which));
+            std::process::exit(1)
+        })
 }
 
 fn kvm_pvm() -> bool {
@@ -134,7 +149,7 @@ impl Bins {
     fn name(&self, which: Vmm) -> String {
         match which {
             Vmm::Ours => self.vmm.display().to_string(),
-            Vmm::Qemu => self.qemu.display().to_string(),
+            Vmm::Qemu | Vmm::QemuMemfd => self.qemu.display().to_string(),
         }
     }
 }
@@ -170,7 +185,12 @@ fn time_to_banner(
     let _ = child.wait();
     result.unwrap_or_else(|e| {
         let out = std::fs::read_to_string(&serial).unwrap_or_default();
-        panic!("{} on {}: {e}\n{out}", bins.name(which), kernel.display())
+        eprintln!(
+            "linux_boot_bench: {} on {}: {e}; its serial output:\n{out}",
+            bins.name(which),
+            kernel.display()
+        );
+        std::process::exit(1)
     })
 }
 
@@ -181,7 +201,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    assert!(args.rounds > 0, "--rounds must be at least 1");
     let vmm = std::env::current_exe()
         .ok()
         .and_then(|p| Some(p.parent()?.parent()?.join("vmm")))
@@ -220,32 +239,32 @@ fn main() {
     }
     let mut results = Vec::new();
     for (name, kernel) in &images {
-        let (mut ours, mut qemu) = (Vec::new(), Vec::new());
+        let (mut ours, mut qemu, mut qemu_memfd) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 {
-                [Vmm::Ours, Vmm::Qemu]
-            } else {
-                [Vmm::Qemu, Vmm::Ours]
-            };
+            let mut order = [Vmm::Ours, Vmm::Qemu, Vmm::QemuMemfd];
+            order.rotate_left(usize::from(round % 3));
             for which in order {
                 let t = time_to_banner(which, &bins, kernel, &kit, &args, &dir).as_secs_f64();
-                let label = if which == Vmm::Ours { "vmm " } else { "qemu" };
+                let (label, times) = match which {
+                    Vmm::Ours => ("vmm", &mut ours),
+                    Vmm::Qemu => ("qemu", &mut qemu),
+                    Vmm::QemuMemfd => ("qemu (memfd RAM)", &mut qemu_memfd),
+                };
                 println!("{name} round {round}: {label} {t:.3} s to the banner");
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                match which {
-                    Vmm::Ours => ours.push(t),
-                    Vmm::Qemu => qemu.push(t),
-                }
+                times.push(t);
             }
         }
-        results.push((name, median(ours), median(qemu)));
+        results.push((name, median(ours), median(qemu), median(qemu_memfd)));
     }
     std::fs::remove_dir_all(&dir).unwrap();
-    for (name, ours, qemu) in results {
+    for (name, ours, qemu, qemu_memfd) in results {
         println!(
-            "RESULT linux_banner_{name} vmm_s={ours:.3} qemu_s={qemu:.3} ratio={:.3}",
-            ours / qemu
+            "RESULT linux_banner_{name} vmm_s={ours:.3} qemu_s={qemu:.3} ratio={:.3} \
+             qemu_memfd_s={qemu_memfd:.3} ratio_vs_qemu_memfd={:.3}",
+            ours / qemu,
+            ours / qemu_memfd
         );
     }
 }
