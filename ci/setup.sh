@@ -104,3 +104,13 @@ if [ "${#need[@]}" -gt 0 ] || ! lists_present; then
         rm -f "$log"
     fi
 fi
+
+# The fuzz smoke (ci/fuzz-smoke.sh) runs cargo-fuzz targets with the nightly toolchain.
+if ! rustup run nightly cargo --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal \
+        || echo "setup: could not install the nightly toolchain; the fuzz smoke will be skipped (and fail under CI)" >&2
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked \
+        || echo "setup: could not install cargo-fuzz; the fuzz smoke will be skipped (and fail under CI)" >&2
+fi

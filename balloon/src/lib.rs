@@ -10,6 +10,8 @@
 //! - [`gcma`]: virtio-gcma: the wire format (`gcma::proto`, `no_std`, built without `device`
 //!   too), the device model, the `GrantMapper` seam the VMM implements, per-queue/per-status
 //!   counters, and (feature `test-utils`) a memfd-backed grant mapper.
+//! - [`blk`]: virtio-blk device logic (request parsing and checks, config space, counters) over
+//!   a `BlkBackend` trait; `gcma-hostd` serves it over vhost-user with pool-backed backends.
 //! - [`error`]: the crate's error types.
 //! - `testing` (feature `test-utils`): a guest-driver stand-in acting only through MMIO registers
 //!   and guest memory.
@@ -29,6 +31,8 @@ macro_rules! guest_warn {
     }};
 }
 
+#[cfg(feature = "device")]
+pub mod blk;
 #[cfg(feature = "device")]
 pub mod error;
 pub mod gcma;

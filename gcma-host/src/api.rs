@@ -137,10 +137,59 @@ pub enum PoolError {
     /// A frontswap store was refused.
     #[error("frontswap store rejected: {0:?}")]
     Rejected(RejectReason),
-    /// Host I/O failed (backing file, memfd).
-    #[error("host I/O error: {0}")]
-    Io(String),
+    /// Host I/O failed (backing file, memfd, mapping).
+    #[error("host I/O error: {context}")]
+    Io {
+        /// What the pool was doing, with the numbers an operator needs (paths, sizes, knobs).
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: HostIoError,
+    },
 }
+
+impl PoolError {
+    /// A [`PoolError::Io`] for `source`, which happened while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> PoolError {
+        PoolError::Io {
+            context: context.into(),
+            source: HostIoError(std::sync::Arc::new(source)),
+        }
+    }
+}
+
+/// An `std::io::Error` that [`PoolError`] can carry while staying comparable (`PartialEq`: two
+/// are equal when their kind and OS error number are): tests and callers match pool errors by
+/// value.
+#[derive(Debug, Clone)]
+pub struct HostIoError(pub std::sync::Arc<std::io::Error>);
+
+impl HostIoError {
+    /// The underlying error.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HostIoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HostIoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for HostIoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for HostIoError {}
 
 /// The pool as devices see it. All methods are safe to call from many threads at once.
 ///
@@ -229,4 +278,45 @@ pub trait GcmaBackend: Send + Sync {
     ) -> Result<bool, PoolError>;
     /// Invalidates every page of a swap area; returns how many.
     fn frontswap_invalidate_area(&self, client: ClientId, area: u32) -> Result<u64, PoolError>;
+}
+
+/// Displays an error with its whole chain of sources, `outer: inner: root`, for log lines and
+/// messages to operators (a [`PoolError::Io`] shows its context, then the OS error).
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_source_and_compare_by_kind_and_errno() {
+        let e = PoolError::io("backing file read", std::io::Error::from_raw_os_error(28));
+        let source = std::error::Error::source(&e).expect("the OS error is the source");
+        assert!(source.to_string().contains("os error 28"), "{source}");
+        assert_eq!(e.to_string(), "host I/O error: backing file read");
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            format!("host I/O error: backing file read: {source}")
+        );
+        assert_eq!(
+            e,
+            PoolError::io("backing file read", std::io::Error::from_raw_os_error(28))
+        );
+        assert_ne!(
+            e,
+            PoolError::io("backing file read", std::io::Error::from_raw_os_error(5))
+        );
+    }
 }

@@ -9,6 +9,10 @@
 //! pool that must grant contiguous memory with bounded latency needs the logarithmic search
 //! (`examples/range_bench.rs` measures the difference).
 //!
+//! One file on purpose: the arena tree, its augmentation and the cut/merge code all maintain the
+//! same invariants (`check_invariants`), and splitting them would spread one proof over several
+//! places.
+//!
 //! # Structure
 //! * Free blocks: an AVL tree in an arena (`Vec` of nodes linked by `u32` indices; no `unsafe`),
 //!   ordered by start. Each node stores `max_len`, the largest `len` in its subtree.
@@ -46,6 +50,9 @@
 //! assert_eq!(a.free(x).unwrap(), 0x100);
 //! assert_eq!(a.free_bytes(), 0x10000 - 0x100);
 //! ```
+//!
+//! Kept as one unit although it is long: the tree's balancing, the augmented maxima and the
+//! searches that rely on them must change together; the invariant checker sits beside them.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

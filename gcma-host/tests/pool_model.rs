@@ -5,6 +5,9 @@
 //! page; misses are allowed), no accepted frontswap page is ever lost or stale, granted pages read
 //! as zero through the memfd mapping, grants fail only when they must (and say why correctly),
 //! bad input changes nothing, and the pool's accounting adds up.
+//!
+//! Kept as one file although it is long: the model, its operations and the per-step checks are
+//! one test; the disk-client model at the end reuses the same harness.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -124,6 +127,13 @@ enum Op {
         obj: u64,
         idx: u32,
     },
+    /// A get that keeps the page.
+    CcGetKeep {
+        c: usize,
+        pool: usize,
+        obj: u64,
+        idx: u32,
+    },
     CcFlushPage {
         c: usize,
         pool: usize,
@@ -190,6 +200,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(c, pool, obj, idx, byte)| Op::CcPut { c, pool, obj, idx, byte }),
         4 => (c.clone(), 0..3usize, 0..3u64, 0..6u32)
             .prop_map(|(c, pool, obj, idx)| Op::CcGet { c, pool, obj, idx }),
+        2 => (c.clone(), 0..3usize, 0..3u64, 0..6u32)
+            .prop_map(|(c, pool, obj, idx)| Op::CcGetKeep { c, pool, obj, idx }),
         1 => (c.clone(), 0..3usize, 0..3u64, 0..6u32)
             .prop_map(|(c, pool, obj, idx)| Op::CcFlushPage { c, pool, obj, idx }),
         1 => (c.clone(), 0..3usize, 0..3u64).prop_map(|(c, pool, obj)| Op::CcFlushObject { c, pool, obj }),
@@ -287,10 +299,39 @@ fn check_accounting(pool: &Pool, m: &Model) {
         s.frontswap_pages + s.frontswap_host_pages + s.frontswap_backing_only_pages
     );
     assert!(s.cleancache_pages <= m.cc.len() as u64);
+    let capped = pool
+        .client_stats(m.ids[NR_CLIENTS - 1])
+        .expect("capped client");
+    assert!(capped.frontswap_pool_pages <= CAPPED_FS_PAGES);
+    assert!(capped.cleancache_pages <= CAPPED_CC_PAGES);
+    if pool.frontswap_policy() == FrontswapPolicy::PutBack {
+        assert!(capped.frontswap_stored_pages <= CAPPED_PUT_BACK);
+    }
     if pool.frontswap_policy() == FrontswapPolicy::PutBack {
         assert!(s.frontswap_stored_pages <= PUT_BACK_LIMIT);
     }
 }
+
+/// The last client has caps of its own (on frontswap and cleancache pool pages, and a put-back
+/// limit under the pool-wide one); the others take the defaults.
+fn register(pool: &Pool, c: usize, name: &str) -> ClientId {
+    if c + 1 < NR_CLIENTS {
+        return pool.register_client(name);
+    }
+    pool.register_client_with(
+        name,
+        gcma_host::pool::ClientOptions {
+            frontswap_cap_pages: Some(CAPPED_FS_PAGES),
+            cleancache_cap_pages: Some(CAPPED_CC_PAGES),
+            put_back_limit_pages: Some(CAPPED_PUT_BACK),
+            ..Default::default()
+        },
+    )
+}
+
+const CAPPED_FS_PAGES: u64 = 5;
+const CAPPED_CC_PAGES: u64 = 4;
+const CAPPED_PUT_BACK: u64 = 8;
 
 fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
     let mut cfg = PoolConfig::new(NR_PAGES);
@@ -300,9 +341,7 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
     let pool: Arc<Pool> = Pool::new(cfg).expect("pool");
     let view = MemfdView::new(&pool);
     let mut m = Model {
-        ids: (0..NR_CLIENTS)
-            .map(|i| pool.register_client(&format!("vm{i}")))
-            .collect(),
+        ids: (0..NR_CLIENTS).map(|i| register(&pool, i, "vm")).collect(),
         grants: Vec::new(),
         retired: Vec::new(),
         cc_pools: vec![Vec::new(); NR_CLIENTS],
@@ -428,6 +467,28 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                     Err(e) => panic!("unexpected get error {e:?}"),
                 }
             }
+            Op::CcGetKeep {
+                c,
+                pool: pi,
+                obj,
+                idx,
+            } => {
+                let key = m.cc_key(c, pi, obj, idx);
+                match pool.cleancache_get_keep(m.ids[c], key, &mut out) {
+                    Ok(true) => {
+                        let want = m.cc.get(&(c, key)).expect("hit on a key never put");
+                        assert!(out == *want, "cleancache returned wrong or stale data");
+                        // The page stays: a second get hits with the same data.
+                        assert!(pool.cleancache_get_keep(m.ids[c], key, &mut out).unwrap());
+                        assert!(out == *want);
+                    }
+                    Ok(false) => {
+                        m.cc.remove(&(c, key));
+                    }
+                    Err(PoolError::UnknownPool(_)) => assert!(!m.cc_pools[c].contains(&key.pool)),
+                    Err(e) => panic!("unexpected get error {e:?}"),
+                }
+            }
             Op::CcFlushPage {
                 c,
                 pool: pi,
@@ -526,7 +587,7 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                 m.cc.retain(|k, _| k.0 != c);
                 m.fs.retain(|k, _| k.0 != c);
                 m.cc_pools[c].clear();
-                m.ids[c] = pool.register_client("again");
+                m.ids[c] = register(&pool, c, "again");
                 assert_ne!(m.ids[c], old);
                 let key = FrontswapKey { area: 0, offset: 0 };
                 assert_eq!(
@@ -554,7 +615,7 @@ fn run(policy: FrontswapPolicy, ops: Vec<Op>) {
                 m.cc.retain(|k, _| k.0 != c);
                 m.fs.retain(|k, _| k.0 != c);
                 m.cc_pools[c].clear();
-                m.ids[c] = pool.register_client("after retire");
+                m.ids[c] = register(&pool, c, "after retire");
                 assert_ne!(m.ids[c], old);
             }
             Op::FreeRetired { which } => {
@@ -650,7 +711,377 @@ fn metrics_encode() {
         "gcma_evicted_pages_total{reason=\"grant\",kind=\"cleancache\"} 0",
         "gcma_pool_capacity_pages 16",
         "gcma_frontswap_stored_pages{location=\"pool\",policy=\"write_through\"} 0",
+        "gcma_writeback_retries_total 0",
+        "gcma_writeback_waiting_pages 0",
+        "gcma_frontswap_cap_hits_total 0",
+        "gcma_cleancache_cap_drops_total 0",
+        "gcma_file_written_pages_total 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disks: clients with their own backing file and caps, beside a shared-backing client, under
+// random grants, replacements, invalidations, flushes and restarts (a new pool over the same
+// files). A disk is modelled as its bytes: a key reads as its latest store, or zero.
+
+mod disks {
+    use super::*;
+    use gcma_host::pool::{ClientOptions, FrontswapBacking};
+    use std::collections::HashSet;
+    use std::path::PathBuf;
+
+    const DISK_POOL_PAGES: u64 = 24;
+    const NR_DISKS: usize = 2;
+
+    #[derive(Clone, Debug)]
+    pub enum DiskOp {
+        Store {
+            d: usize,
+            off: u64,
+            byte: u8,
+        },
+        /// A multi-page store of `n` pages from `off`.
+        StoreRun {
+            d: usize,
+            off: u64,
+            n: u64,
+            byte: u8,
+        },
+        /// A multi-page load of `n` pages from `off`.
+        LoadRun {
+            d: usize,
+            off: u64,
+            n: u64,
+        },
+        Load {
+            d: usize,
+            off: u64,
+        },
+        Invalidate {
+            d: usize,
+            off: u64,
+        },
+        InvalidateRange {
+            d: usize,
+            start: u64,
+            len: u64,
+        },
+        Flush {
+            d: usize,
+        },
+        SharedStore {
+            off: u64,
+            byte: u8,
+        },
+        SharedLoad {
+            off: u64,
+        },
+        Grant {
+            nr: u64,
+        },
+        Free {
+            which: usize,
+        },
+        Retry,
+        /// Flush what is owed (write-back, put-back; write-through owes nothing, so it does not
+        /// flush: the kill -9 case), drop the pool, open a new one over the same files.
+        Restart,
+    }
+
+    pub fn disk_op() -> impl Strategy<Value = DiskOp> {
+        let d = 0..NR_DISKS;
+        prop_oneof![
+            8 => (d.clone(), 0..16u64, any::<u8>()).prop_map(|(d, off, byte)| DiskOp::Store { d, off, byte }),
+            3 => (d.clone(), 0..16u64, 1..8u64, any::<u8>()).prop_map(|(d, off, n, byte)| DiskOp::StoreRun { d, off, n, byte }),
+            3 => (d.clone(), 0..16u64, 1..8u64).prop_map(|(d, off, n)| DiskOp::LoadRun { d, off, n }),
+            6 => (d.clone(), 0..16u64).prop_map(|(d, off)| DiskOp::Load { d, off }),
+            1 => (d.clone(), 0..16u64).prop_map(|(d, off)| DiskOp::Invalidate { d, off }),
+            1 => (d.clone(), 0..16u64, 0..6u64).prop_map(|(d, start, len)| DiskOp::InvalidateRange { d, start, len }),
+            1 => d.prop_map(|d| DiskOp::Flush { d }),
+            3 => (0..10u64, any::<u8>()).prop_map(|(off, byte)| DiskOp::SharedStore { off, byte }),
+            2 => (0..10u64).prop_map(|off| DiskOp::SharedLoad { off }),
+            3 => (1..20u64).prop_map(|nr| DiskOp::Grant { nr }),
+            2 => (0..4usize).prop_map(|which| DiskOp::Free { which }),
+            1 => Just(DiskOp::Retry),
+            1 => Just(DiskOp::Restart),
+        ]
+    }
+
+    struct Files(Vec<PathBuf>);
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn open(path: &PathBuf) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    struct World {
+        pool: Arc<Pool>,
+        disks: Vec<ClientId>,
+        shared: ClientId,
+        granter: ClientId,
+    }
+
+    fn start(policy: FrontswapPolicy, files: &Files, caps: &[u64]) -> World {
+        let mut cfg = PoolConfig::new(DISK_POOL_PAGES);
+        cfg.frontswap_policy = policy;
+        cfg.put_back_limit_pages = 10;
+        let pool = Pool::new(cfg).unwrap();
+        let disks = files
+            .0
+            .iter()
+            .zip(caps)
+            .map(|(p, &cap)| {
+                pool.register_client_with(
+                    "disk",
+                    ClientOptions {
+                        frontswap_backing: FrontswapBacking::File(Arc::new(open(p))),
+                        frontswap_cap_pages: Some(cap),
+                        put_back_limit_pages: Some(cap / 2),
+                        ..ClientOptions::default()
+                    },
+                )
+            })
+            .collect();
+        let shared = pool.register_client_with(
+            "shared",
+            ClientOptions {
+                frontswap_cap_pages: Some(6),
+                ..ClientOptions::default()
+            },
+        );
+        let granter = pool.register_client("granter");
+        World {
+            pool,
+            disks,
+            shared,
+            granter,
+        }
+    }
+
+    fn disk_page(d: usize, off: u64, byte: u8) -> Vec<u8> {
+        page_for((d as u64) << 48 | off, byte)
+    }
+
+    pub fn run(policy: FrontswapPolicy, caps: Vec<u64>, ops: Vec<DiskOp>) {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let files = Files(
+            (0..NR_DISKS)
+                .map(|d| {
+                    std::env::temp_dir()
+                        .join(format!("gcma-model-disk-{}-{n}-{d}", std::process::id()))
+                })
+                .collect(),
+        );
+        let mut w = start(policy, &files, &caps);
+        // The model: each disk's bytes, the keys the pool holds entries for, the shared
+        // client's accepted pages, the live grants.
+        let mut bytes: Vec<HashMap<u64, Vec<u8>>> = vec![HashMap::new(); NR_DISKS];
+        let mut entries: Vec<HashSet<u64>> = vec![HashSet::new(); NR_DISKS];
+        let mut shared: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut grants: Vec<u64> = Vec::new();
+        let zero = vec![0u8; PAGE_SIZE];
+        let mut out = vec![0u8; PAGE_SIZE];
+        for op in ops {
+            let pool = &w.pool;
+            match op {
+                DiskOp::Store { d, off, byte } => {
+                    let data = disk_page(d, off, byte);
+                    // A disk never refuses a store.
+                    pool.frontswap_store(
+                        w.disks[d],
+                        FrontswapKey {
+                            area: 0,
+                            offset: off,
+                        },
+                        &data,
+                    )
+                    .expect("disk store");
+                    bytes[d].insert(off, data);
+                    entries[d].insert(off);
+                }
+                DiskOp::StoreRun { d, off, n, byte } => {
+                    let data: Vec<u8> = (0..n).flat_map(|i| disk_page(d, off + i, byte)).collect();
+                    pool.frontswap_store_pages(w.disks[d], off, &data)
+                        .expect("disk store run");
+                    for i in 0..n {
+                        bytes[d].insert(off + i, disk_page(d, off + i, byte));
+                        entries[d].insert(off + i);
+                    }
+                }
+                DiskOp::LoadRun { d, off, n } => {
+                    let mut buf = vec![0u8; n as usize * PAGE_SIZE];
+                    pool.frontswap_load_pages(w.disks[d], off, &mut buf)
+                        .unwrap();
+                    for i in 0..n {
+                        let got = &buf[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE];
+                        let want = bytes[d].get(&(off + i)).unwrap_or(&zero);
+                        assert!(
+                            got == &want[..],
+                            "disk {d} page {}: wrong or stale data",
+                            off + i
+                        );
+                    }
+                }
+                DiskOp::Load { d, off } => {
+                    let key = FrontswapKey {
+                        area: 0,
+                        offset: off,
+                    };
+                    assert!(pool.frontswap_load(w.disks[d], key, &mut out).unwrap());
+                    let want = bytes[d].get(&off).unwrap_or(&zero);
+                    assert!(out == *want, "disk {d} page {off}: wrong or stale data");
+                }
+                DiskOp::Invalidate { d, off } => {
+                    let key = FrontswapKey {
+                        area: 0,
+                        offset: off,
+                    };
+                    let hit = pool.frontswap_invalidate_page(w.disks[d], key).unwrap();
+                    assert_eq!(hit, entries[d].remove(&off));
+                    bytes[d].remove(&off);
+                }
+                DiskOp::InvalidateRange { d, start, len } => {
+                    let n = pool
+                        .frontswap_invalidate_range(w.disks[d], 0, start..start + len)
+                        .unwrap();
+                    let before = entries[d].len();
+                    entries[d].retain(|o| !(start..start + len).contains(o));
+                    bytes[d].retain(|o, _| !(start..start + len).contains(o));
+                    assert_eq!(n as usize, before - entries[d].len());
+                }
+                DiskOp::Flush { d } => {
+                    pool.flush_client(w.disks[d]).unwrap();
+                    let s = pool.client_stats(w.disks[d]).unwrap();
+                    assert_eq!(s.frontswap_host_pages, 0, "a flush frees host copies");
+                }
+                DiskOp::SharedStore { off, byte } => {
+                    let key = FrontswapKey {
+                        area: 0,
+                        offset: off,
+                    };
+                    let data = page_for(off, byte);
+                    match pool.frontswap_store(w.shared, key, &data) {
+                        Ok(()) => {
+                            shared.insert(off, data);
+                        }
+                        Err(PoolError::Rejected(r)) => {
+                            assert_ne!(r, RejectReason::BackingIo);
+                            shared.remove(&off);
+                        }
+                        Err(e) => panic!("unexpected store error {e:?}"),
+                    }
+                }
+                DiskOp::SharedLoad { off } => {
+                    let key = FrontswapKey {
+                        area: 0,
+                        offset: off,
+                    };
+                    let hit = pool.frontswap_load(w.shared, key, &mut out).unwrap();
+                    match shared.get(&off) {
+                        Some(want) => assert!(hit && out == *want, "shared page {off} lost"),
+                        None => assert!(!hit),
+                    }
+                }
+                DiskOp::Grant { nr } => {
+                    if let Ok(g) = pool.alloc_contig(w.granter, nr, 1) {
+                        grants.push(g.first_page);
+                    }
+                }
+                DiskOp::Free { which } => {
+                    if !grants.is_empty() {
+                        let f = grants.remove(which % grants.len());
+                        pool.free_contig(w.granter, f).unwrap();
+                    }
+                }
+                DiskOp::Retry => {
+                    // Nothing fails here: nothing is waiting.
+                    assert_eq!(pool.retry_writebacks(), 0);
+                }
+                DiskOp::Restart => {
+                    if policy != FrontswapPolicy::WriteThrough {
+                        pool.flush_all().unwrap();
+                    }
+                    w = start(policy, &files, &caps);
+                    for e in &mut entries {
+                        e.clear();
+                    }
+                    shared.clear();
+                    grants.clear();
+                }
+            }
+            let pool = &w.pool;
+            if let Err(e) = pool.check_consistency() {
+                panic!("inconsistent pool: {e}");
+            }
+            let s = pool.stats();
+            let held: usize = entries.iter().map(HashSet::len).sum();
+            assert_eq!(s.frontswap_stored_pages, (shared.len() + held) as u64);
+            for (d, &id) in w.disks.iter().enumerate() {
+                let cs = pool.client_stats(id).unwrap();
+                assert!(cs.frontswap_pool_pages <= caps[d], "disk {d} over its cap");
+                assert_eq!(cs.frontswap_rejects, 0, "a disk refused a store");
+            }
+        }
+        // Every page of every disk reads back, now and after a grant of the whole pool.
+        for (d, &id) in w.disks.iter().enumerate() {
+            for off in 0..16 {
+                let key = FrontswapKey {
+                    area: 0,
+                    offset: off,
+                };
+                assert!(w.pool.frontswap_load(id, key, &mut out).unwrap());
+                assert!(out == *bytes[d].get(&off).unwrap_or(&zero));
+            }
+        }
+        for f in grants.drain(..) {
+            w.pool.free_contig(w.granter, f).unwrap();
+        }
+        let g = w
+            .pool
+            .alloc_contig(w.granter, DISK_POOL_PAGES, 1)
+            .expect("whole-pool grant");
+        for (d, &id) in w.disks.iter().enumerate() {
+            for off in 0..16 {
+                let key = FrontswapKey {
+                    area: 0,
+                    offset: off,
+                };
+                assert!(w.pool.frontswap_load(id, key, &mut out).unwrap());
+                assert!(
+                    out == *bytes[d].get(&off).unwrap_or(&zero),
+                    "disk {d} page {off} lost by a grant"
+                );
+            }
+        }
+        w.pool.free_contig(w.granter, g.first_page).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("POOL_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)))]
+
+    #[test]
+    fn disks_match_model(
+        policy in policy(),
+        caps in prop::collection::vec(1..12u64, 2),
+        ops in prop::collection::vec(disks::disk_op(), 1..120),
+    ) {
+        disks::run(policy, caps, ops);
     }
 }

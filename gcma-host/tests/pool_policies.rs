@@ -256,10 +256,10 @@ fn hugetlb_without_huge_pages_says_so() {
             let c = p.register_client("vm");
             assert_eq!(p.alloc_contig(c, 512, 512).unwrap().first_page, 0);
         }
-        Err(PoolError::Io(msg)) => {
+        Err(PoolError::Io { context, .. }) => {
             assert!(
-                msg.contains("nr_hugepages") || msg.contains("memfd_create"),
-                "{msg}"
+                context.contains("nr_hugepages") || context.contains("memfd_create"),
+                "{context}"
             )
         }
         Err(e) => panic!("unexpected error {e:?}"),
@@ -290,7 +290,9 @@ fn mlock_either_locks_or_says_why() {
     cfg.mlock = true;
     match Pool::new(cfg) {
         Ok(p) => assert!(p.config().mlock),
-        Err(PoolError::Io(msg)) => assert!(msg.contains("RLIMIT_MEMLOCK"), "{msg}"),
+        Err(PoolError::Io { context, .. }) => {
+            assert!(context.contains("RLIMIT_MEMLOCK"), "{context}")
+        }
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }

@@ -1,206 +1,11 @@
 //! The range allocator against a simple model (a sorted list of free ranges), over random sequences
 //! of every operation, plus regression tests for defects found in peer allocators.
 
-use std::collections::BTreeMap;
+mod support;
 
 use gcma_host::range::{RangeAllocator, RangeError, SEARCH_BUDGET};
 use proptest::prelude::*;
-
-const TOP: u128 = 1 << 64;
-
-/// The model: free ranges as `[start, end)` in `u128`, sorted and coalesced, plus allocated blocks.
-#[derive(Debug)]
-struct Model {
-    base: u128,
-    end: u128,
-    free: Vec<(u128, u128)>,
-    allocated: BTreeMap<u64, u64>,
-}
-
-impl Model {
-    fn new(base: u64, len: u64) -> Self {
-        let (base, end) = (base as u128, base as u128 + len as u128);
-        Model {
-            base,
-            end,
-            free: vec![(base, end)],
-            allocated: BTreeMap::new(),
-        }
-    }
-
-    fn take(&mut self, s: u128, len: u128) {
-        let i = self
-            .free
-            .iter()
-            .position(|&(a, b)| a <= s && s + len <= b)
-            .unwrap();
-        let (a, b) = self.free.remove(i);
-        if s + len < b {
-            self.free.insert(i, (s + len, b));
-        }
-        if a < s {
-            self.free.insert(i, (a, s));
-        }
-        self.allocated.insert(s as u64, len as u64);
-    }
-
-    /// Lowest aligned start that fits in a free range and in `[lo, hi)`, and how many free ranges
-    /// below it were long enough but could not hold the aligned request.
-    fn lowest_fit(&self, len: u64, align: u64, lo: u128, hi: u128) -> (Option<u64>, Vec<u64>) {
-        let (len_w, al) = (len as u128, align as u128);
-        let mut rejected = Vec::new();
-        for &(a, b) in &self.free {
-            let (a2, b2) = (a.max(lo), b.min(hi));
-            if a2 >= b2 {
-                continue;
-            }
-            let s = a2.div_ceil(al) * al;
-            if s + len_w <= b2 {
-                return (Some(s as u64), rejected);
-            }
-            if b - a >= len_w {
-                rejected.push(a as u64);
-            }
-        }
-        (None, rejected)
-    }
-
-    /// Checks `got` against the model's lowest fit and, if valid, applies it to the model. The
-    /// allocator may return a higher fit only after more than `SEARCH_BUDGET` rejected blocks.
-    fn alloc_in(
-        &mut self,
-        got: &Result<u64, RangeError>,
-        len: u64,
-        align: u64,
-        lo: u128,
-        hi: u128,
-    ) -> Result<u64, RangeError> {
-        check(len, align)?;
-        if lo >= hi {
-            return Err(RangeError::NoSpace { len, align });
-        }
-        let (want, rejected) = self.lowest_fit(len, align, lo, hi);
-        let Some(w) = want else {
-            return Err(RangeError::NoSpace { len, align });
-        };
-        let chosen = match got {
-            Ok(g) if *g != w => {
-                let (g, len_w, al) = (*g as u128, len as u128, align as u128);
-                let fits = g % al == 0
-                    && g >= lo
-                    && g + len_w <= hi
-                    && self.free.iter().any(|&(a, b)| a <= g && g + len_w <= b);
-                let skipped = rejected.iter().filter(|&&r| (r as u128) < g).count();
-                assert!(fits, "allocator returned {g:#x}, which does not fit");
-                assert!(
-                    g > w as u128 && skipped as u32 >= SEARCH_BUDGET,
-                    "allocator returned {g:#x}, lowest fit is {w:#x}, only {skipped} blocks skipped"
-                );
-                g as u64
-            }
-            _ => w,
-        };
-        self.take(chosen as u128, len as u128);
-        Ok(chosen)
-    }
-
-    fn top_down(&mut self, len: u64, align: u64) -> Result<u64, RangeError> {
-        check(len, align)?;
-        let (len_w, al) = (len as u128, align as u128);
-        let found = self.free.iter().rev().find_map(|&(a, b)| {
-            let s = b.checked_sub(len_w)? / al * al;
-            (s >= a).then_some(s)
-        });
-        match found {
-            Some(s) => {
-                self.take(s, len_w);
-                Ok(s as u64)
-            }
-            None => Err(RangeError::NoSpace { len, align }),
-        }
-    }
-
-    fn reserve(&mut self, start: u64, len: u64) -> Result<(), RangeError> {
-        if len == 0 {
-            return Err(RangeError::ZeroLength);
-        }
-        let (s, e) = (start as u128, start as u128 + len as u128);
-        if e > TOP {
-            return Err(RangeError::Overflow { start, len });
-        }
-        if s < self.base || e > self.end {
-            return Err(RangeError::OutOfSpan { start, len });
-        }
-        if self.free.iter().any(|&(a, b)| a <= s && e <= b) {
-            self.take(s, len as u128);
-            Ok(())
-        } else {
-            Err(RangeError::Busy { start, len })
-        }
-    }
-
-    fn free(&mut self, start: u64) -> Result<u64, RangeError> {
-        let len = self
-            .allocated
-            .remove(&start)
-            .ok_or(RangeError::NotAllocated(start))?;
-        self.free.push((start as u128, start as u128 + len as u128));
-        self.free.sort_unstable();
-        let mut merged: Vec<(u128, u128)> = Vec::new();
-        for &(a, b) in &self.free {
-            match merged.last_mut() {
-                Some(last) if last.1 == a => last.1 = b,
-                _ => merged.push((a, b)),
-            }
-        }
-        self.free = merged;
-        Ok(len)
-    }
-
-    fn free_list(&self) -> Vec<(u128, u128)> {
-        self.free.clone()
-    }
-}
-
-fn check(len: u64, align: u64) -> Result<(), RangeError> {
-    if len == 0 {
-        Err(RangeError::ZeroLength)
-    } else if !align.is_power_of_two() {
-        Err(RangeError::InvalidAlignment(align))
-    } else {
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Alloc {
-        len: u64,
-        align: u64,
-    },
-    AllocIn {
-        len: u64,
-        align: u64,
-        lo: u64,
-        hi: u64,
-    },
-    TopDown {
-        len: u64,
-        align: u64,
-    },
-    Reserve {
-        at: u64,
-        len: u64,
-    },
-    /// Frees the `i % n`-th allocated block.
-    Free {
-        i: usize,
-    },
-    /// Frees an address that may or may not start a block (interior, neighbour, garbage).
-    FreeAddr {
-        at: u64,
-    },
-}
+use support::range_model::{step, Model, Op};
 
 fn length(span: u64) -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -258,12 +63,6 @@ fn span() -> impl Strategy<Value = (u64, u64)> {
     ]
 }
 
-fn free_list(a: &RangeAllocator) -> Vec<(u128, u128)> {
-    a.iter_free_blocks()
-        .map(|(s, l)| (s as u128, s as u128 + l as u128))
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
@@ -271,40 +70,10 @@ proptest! {
     fn matches_model((base, len) in span(), ops in span().prop_flat_map(|(b, l)| ops(b, l))) {
         let mut a = RangeAllocator::new(base, len).unwrap();
         let mut m = Model::new(base, len);
-        for op in ops {
-            let (got, want) = match op {
-                Op::Alloc { len, align } => {
-                    let got = a.alloc(len, align);
-                    let want = m.alloc_in(&got, len, align, 0, TOP);
-                    (got, want)
-                }
-                Op::AllocIn { len, align, lo, hi } => {
-                    let got = a.alloc_in(len, align, lo..hi);
-                    let want = m.alloc_in(&got, len, align, lo as u128, hi as u128);
-                    (got, want)
-                }
-                Op::TopDown { len, align } => (a.alloc_top_down(len, align), m.top_down(len, align)),
-                Op::Reserve { at, len } => (
-                    a.reserve(at, len).map(|()| at),
-                    m.reserve(at, len).map(|()| at),
-                ),
-                Op::Free { i } => {
-                    let starts: Vec<u64> = m.allocated.keys().copied().collect();
-                    let at = if starts.is_empty() { base } else { starts[i % starts.len()] };
-                    (a.free(at), m.free(at))
-                }
-                Op::FreeAddr { at } => (a.free(at), m.free(at)),
-            };
-            prop_assert_eq!(&got, &want);
-            if let Err(e) = a.check_invariants() {
-                prop_assert!(false, "invariant broken: {}", e);
+        for op in &ops {
+            if let Err(e) = step(&mut a, &mut m, base, op) {
+                prop_assert!(false, "{}", e);
             }
-            prop_assert_eq!(free_list(&a), m.free_list());
-            let model_free: u128 = m.free.iter().map(|(s, e)| e - s).sum();
-            prop_assert_eq!(a.free_bytes() as u128, model_free);
-            let model_largest = m.free.iter().map(|(s, e)| e - s).max().unwrap_or(0);
-            prop_assert_eq!(a.largest_free() as u128, model_largest);
-            prop_assert_eq!(a.nr_allocated(), m.allocated.len());
         }
     }
 }

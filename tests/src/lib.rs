@@ -1,9 +1,11 @@
 //! Cross-crate end-to-end tests live in `tests/tests/`. This library holds what they and the
 //! other crates' integration tests share, including [`linux_guest`]: stock Linux guests under
-//! QEMU for block-device tests. It depends on no workspace crate that uses it, so that every crate
+//! QEMU for block-device tests, and [`prometheus`]: a real Prometheus server scraping the
+//! processes under test. It depends on no workspace crate that uses it, so that every crate
 //! can take it as a dev-dependency.
 
 pub mod linux_guest;
+pub mod prometheus;
 
 /// Reports that `test` cannot run here because of `reason`: prints `SKIPPED: <test>: <reason>`
 /// so that a skip is never silent, except under `CI=true`, where everything a test needs is

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use balloon::gcma::GcmaDevice;
+use balloon::transport::VirtioDevice;
 use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use gcma_host::pool::Pool;
 
@@ -92,11 +93,7 @@ impl VmBuilder {
                 let metrics = device.metrics();
                 let slot = vm.add_virtio_device(device)?;
                 if self.ioeventfd {
-                    notifiers.push(Box::new(QueueNotifier::new(
-                        vm.shared_vm_fd(),
-                        slot.base,
-                        slot.transport.clone(),
-                    )?));
+                    notifiers.push(notifier(&vm, &slot)?);
                 }
                 parts = Some(GcmaParts {
                     metrics,
@@ -111,11 +108,7 @@ impl VmBuilder {
             Some(cfg) => {
                 let slot = vm.add_virtio_device(Balloon::new(cfg))?;
                 if self.ioeventfd {
-                    notifiers.push(Box::new(QueueNotifier::new(
-                        vm.shared_vm_fd(),
-                        slot.base,
-                        slot.transport.clone(),
-                    )?));
+                    notifiers.push(notifier(&vm, &slot)?);
                 }
                 Some(slot)
             }
@@ -143,4 +136,16 @@ impl VmBuilder {
             events,
         })
     }
+}
+
+/// Queue notifications of the device in `slot` through ioeventfds.
+fn notifier<D: VirtioDevice + 'static>(
+    vm: &MicroVm,
+    slot: &VirtioSlot<D>,
+) -> Result<DeviceSubscriber> {
+    Ok(Box::new(QueueNotifier::new(
+        vm.shared_vm_fd(),
+        slot.base,
+        slot.transport.clone(),
+    )?))
 }

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use vmm::api::control::{control_handler, metrics_handler};
 use vmm::api::http::{HttpServer, Limits, Listen};
 use vmm::api::metrics::VmmMetrics;
+use vmm::api::runtime::VmState;
 use vmm::kvm::linux::LinuxBoot;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
@@ -106,7 +107,53 @@ enum Policy {
     PutBack,
 }
 
-fn demo(args: DemoArgs) -> Result<ExitCode, String> {
+/// Why `vmm` could not do its job: printed as one line with its causes, exit status 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot read payload {path}")]
+    Payload {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {what} {}", path.display())]
+    KernelFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("give --payload or --kernel")]
+    NoGuest,
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error("creating the gcma pool")]
+    Pool(#[source] gcma_host::api::PoolError),
+    #[error("serving the {what}")]
+    Http {
+        what: &'static str,
+        #[source]
+        source: vmm::api::http::HttpError,
+    },
+    #[error("cannot start the balloon statistics poller")]
+    Poller(#[source] std::io::Error),
+    #[error("demo")]
+    Demo(#[from] demo::DemoError),
+}
+
+/// `err` and its causes, as one line.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     use gcma_host::api::FrontswapPolicy;
     let cfg = demo::DemoConfig {
         pool_mib: args.pool_mib,
@@ -128,7 +175,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode, String> {
         summary_json: args.summary_json,
         metrics_linger: Duration::from_secs(args.metrics_linger_s),
     };
-    let summary = demo::run_demo(&cfg).map_err(|e| e.to_string())?;
+    let summary = demo::run_demo(&cfg)?;
     Ok(if summary.all_checks_passed() {
         ExitCode::SUCCESS
     } else {
@@ -254,13 +301,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     }
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, String> {
+fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let (kind, label, elf) = match (&args.payload, &args.kernel) {
         (Some(payload), _) => {
             let elf: Vec<u8> = match payload.parse::<BuiltinPayload>() {
                 Ok(builtin) => builtin.elf().to_vec(),
-                Err(_) => std::fs::read(payload)
-                    .map_err(|e| format!("cannot read payload {payload}: {e}"))?,
+                Err(_) => std::fs::read(payload).map_err(|source| CliError::Payload {
+                    path: payload.clone(),
+                    source,
+                })?,
             };
             (GuestKind::Payload, payload.clone(), elf)
         }
@@ -268,19 +317,22 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             // Checked before KVM is opened, as payloads are: a typo is reported as such.
             for (what, path) in [("kernel", Some(kernel)), ("initrd", args.initrd.as_ref())] {
                 if let Some(path) = path {
-                    std::fs::File::open(path)
-                        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+                    std::fs::File::open(path).map_err(|source| CliError::KernelFile {
+                        what,
+                        path: path.clone(),
+                        source,
+                    })?;
                 }
             }
             (GuestKind::Linux, kernel.display().to_string(), Vec::new())
         }
-        (None, None) => return Err("give --payload or --kernel".into()),
+        (None, None) => return Err(CliError::NoGuest),
     };
     let mem_mib = args.mem_mib.unwrap_or(match kind {
         GuestKind::Payload => 64,
         GuestKind::Linux => 256,
     });
-    let hv = Hypervisor::open().map_err(|e| e.to_string())?;
+    let hv = Hypervisor::open()?;
     let config = VmConfig {
         mem_bytes: mem_mib << 20,
         payload_arg: args.arg,
@@ -303,7 +355,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             client_frontswap_limit_pages: Some(pool_pages),
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
-        .map_err(|e| format!("creating the gcma pool: {e}"))?;
+        .map_err(CliError::Pool)?;
         builder = builder.gcma(pool);
     }
     if let Some(target_pages) = args.balloon_pages {
@@ -319,7 +371,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         balloon,
         events,
         ..
-    } = builder.build(&hv).map_err(|e| e.to_string())?;
+    } = builder.build(&hv)?;
     match &args.kernel {
         Some(kernel) if kind == GuestKind::Linux => {
             let boot = LinuxBoot {
@@ -327,14 +379,14 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 initrd: args.initrd.clone(),
                 cmdline: args.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.into()),
             };
-            let guest = vm.load_linux(&boot).map_err(|e| e.to_string())?;
+            let guest = vm.load_linux(&boot)?;
             if let Some(dir) = &args.dump_acpi {
-                guest.acpi.dump(dir).map_err(|e| e.to_string())?;
+                guest.acpi.dump(dir)?;
                 log::info!("ACPI tables written to {}", dir.display());
             }
         }
         _ => {
-            vm.load_payload(&elf).map_err(|e| e.to_string())?;
+            vm.load_payload(&elf)?;
         }
     }
     let limits = args.http.limits();
@@ -345,7 +397,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 mode: args.http.api_sock_mode,
             };
             let s = HttpServer::start("api", &listen, &limits, control_handler(handle.clone()))
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| CliError::Http {
+                    what: "control API",
+                    source,
+                })?;
             log::info!("control API on {}", path.display());
             Some(s)
         }
@@ -365,7 +420,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 &limits,
                 metrics_handler(Arc::new(move || m.render())),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| CliError::Http {
+                what: "metrics endpoint",
+                source,
+            })?;
             eprintln!(
                 "vmm: metrics at http://{}/metrics",
                 s.local_addr().unwrap_or(addr)
@@ -383,11 +441,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                     Duration::from_secs(args.balloon_stats_interval_s),
                     poller_done.clone(),
                 )
-                .map_err(|e| format!("cannot start the stats poller: {e}"))?,
+                .map_err(CliError::Poller)?,
         ),
         None => None,
     };
-    let outcome = vm.run().map_err(|e| e.to_string());
+    let outcome = vm.run();
     if let Some(events) = events {
         if let Err(e) = events.stop() {
             log::warn!("stopping the device event loop: {e}");
@@ -398,13 +456,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         let _ = p.join();
     }
     let outcome = outcome?;
-    handle.set_state(format!("{outcome:?}"));
+    handle.set_state(VmState::Ended(outcome));
     log::info!("exit counts: {:?}", vm.stats());
     if let Some(slot) = balloon {
         let status = slot
             .transport
             .lock()
-            .map_err(|_| "balloon device lock poisoned".to_string())?
+            .unwrap_or_else(|p| p.into_inner())
             .device()
             .status();
         log::info!(
@@ -478,8 +536,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
     };
-    result.unwrap_or_else(|msg| {
-        eprintln!("vmm: {msg}");
+    result.unwrap_or_else(|e| {
+        eprintln!("vmm: {}", with_causes(&e));
         ExitCode::from(1)
     })
 }

@@ -160,6 +160,7 @@ const UNITLESS_COUNTS: &[&str] = &[
     "vmm_gcma_requests",
     "vmm_gcma_unanswerable_requests",
     "vmm_gcma_grants",
+    "vmm_gcma_stuck_grants",
     "gcma_clients",
     "gcma_live_grants",
     "gcma_grants",
@@ -172,6 +173,9 @@ const UNITLESS_COUNTS: &[&str] = &[
     "gcma_frontswap_rejects",
     "gcma_frontswap_loads",
     "gcma_backing_writes",
+    "gcma_writeback_retries",
+    "gcma_frontswap_cap_hits",
+    "gcma_cleancache_cap_drops",
     "gcma_backing_write_errors",
 ];
 const UNITS: &[&str] = &["_bytes", "_pages", "_seconds"];

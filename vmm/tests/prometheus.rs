@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use e2e_tests::prometheus::{self, Prometheus};
 use serde_json::Value;
 use support::api::Vmm;
-use support::prometheus::{self, Prometheus};
 
 /// How long the demo may take before the test calls it a hang.
 const DEMO_GUARD: Duration = Duration::from_secs(900);

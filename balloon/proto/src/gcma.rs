@@ -16,6 +16,12 @@
 //!
 //! Buffers may be split over descriptors at any byte boundary (`VIRTIO_F_ANY_LAYOUT` semantics):
 //! only the byte streams matter.
+//!
+//! One file on purpose: it is the code form of `balloon/PROTOCOL.md`, every encoder beside its
+//! decoder, so that the two and the document are read and changed together.
+//!
+//! Kept as one unit although it is long: it is the whole wire format, request and response
+//! types side by side with their encoders, decoders and round-trip tests, mirroring PROTOCOL.md.
 
 /// virtio device id of virtio-gcma.
 ///

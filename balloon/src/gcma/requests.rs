@@ -339,9 +339,14 @@ impl GcmaDevice {
                 },
                 value1: 0,
             },
-            PoolError::UnknownClient(_) | PoolError::Io(_) => {
+            PoolError::UnknownClient(_) | PoolError::Io { .. } => {
                 let n = self.metrics.pool_error();
-                guest_warn!(n, "virtio-gcma {}: pool error: {e}", self.name);
+                guest_warn!(
+                    n,
+                    "virtio-gcma {}: pool error: {}",
+                    self.name,
+                    gcma_host::api::ErrorChain(&e)
+                );
                 Response::status(status::IO_ERROR)
             }
         }

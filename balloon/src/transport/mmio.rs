@@ -526,9 +526,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.status = v & !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
             return;
         }
-        self.status = v & !STATUS_DRIVER_OK;
+        // `v` keeps every bit already set: rewriting the current status (DRIVER_OK included) of
+        // a running device changes nothing, and only a newly added DRIVER_OK activates.
+        self.status = v;
         if added & STATUS_DRIVER_OK != 0 {
-            self.status |= STATUS_DRIVER_OK;
             self.activate();
         }
     }

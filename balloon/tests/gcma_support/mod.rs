@@ -191,7 +191,7 @@ impl GcmaBackend for FakeBackend {
                         &vec![0u8; (nr as usize) * PAGE_SIZE],
                         start * PAGE_SIZE as u64,
                     )
-                    .map_err(|e| PoolError::Io(e.to_string()))?;
+                    .map_err(|e| PoolError::io("zeroing a grant", e))?;
                     return Ok(ContigGrant {
                         client,
                         first_page: start,

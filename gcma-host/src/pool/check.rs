@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::frontswap::FsLoc;
+use super::frontswap::{Durable, FsLoc};
 use super::pages::{PageState, Tenant};
 use super::Pool;
 use crate::api::FrontswapPolicy;
@@ -41,7 +41,61 @@ impl Pool {
         let mut host = 0;
         let mut backing_only = 0;
         let mut slots = HashSet::new();
+        let mut stored_shared = 0;
+        let mut pb_file_host = 0;
         for (ci, c) in g.clients.iter() {
+            // The client's own counts against its entries.
+            let (mut pool_pages, mut host_pages, mut put_back) = (0, 0, 0);
+            for e in c.fs.values() {
+                match e.loc {
+                    FsLoc::Pool(_) => pool_pages += 1,
+                    FsLoc::Host { pending, .. } => {
+                        host_pages += 1;
+                        if c.file.is_some() && !pending {
+                            put_back += 1;
+                        }
+                    }
+                    FsLoc::Backing => {}
+                }
+            }
+            let cc_pages: u64 = c
+                .cc_objects
+                .values()
+                .map(|&o| g.cc_objs[o as usize].pages.len() as u64)
+                .sum();
+            if (pool_pages, host_pages, put_back, cc_pages)
+                != (
+                    c.fs_pool_pages,
+                    c.fs_host_pages,
+                    c.fs_put_back_pages,
+                    c.cc_pages,
+                )
+            {
+                return Err(format!(
+                    "client {ci} counts pool/host/put-back/cleancache {}/{}/{}/{}, entries say \
+                     {pool_pages}/{host_pages}/{put_back}/{cc_pages}",
+                    c.fs_pool_pages, c.fs_host_pages, c.fs_put_back_pages, c.cc_pages
+                ));
+            }
+            if c.fs_cap.is_some_and(|cap| pool_pages > cap) {
+                return Err(format!("client {ci} over its frontswap cap"));
+            }
+            if c.cc_cap.is_some_and(|cap| cc_pages > cap) {
+                return Err(format!("client {ci} over its cleancache cap"));
+            }
+            if c.file.is_none() {
+                stored_shared += c.fs.len() as u64;
+                if self.cfg.frontswap_policy == FrontswapPolicy::PutBack
+                    && c.put_back_limit.is_some_and(|l| c.fs.len() as u64 > l)
+                {
+                    return Err(format!("client {ci} over its put-back limit"));
+                }
+            } else {
+                pb_file_host += put_back;
+                if c.put_back_limit.is_some_and(|l| put_back > l) {
+                    return Err(format!("client {ci} over its put-back limit"));
+                }
+            }
             for (&first, rec) in &c.grants {
                 grants += 1;
                 grant_pages += rec.nr_pages;
@@ -84,15 +138,27 @@ impl Pool {
                     FsLoc::Host { .. } => host += 1,
                     FsLoc::Backing => {
                         backing_only += 1;
-                        if e.slot.is_none() {
-                            return Err(format!("{key:?} only in backing but has no slot"));
+                        if e.durable == Durable::No {
+                            return Err(format!("{key:?} only in backing but has no durable copy"));
                         }
                     }
                 }
-                if let Some(s) = e.slot {
-                    if !slots.insert(s) {
-                        return Err(format!("backing slot {s} used twice"));
+                match e.durable {
+                    Durable::Slot(s) => {
+                        if c.file.is_some() {
+                            return Err(format!("{key:?} of a file client in a shared slot"));
+                        }
+                        if !slots.insert(s) {
+                            return Err(format!("backing slot {s} used twice"));
+                        }
                     }
+                    Durable::File if c.file.is_none() => {
+                        return Err(format!("{key:?} durable in a file its client lacks"));
+                    }
+                    _ => {}
+                }
+                if c.file.is_some() && key.area != 0 {
+                    return Err(format!("{key:?} of a file client outside area 0"));
                 }
             }
         }
@@ -132,8 +198,14 @@ impl Pool {
         if slots.len() as u64 > g.slots.in_use() {
             return Err("more slots named than allocated".into());
         }
+        if (stored_shared, pb_file_host) != (g.fs_stored_shared, g.pb_file_host) {
+            return Err(format!(
+                "shared stored {stored_shared} ({}), file put-back {pb_file_host} ({})",
+                g.fs_stored_shared, g.pb_file_host
+            ));
+        }
         if self.cfg.frontswap_policy == FrontswapPolicy::PutBack
-            && g.fs_stored > self.cfg.put_back_limit_pages
+            && g.fs_stored_shared + g.pb_file_host > self.cfg.put_back_limit_pages
         {
             return Err("put-back limit exceeded".into());
         }

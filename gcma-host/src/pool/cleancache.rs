@@ -30,11 +30,14 @@ impl Inner {
     pub(super) fn cc_remove_index(&mut self, obj: u32, index: u32) -> Option<u32> {
         let o = self.cc_objs.get_mut(obj as usize)?;
         let page = o.pages.remove(&index)?;
-        if o.pages.is_empty() {
-            let (client, pool, object) = (o.client, o.pool, o.object);
-            if let Some(c) = self.clients.by_slot_mut(client) {
+        let (client, pool, object, empty) = (o.client, o.pool, o.object, o.pages.is_empty());
+        if let Some(c) = self.clients.by_slot_mut(client) {
+            c.cc_pages -= 1;
+            if empty {
                 c.cc_objects.remove(&(pool, object));
             }
+        }
+        if empty {
             self.cc_free_objs.push(obj);
         }
         Some(page)
@@ -43,7 +46,11 @@ impl Inner {
     /// Frees every page of object slot `obj` (already unlinked from its client) and the slot.
     /// Returns the number of pages.
     pub(super) fn cc_drop_object(&mut self, obj: u32) -> u64 {
-        let pages = std::mem::take(&mut self.cc_objs[obj as usize].pages);
+        let o = &mut self.cc_objs[obj as usize];
+        let pages = std::mem::take(&mut o.pages);
+        if let Some(c) = self.clients.by_slot_mut(o.client) {
+            c.cc_pages -= pages.len() as u64;
+        }
         for &p in pages.values() {
             self.pages.set(p, PageState::FreeDirty, Tenant::None);
         }
@@ -109,11 +116,19 @@ impl Pool {
         let mut obj = g.cc_object(client, &key)?;
         Counters::add_locked(&self.counters.cc_puts, 1);
         let existing = obj.and_then(|o| g.cc_objs[o as usize].pages.get(&key.index).copied());
+        let c = g.client_mut(client)?;
+        c.counters.cc_puts += 1;
         if let Some(p) = existing {
             // SAFETY: `p` is a cleancache page of this key; the lock is held.
             unsafe { self.res.write_page(p as u64, data) };
             g.pages.touch(p);
             return Ok(true);
+        }
+        if c.cc_cap.is_some_and(|cap| c.cc_pages >= cap) {
+            c.counters.cc_cap_drops += 1;
+            Counters::add_locked(&self.counters.cc_cap_drops, 1);
+            Counters::add_locked(&self.counters.cc_puts_dropped, 1);
+            return Ok(false);
         }
         let page = match g.take_free_page() {
             Some(p) => p,
@@ -121,7 +136,7 @@ impl Pool {
                 Some(p) => {
                     // Evicting a cleancache page never produces write-outs.
                     let mut none = Vec::new();
-                    g.evict_page(p, &self.res, &mut none, &self.counters, false);
+                    g.evict_page(p, &self.res, &mut none, &self.counters);
                     self.counters.evicted(EvictReason::Pressure, false, 1);
                     // Evicting may have dropped this very object.
                     obj = g.cc_object(client, &key)?;
@@ -138,6 +153,9 @@ impl Pool {
             None => g.cc_new_object(client, key.pool, key.object),
         };
         g.cc_objs[obj as usize].pages.insert(key.index, page);
+        if let Ok(c) = g.client_mut(client) {
+            c.cc_pages += 1;
+        }
         // SAFETY: `page` was free or just evicted, and the lock is held.
         unsafe { self.res.write_page(page as u64, data) };
         g.pages.set(
@@ -160,13 +178,44 @@ impl Pool {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(page) = g.cc_take(client, &key)? else {
+            g.client_mut(client)?.counters.cc_misses += 1;
             Counters::add_locked(&self.counters.cc_misses, 1);
             return Ok(false);
         };
+        if let Ok(c) = g.client_mut(client) {
+            c.counters.cc_hits += 1;
+        }
         Counters::add_locked(&self.counters.cc_hits, 1);
         g.pages.set(page, PageState::FreeDirty, Tenant::None);
         // SAFETY: `page` held this key's data and is free now, but no one can take it before the
         // lock is released.
+        unsafe { self.res.read_page(page as u64, out) };
+        Ok(true)
+    }
+
+    /// A get that keeps the page (the semantics of tmem's shared pools) and makes it the most
+    /// recently used.
+    pub(super) fn cc_get_keep(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let page = g
+            .cc_object(client, &key)?
+            .and_then(|o| g.cc_objs[o as usize].pages.get(&key.index).copied());
+        let c = g.client_mut(client)?;
+        let Some(page) = page else {
+            c.counters.cc_misses += 1;
+            Counters::add_locked(&self.counters.cc_misses, 1);
+            return Ok(false);
+        };
+        c.counters.cc_hits += 1;
+        Counters::add_locked(&self.counters.cc_hits, 1);
+        g.pages.touch(page);
+        // SAFETY: `page` holds this key's data; the lock is held.
         unsafe { self.res.read_page(page as u64, out) };
         Ok(true)
     }

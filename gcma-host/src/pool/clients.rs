@@ -10,16 +10,90 @@
 //! accepts no request but [`crate::api::GcmaBackend::free_contig`]; its slot is reused only after
 //! its last grant is freed.
 
+use std::sync::Arc;
+
+use super::backing::{BackingStore, DiskBacking};
 use super::cleancache::CcObjectKey;
 use super::frontswap::FsEntry;
 use super::hash::FastMap;
 use super::GrantRec;
 use crate::api::{ClientId, FrontswapKey, PoolError};
 
+/// Where a client's frontswap pages go when they are not in a pool page.
+#[derive(Clone, Debug, Default)]
+pub enum FrontswapBacking {
+    /// The pool's shared backing file, in slots handed out as needed (an anonymous file that
+    /// does not outlive the pool). What [`crate::api::GcmaBackend::register_client`] gives.
+    #[default]
+    Shared,
+    /// The client's own store, at fixed offsets: page `offset` of swap area 0 at byte
+    /// `offset × 4096` (area 0 is the only one such a client has). This is a disk: a key that
+    /// is not in the pool reads from the store (zero where never written), so a store opened
+    /// again by a new pool reads back what the old one made durable. A store the pool cannot
+    /// keep in a pool page (pool full, the client's cap reached) is written to the store and
+    /// accepted; invalidation punches a hole.
+    File(Arc<dyn BackingStore>),
+}
+
+/// Per-client options of [`super::Pool::register_client_with`]. The default is what
+/// [`crate::api::GcmaBackend::register_client`] gives: the shared backing and no limits of its
+/// own.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Where frontswap pages go outside the pool.
+    pub frontswap_backing: FrontswapBacking,
+    /// Most pool pages the client's frontswap data may occupy; a store beyond it is kept outside
+    /// the pool (the backing file under write-through, the client's own file) or refused
+    /// ([`crate::api::RejectReason::ClientLimit`]).
+    pub frontswap_cap_pages: Option<u64>,
+    /// Most pool pages the client's cleancache data may occupy; a put of a new key beyond it is
+    /// dropped.
+    pub cleancache_cap_pages: Option<u64>,
+    /// Put-back policy: with the shared backing, most frontswap pages the client may have
+    /// accepted at once; with its own file, most evicted pages kept in host memory (the rest are
+    /// written to the file). The pool-wide [`super::PoolConfig::put_back_limit_pages`] is a
+    /// ceiling over all clients either way.
+    pub put_back_limit_pages: Option<u64>,
+}
+
+/// Counters of one client, bumped under the pool lock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct ClientCounters {
+    pub(super) fs_stores: u64,
+    pub(super) fs_cap_hits: u64,
+    pub(super) fs_rejects: u64,
+    pub(super) fs_loads_pool: u64,
+    pub(super) fs_loads_host: u64,
+    pub(super) fs_loads_backing: u64,
+    pub(super) file_writes: u64,
+    pub(super) written_back: u64,
+    pub(super) put_back: u64,
+    pub(super) writeback_retries: u64,
+    pub(super) write_errors: u64,
+    pub(super) cc_puts: u64,
+    pub(super) cc_cap_drops: u64,
+    pub(super) cc_hits: u64,
+    pub(super) cc_misses: u64,
+}
+
 /// One client's state.
 #[derive(Debug, Default)]
 pub(super) struct Client {
     pub(super) name: String,
+    /// The client's own backing store, if it has one.
+    pub(super) file: Option<Arc<DiskBacking>>,
+    pub(super) fs_cap: Option<u64>,
+    pub(super) cc_cap: Option<u64>,
+    pub(super) put_back_limit: Option<u64>,
+    /// Frontswap entries whose data is in a pool page.
+    pub(super) fs_pool_pages: u64,
+    /// Frontswap entries whose data is in host memory (put back, or waiting for a write-back).
+    pub(super) fs_host_pages: u64,
+    /// Of those, put-back copies of a file-backed client (not waiting for a write).
+    pub(super) fs_put_back_pages: u64,
+    /// Cleancache pages held.
+    pub(super) cc_pages: u64,
+    pub(super) counters: ClientCounters,
     pub(super) grants: FastMap<u64, GrantRec>,
     /// Live cleancache pools, by id.
     pub(super) cc_pools: Vec<bool>,
@@ -53,7 +127,7 @@ pub(super) struct Clients {
 
 impl Clients {
     /// Registers a client in a free slot (the lowest freed one first) or a new slot.
-    pub(super) fn register(&mut self, name: &str) -> ClientId {
+    pub(super) fn register(&mut self, name: &str, opts: ClientOptions) -> ClientId {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -62,8 +136,16 @@ impl Clients {
             }
         };
         let s = &mut self.slots[slot as usize];
+        let file = match opts.frontswap_backing {
+            FrontswapBacking::Shared => None,
+            FrontswapBacking::File(store) => Some(Arc::new(DiskBacking::new(store))),
+        };
         s.client = Some(Client {
             name: name.to_string(),
+            file,
+            fs_cap: opts.frontswap_cap_pages,
+            cc_cap: opts.cleancache_cap_pages,
+            put_back_limit: opts.put_back_limit_pages,
             ..Client::default()
         });
         self.live += 1;
@@ -126,6 +208,14 @@ impl Clients {
     /// Registered clients (retired ones included): O(1).
     pub(super) fn live(&self) -> u64 {
         self.live
+    }
+
+    /// Every registered, not retired client with its id.
+    pub(super) fn iter_ids(&self) -> impl Iterator<Item = (ClientId, &Client)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let c = s.client.as_ref().filter(|c| !c.retired)?;
+            Some((ClientId::new(i as u32, s.gen), c))
+        })
     }
 
     /// Every registered client with its slot.

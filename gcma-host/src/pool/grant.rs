@@ -34,7 +34,6 @@ impl Inner {
         res: &Reservation,
         writeouts: &mut Vec<Writeout>,
         counters: &Counters,
-        write_back: bool,
     ) -> Option<bool> {
         match self.pages.tenant(page) {
             Tenant::None => None,
@@ -43,7 +42,7 @@ impl Inner {
                 Some(false)
             }
             Tenant::Frontswap { client, key } => {
-                self.fs_evict(page, client, key, res, writeouts, counters, write_back);
+                self.fs_evict(page, client, key, res, writeouts, counters);
                 Some(true)
             }
         }
@@ -77,7 +76,6 @@ impl Pool {
         if align_pages == 0 || !align_pages.is_power_of_two() {
             return Err(PoolError::Invalid("alignment is not a power of two"));
         }
-        let write_back = self.cfg.frontswap_policy == crate::api::FrontswapPolicy::WriteBack;
         let mut writeouts = Vec::new();
         // Runs of pages that may hold old bytes, coalesced.
         let mut dirty: Vec<(u64, u64)> = Vec::new();
@@ -128,8 +126,7 @@ impl Pool {
                     "allocator handed out a granted page"
                 );
                 if st != PageState::FreeZero {
-                    if let Some(fs) =
-                        g.evict_page(page, &self.res, &mut writeouts, &self.counters, write_back)
+                    if let Some(fs) = g.evict_page(page, &self.res, &mut writeouts, &self.counters)
                     {
                         evicted[fs as usize] += 1;
                     }

@@ -54,6 +54,10 @@ pub(crate) struct Counters {
     pub fs_invalidates: AtomicU64,
     pub backing_writes: AtomicU64,
     pub backing_write_errors: AtomicU64,
+    pub file_writes: AtomicU64,
+    pub writeback_retries: AtomicU64,
+    pub fs_cap_hits: AtomicU64,
+    pub cc_cap_drops: AtomicU64,
     pub written_back_pages: AtomicU64,
     pub put_back_pages: AtomicU64,
     /// `[reason][0 = cleancache, 1 = frontswap]`.
@@ -176,6 +180,17 @@ pub struct PoolStats {
     pub backing_writes: u64,
     /// Failed writes to the backing file.
     pub backing_write_errors: u64,
+    /// Pages written to clients' own backing files (write-through, stores the pool could not
+    /// keep, write-backs, flushes).
+    pub file_writes: u64,
+    /// Failed write-backs retried.
+    pub writeback_retries: u64,
+    /// Failed write-backs waiting for their next attempt.
+    pub writebacks_waiting: u64,
+    /// Frontswap stores that found their client at its pool-page cap.
+    pub frontswap_cap_hits: u64,
+    /// Cleancache puts dropped because their client was at its pool-page cap.
+    pub cleancache_cap_drops: u64,
     /// Pages written to the backing file on eviction (write-back).
     pub written_back_pages: u64,
     /// Pages copied to host memory on eviction (put-back).
@@ -222,6 +237,10 @@ impl PoolStats {
         self.frontswap_invalidates = g(&c.fs_invalidates);
         self.backing_writes = g(&c.backing_writes);
         self.backing_write_errors = g(&c.backing_write_errors);
+        self.file_writes = g(&c.file_writes);
+        self.writeback_retries = g(&c.writeback_retries);
+        self.frontswap_cap_hits = g(&c.fs_cap_hits);
+        self.cleancache_cap_drops = g(&c.cc_cap_drops);
         self.written_back_pages = g(&c.written_back_pages);
         self.put_back_pages = g(&c.put_back_pages);
         self.evictions_grant = std::array::from_fn(|i| g(&c.evictions[0][i]));
@@ -233,6 +252,60 @@ impl PoolStats {
         self.grant_lock_wait_ns = g(&c.grant_lock_wait_ns);
         self.grant_zero_unlocked_ns = g(&c.grant_zero_ns);
     }
+}
+
+/// What one client holds and what it did ([`super::Pool::client_stats`]). Counters are monotonic
+/// over the client's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientStats {
+    /// The name it registered with.
+    pub name: String,
+    /// Whether it has its own backing file.
+    pub own_file: bool,
+    /// Its cap on frontswap pool pages.
+    pub frontswap_cap_pages: Option<u64>,
+    /// Its cap on cleancache pool pages.
+    pub cleancache_cap_pages: Option<u64>,
+    /// Its own put-back limit.
+    pub put_back_limit_pages: Option<u64>,
+    /// Frontswap pages the pool keeps track of (in the pool, in host memory, in a backing file).
+    pub frontswap_stored_pages: u64,
+    /// Of those, in pool pages.
+    pub frontswap_pool_pages: u64,
+    /// Of those, in host memory outside the pool.
+    pub frontswap_host_pages: u64,
+    /// Cleancache pages in the pool.
+    pub cleancache_pages: u64,
+    /// Accepted frontswap stores.
+    pub frontswap_stores: u64,
+    /// Refused frontswap stores.
+    pub frontswap_rejects: u64,
+    /// Stores that found the client at its frontswap cap.
+    pub frontswap_cap_hits: u64,
+    /// Loads served from the pool.
+    pub frontswap_loads_pool: u64,
+    /// Loads served from host memory.
+    pub frontswap_loads_host: u64,
+    /// Loads served from a backing file.
+    pub frontswap_loads_backing: u64,
+    /// Pages written to its own backing file.
+    pub file_writes: u64,
+    /// Pages written back on eviction.
+    pub written_back_pages: u64,
+    /// Pages put back to host memory on eviction.
+    pub put_back_pages: u64,
+    /// Failed write-backs retried.
+    pub writeback_retries: u64,
+    /// Failed writes to a backing file.
+    pub backing_write_errors: u64,
+    /// Cleancache puts (kept or not).
+    pub cleancache_puts: u64,
+    /// Cleancache puts dropped at the cap.
+    pub cleancache_cap_drops: u64,
+    /// Cleancache gets that hit.
+    pub cleancache_hits: u64,
+    /// Cleancache gets that missed.
+    pub cleancache_misses: u64,
 }
 
 /// Encodes a [`PoolStats`] snapshot on every scrape. Registered by [`super::Pool::register_metrics`].
@@ -435,6 +508,36 @@ impl Collector for PoolCollector {
             "gcma_backing_write_errors",
             "Failed writes to the backing file.",
             s.backing_write_errors,
+        )?;
+        counter(
+            e,
+            "gcma_file_written_pages",
+            "Pages written to clients' own backing files.",
+            s.file_writes,
+        )?;
+        counter(
+            e,
+            "gcma_writeback_retries",
+            "Failed write-backs retried (the page stays in host memory meanwhile).",
+            s.writeback_retries,
+        )?;
+        gauge(
+            e,
+            "gcma_writeback_waiting_pages",
+            "Pages whose failed write-back waits for its next attempt.",
+            s.writebacks_waiting,
+        )?;
+        counter(
+            e,
+            "gcma_frontswap_cap_hits",
+            "Frontswap stores that found their client at its pool-page cap.",
+            s.frontswap_cap_hits,
+        )?;
+        counter(
+            e,
+            "gcma_cleancache_cap_drops",
+            "Cleancache puts dropped at their client's pool-page cap.",
+            s.cleancache_cap_drops,
         )?;
         counter(
             e,

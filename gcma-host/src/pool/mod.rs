@@ -7,6 +7,9 @@
 //! * [`pages`]: the per-page state array with intrusive free/LRU lists.
 //! * `grant.rs`: contiguous grants: range choice, eviction, zeroing.
 //! * `cleancache.rs`, `frontswap.rs`: the two second-class stores and their eviction.
+//! * `backing.rs`: the shared backing file and its slots; clients' own files
+//!   ([`BackingStore`]) and the lock that serialises writes to each.
+//! * `clients.rs`: client slots with generations, per-client options and counters.
 //! * [`metrics`]: counters, [`PoolStats`] and the `prometheus-client` collector.
 //!
 //! # Page states
@@ -28,13 +31,35 @@
 //!   store is still accepted: the backing file holds it.
 //! * **Write-back**: eviction copies the page to host memory at once (under the lock, a 4 KiB
 //!   copy) and writes it to the backing file afterwards, outside the lock; loads in between are
-//!   served from the host copy. A failed write keeps the host copy.
+//!   served from the host copy. A failed write keeps the host copy and is retried later.
 //! * **Put-back**: eviction copies the page to host memory outside the pool. The number of
 //!   accepted frontswap pages is bounded by `put_back_limit_pages`, so that evicting all of them
 //!   always fits the limit and grants never fail because of put-back pages; stores of new keys
 //!   beyond it are rejected ([`crate::api::RejectReason::PutBackLimit`]).
 //!
 //! A rejected store invalidates any old copy of its key, so stale data is never returned.
+//!
+//! # Per-client options
+//! [`Pool::register_client_with`] takes [`ClientOptions`]; [`GcmaBackend::register_client`] is
+//! the default (the shared backing, no limits of its own).
+//! * **Own backing file** ([`FrontswapBacking::File`]): a disk. Page `k` lives at byte `k × 4096`
+//!   of the client's file, and a key the pool does not hold reads from the file (zero where never
+//!   written), so a new pool over the same file reads back everything the old one made durable.
+//!   Nothing such a client stores is refused: a store the pool cannot keep in a pool page (pool
+//!   full, the client's cap reached) is written to the file and accepted, as write-through
+//!   already does when no pool page is free. Write-through writes the file before accepting;
+//!   write-back writes it when the page leaves the pool; put-back keeps evicted pages in host
+//!   memory up to the client's put-back limit, then writes them. [`Pool::flush_client`] makes
+//!   everything durable (shutdown, a disk's FLUSH). Invalidation punches a hole. Writes to one
+//!   file are serialised, with a generation check, so an older copy of a page never lands after
+//!   a newer one (see `backing::DiskBacking`).
+//! * **Caps** on the pool pages its frontswap and its cleancache data may occupy, so that one
+//!   client cannot push the others out: a store beyond the cap goes outside the pool (or is
+//!   refused), a cleancache put beyond it is dropped.
+//! * **Put-back limit** of its own, under the pool-wide one.
+//!
+//! A write-back that fails keeps the host copy and is retried with a growing backoff by
+//! [`Pool::retry_writebacks`] (a daemon's timer), counted in `gcma_writeback_retries_total`.
 //!
 //! # Locking
 //! One mutex guards all bookkeeping: page states, the range allocator, clients,
@@ -58,7 +83,10 @@
 //! lets a thread that releases and retakes the lock in a tight loop starve a sleeping waiter;
 //! this keeps a busy tenant from delaying a grant.
 //!
-//! No operation takes the lock twice nested, and no lock is held across file I/O.
+//! No operation takes the lock twice nested, and the pool lock is never held across file I/O. A
+//! client's own file has a write lock of its own, held across each write or hole punch to that
+//! file (that is what serialises them); it is always taken before the pool lock, never while
+//! holding it.
 
 mod backing;
 mod check;
@@ -83,11 +111,15 @@ use crate::api::{
 };
 use crate::range::RangeAllocator;
 
+pub use backing::BackingStore;
 use backing::{open_backing_file, BackingSlots};
 use cleancache::CcObject;
 use clients::Clients;
+pub use clients::{ClientOptions, FrontswapBacking};
+pub use frontswap::writeback_backoff;
+use frontswap::Retry;
+pub use metrics::{ClientStats, EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
 use metrics::{Counters, PoolCollector};
-pub use metrics::{EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US};
 use pages::{PageState, PageTable, Tenant};
 use reservation::Reservation;
 
@@ -159,12 +191,24 @@ pub(crate) struct Inner {
     cc_objs: Vec<CcObject>,
     cc_free_objs: Vec<u32>,
     slots: BackingSlots,
+    /// Copied from the configuration, for eviction.
+    policy: FrontswapPolicy,
+    /// Copied from the configuration, for eviction.
+    put_back_limit: u64,
     /// Accepted frontswap pages in host memory (put-back or write-back pending).
     fs_host_pages: u64,
     /// Accepted frontswap pages only in the backing file.
     fs_backing_only: u64,
     /// Accepted frontswap pages in all.
     fs_stored: u64,
+    /// Accepted frontswap pages of clients on the shared backing.
+    fs_stored_shared: u64,
+    /// Put-back copies in host memory of clients with their own file.
+    pb_file_host: u64,
+    /// Put-back places taken by a store being installed (0 or 1; see `fs_install`).
+    pb_reserved: u64,
+    /// Failed write-backs waiting for their next attempt.
+    retries: Vec<Retry>,
     live_grants: u64,
     next_gen: u64,
 }
@@ -208,6 +252,7 @@ pub(crate) fn snapshot(inner: &Mutex<Inner>, counters: &Counters, nr_pages: u64)
         s.frontswap_backing_only_pages = g.fs_backing_only;
         s.frontswap_host_pages = g.fs_host_pages;
         s.frontswap_stored_pages = g.fs_stored;
+        s.writebacks_waiting = g.retries.len() as u64;
         s.clients = g.clients.live();
         s.live_grants = g.live_grants;
     }
@@ -277,9 +322,15 @@ impl Pool {
             cc_objs: Vec::new(),
             cc_free_objs: Vec::new(),
             slots: BackingSlots::default(),
+            policy: cfg.frontswap_policy,
+            put_back_limit: cfg.put_back_limit_pages,
             fs_host_pages: 0,
             fs_backing_only: 0,
             fs_stored: 0,
+            fs_stored_shared: 0,
+            pb_file_host: 0,
+            pb_reserved: 0,
+            retries: Vec::new(),
             live_grants: 0,
             next_gen: 0,
         };
@@ -356,6 +407,124 @@ impl Pool {
         Ok(self.lock().client(client)?.name.clone())
     }
 
+    /// Registers a client with its own options (see the [module documentation](self)).
+    /// [`GcmaBackend::register_client`] is this with [`ClientOptions::default`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gcma_host::api::{FrontswapKey, GcmaBackend, PAGE_SIZE};
+    /// use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig};
+    ///
+    /// let pool = Pool::new(PoolConfig::new(64)).unwrap();
+    /// let file = tempfile_in_tmp();
+    /// let disk = pool.register_client_with("disk0", ClientOptions {
+    ///     frontswap_backing: FrontswapBacking::File(Arc::new(file)),
+    ///     frontswap_cap_pages: Some(16),
+    ///     ..ClientOptions::default()
+    /// });
+    /// let key = FrontswapKey { area: 0, offset: 3 };
+    /// pool.frontswap_store(disk, key, &[7u8; PAGE_SIZE]).unwrap();
+    /// // A page never written reads as zero: the client's file is a disk.
+    /// let mut out = [1u8; PAGE_SIZE];
+    /// assert!(pool.frontswap_load(disk, FrontswapKey { area: 0, offset: 9 }, &mut out).unwrap());
+    /// assert_eq!(out, [0u8; PAGE_SIZE]);
+    /// # fn tempfile_in_tmp() -> std::fs::File {
+    /// #     use std::os::unix::fs::OpenOptionsExt;
+    /// #     std::fs::OpenOptions::new().read(true).write(true)
+    /// #         .custom_flags(libc::O_TMPFILE).open(std::env::temp_dir()).unwrap()
+    /// # }
+    /// ```
+    pub fn register_client_with(&self, name: &str, opts: ClientOptions) -> ClientId {
+        let id = self.lock().clients.register(name, opts);
+        log::debug!("gcma pool: client {id:?} ({name}) registered");
+        id
+    }
+
+    /// What one client holds and what it did.
+    pub fn client_stats(&self, client: ClientId) -> Result<ClientStats, PoolError> {
+        let g = self.lock();
+        let c = g.client(client)?;
+        let n = &c.counters;
+        Ok(ClientStats {
+            name: c.name.clone(),
+            own_file: c.file.is_some(),
+            frontswap_cap_pages: c.fs_cap,
+            cleancache_cap_pages: c.cc_cap,
+            put_back_limit_pages: c.put_back_limit,
+            frontswap_stored_pages: c.fs.len() as u64,
+            frontswap_pool_pages: c.fs_pool_pages,
+            frontswap_host_pages: c.fs_host_pages,
+            cleancache_pages: c.cc_pages,
+            frontswap_stores: n.fs_stores,
+            frontswap_rejects: n.fs_rejects,
+            frontswap_cap_hits: n.fs_cap_hits,
+            frontswap_loads_pool: n.fs_loads_pool,
+            frontswap_loads_host: n.fs_loads_host,
+            frontswap_loads_backing: n.fs_loads_backing,
+            file_writes: n.file_writes,
+            written_back_pages: n.written_back,
+            put_back_pages: n.put_back,
+            writeback_retries: n.writeback_retries,
+            backing_write_errors: n.write_errors,
+            cleancache_puts: n.cc_puts,
+            cleancache_cap_drops: n.cc_cap_drops,
+            cleancache_hits: n.cc_hits,
+            cleancache_misses: n.cc_misses,
+        })
+    }
+
+    /// Makes every client's frontswap pages durable in its own file (see
+    /// [`Pool::flush_client`]); stops at the first failure. Returns how many pages were written.
+    pub fn flush_all(&self) -> Result<u64, PoolError> {
+        let ids: Vec<ClientId> = {
+            let g = self.lock();
+            g.clients
+                .iter_ids()
+                .filter(|(_, c)| c.file.is_some())
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let mut n = 0;
+        for id in ids {
+            match self.flush_client(id) {
+                Ok(k) => n += k,
+                // Unregistered meanwhile: nothing of it is owed any more.
+                Err(PoolError::UnknownClient(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Invalidates the frontswap pages of `area` whose offsets lie in `offsets` (a disk's
+    /// DISCARD); for a client with its own file the range is also punched out of the file, so it
+    /// reads as zero. Returns how many pages the pool held.
+    pub fn frontswap_invalidate_range(
+        &self,
+        client: ClientId,
+        area: u32,
+        offsets: std::ops::Range<u64>,
+    ) -> Result<u64, PoolError> {
+        if offsets.start >= offsets.end {
+            self.lock().client(client)?;
+            return Ok(0);
+        }
+        self.fs_invalidate_range(client, area, offsets.start..=offsets.end - 1)
+    }
+
+    /// A cleancache get that keeps the page (the semantics of tmem's shared pools) and makes it
+    /// the most recently used: for a client that cannot tell when its own copy goes, such as a
+    /// disk cache under a guest's page cache. `Ok(false)` on a miss.
+    pub fn cleancache_get_keep(
+        &self,
+        client: ClientId,
+        key: CleancacheKey,
+        out: &mut [u8],
+    ) -> Result<bool, PoolError> {
+        check_page_len(out.len())?;
+        self.cc_get_keep(client, key, out)
+    }
+
     /// Zeroes up to `max_pages` free pages that may hold old bytes, so that later grants find
     /// them known-zero and skip them. Meant for idle time (a daemon's housekeeping tick): each
     /// batch of [`ZERO_IDLE_BATCH_PAGES`] pages is zeroed under the lock (a few microseconds),
@@ -395,6 +564,7 @@ impl Pool {
         let c = g.clients.get_mut(client)?;
         let cc_objects = std::mem::take(&mut c.cc_objects);
         let fs = std::mem::take(&mut c.fs);
+        let file = c.file.is_some();
         // Grants still being zeroed are released by their granting thread, which finds the
         // client gone (or retired) when it comes back for the lock.
         c.grants.retain(|_, rec| rec.ready);
@@ -412,8 +582,10 @@ impl Pool {
             Counters::add_locked(&self.counters.cc_flushes, n);
         }
         for e in fs.into_values() {
-            g.fs_drop_entry(e);
+            g.fs_drop_entry(client.slot(), file, e);
         }
+        // Their pending write-backs go with them (a retired client keeps its slot meanwhile).
+        g.retries.retain(|r| r.w.client != client.slot());
         if keep {
             log::debug!("gcma pool: client {client:?} ({name}) retired, grants kept");
         } else {
@@ -425,9 +597,7 @@ impl Pool {
 
 impl GcmaBackend for Pool {
     fn register_client(&self, name: &str) -> ClientId {
-        let id = self.lock().clients.register(name);
-        log::debug!("gcma pool: client {id:?} ({name}) registered");
-        id
+        self.register_client_with(name, ClientOptions::default())
     }
 
     fn unregister_client(&self, client: ClientId) -> Result<(), PoolError> {

@@ -32,7 +32,7 @@ unsafe impl Send for Reservation {}
 unsafe impl Sync for Reservation {}
 
 fn os_error(what: &str) -> PoolError {
-    PoolError::Io(format!("{what}: {}", std::io::Error::last_os_error()))
+    PoolError::io(what, std::io::Error::last_os_error())
 }
 
 /// Reads `HugePages_Free` from `/proc/meminfo`, for a helpful error message.
@@ -100,16 +100,23 @@ impl Reservation {
         if p == libc::MAP_FAILED {
             let e = std::io::Error::last_os_error();
             if hugetlb {
-                return Err(PoolError::Io(format!(
-                    "cannot map {nr_pages} pages of 2 MiB-hugetlb pool memory ({e}); \
-                     HugePages_Free on this host: {}; raise /proc/sys/vm/nr_hugepages",
-                    free_huge_pages().map_or("unknown".to_string(), |n| n.to_string())
-                )));
+                return Err(PoolError::io(
+                    format!(
+                        "cannot map {nr_pages} pages of 2 MiB-hugetlb pool memory; \
+                         HugePages_Free on this host: {}; raise /proc/sys/vm/nr_hugepages",
+                        free_huge_pages().map_or("unknown".to_string(), |n| n.to_string())
+                    ),
+                    e,
+                ));
             }
-            return Err(PoolError::Io(format!("mmap of the pool memfd: {e}")));
+            return Err(PoolError::io("mmap of the pool memfd", e));
         }
-        let base =
-            NonNull::new(p.cast::<u8>()).ok_or(PoolError::Io("mmap returned NULL".into()))?;
+        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| {
+            PoolError::io(
+                "mmap of the pool memfd",
+                std::io::Error::other("mmap returned NULL"),
+            )
+        })?;
         let mut r = Reservation {
             memfd,
             base,

@@ -183,6 +183,7 @@ impl Collector for VmCollector {
         let mut guest_stats: Vec<(&str, Sample)> = Vec::new();
         let (mut requests, mut unanswerable, mut grants, mut granted_pages) =
             (vec![], vec![], vec![], vec![]);
+        let (mut stuck_grants, mut stuck_pages) = (vec![], vec![]);
         for vm in &vms {
             let name = vm.vm_name();
             let l = |extra: &[(&'static str, &str)]| {
@@ -231,6 +232,8 @@ impl Collector for VmCollector {
                 }
                 grants.push((l(&[]), g.grants));
                 granted_pages.push((l(&[]), g.granted_pages));
+                stuck_grants.push((l(&[]), g.stuck_grants));
+                stuck_pages.push((l(&[]), g.stuck_pages));
             }
         }
         family(
@@ -325,6 +328,21 @@ impl Collector for VmCollector {
             MetricType::Gauge,
             &granted_pages,
         )?;
+        family(
+            e,
+            "vmm_gcma_stuck_grants",
+            "Grants whose unmapping from the guest failed: kept granted to this VM (never handed \
+             to another guest) until a retried unmap succeeds.",
+            MetricType::Gauge,
+            &stuck_grants,
+        )?;
+        family(
+            e,
+            "vmm_gcma_stuck_pages",
+            "Pool pages in this VM's stuck grants.",
+            MetricType::Gauge,
+            &stuck_pages,
+        )?;
         Ok(())
     }
 }
@@ -352,6 +370,8 @@ mod tests {
             let mut g = GcmaCounters::default();
             g.by_status[1][status::MISS as usize] = 3;
             g.grants = 2;
+            g.stuck_grants = 1;
+            g.stuck_pages = 16;
             Some(g)
         }
     }
@@ -368,6 +388,8 @@ mod tests {
         assert!(text
             .contains(r#"vmm_gcma_requests_total{vm="vm\"0",queue="cleancache",status="miss"} 3"#));
         assert!(text.contains(r#"vmm_gcma_grants{vm="vm\"0"} 2"#));
+        assert!(text.contains(r#"vmm_gcma_stuck_grants{vm="vm\"0"} 1"#));
+        assert!(text.contains(r#"vmm_gcma_stuck_pages{vm="vm\"0"} 16"#));
         assert!(!text.contains("vmm_balloon_target_bytes{"));
         assert!(text.trim_end().ends_with("# EOF"));
         m.remove_vm("vm\"0");

@@ -19,6 +19,7 @@ use crate::api::model::{
 };
 use crate::devices::VirtioSlot;
 use crate::kvm::vm::{ExitCounters, ExitStats, StopHandle};
+use crate::kvm::VmOutcome;
 
 /// The gcma side of a VM: its device's counters, its grant window and the pool.
 pub struct GcmaParts {
@@ -28,6 +29,45 @@ pub struct GcmaParts {
     pub window: Arc<GrantWindow>,
     /// The pool the device draws from.
     pub pool: Arc<Pool>,
+}
+
+/// Where a VM is in its life, as `GET /vm` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// The vCPU runs the guest.
+    Running,
+    /// A shutdown was asked for and the vCPU is being stopped.
+    Stopping,
+    /// The run ended.
+    Ended(VmOutcome),
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmState::Running => f.write_str("running"),
+            VmState::Stopping => f.write_str("stopping"),
+            VmState::Ended(VmOutcome::Exited { code }) => write!(f, "exited (code {code})"),
+            VmState::Ended(VmOutcome::Shutdown { rip }) => write!(f, "faulted (rip {rip:#x})"),
+            VmState::Ended(VmOutcome::Halted { rip }) => write!(f, "halted (rip {rip:#x})"),
+            VmState::Ended(VmOutcome::Stopped { rip }) => write!(f, "stopped (rip {rip:#x})"),
+            VmState::Ended(VmOutcome::MemoryFault {
+                gpa: Some(gpa),
+                rip,
+            }) => {
+                write!(f, "faulted on unbacked memory at {gpa:#x} (rip {rip:#x})")
+            }
+            VmState::Ended(VmOutcome::MemoryFault { gpa: None, rip }) => {
+                write!(f, "faulted on unbacked memory (rip {rip:#x})")
+            }
+            VmState::Ended(VmOutcome::EmulationFailure { rip, insn, .. }) => {
+                write!(
+                    f,
+                    "stopped on an instruction KVM cannot emulate at rip {rip:#x} ({insn})"
+                )
+            }
+        }
+    }
 }
 
 /// Control and metrics view of one microVM.
@@ -40,7 +80,7 @@ pub struct VmHandle {
     stopping: AtomicBool,
     balloon: Option<VirtioSlot<Balloon>>,
     gcma: Option<GcmaParts>,
-    state: Mutex<String>,
+    state: Mutex<VmState>,
     /// Seconds between balloon statistics refreshes (0: none), as the API shows and sets it.
     stats_interval_s: AtomicU16,
     /// Ask the guest for statistics at the poller's next step (the interval just changed).
@@ -68,15 +108,15 @@ impl VmHandle {
             stopping: AtomicBool::new(false),
             balloon,
             gcma,
-            state: Mutex::new("running".into()),
+            state: Mutex::new(VmState::Running),
             stats_interval_s: AtomicU16::new(0),
             stats_refresh_now: AtomicBool::new(false),
         }
     }
 
     /// Records how the run ended (shown by `GET /vm`).
-    pub fn set_state(&self, state: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state.into();
+    pub fn set_state(&self, state: VmState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// The pool the VM's virtio-gcma device draws from, if it has one.
@@ -217,7 +257,11 @@ impl VmControl for VmHandle {
         }
         VmInfo {
             id: self.name.clone(),
-            state: self.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            state: self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .to_string(),
             mem_mib: self.mem_bytes >> 20,
             vcpus: 1,
             payload: self.payload.clone(),
@@ -361,7 +405,7 @@ impl VmControl for VmHandle {
 
     fn shutdown(&self) -> Result<(), ControlError> {
         self.stopping.store(true, Ordering::Release);
-        self.set_state("stopping");
+        self.set_state(VmState::Stopping);
         self.stop.stop();
         log::info!("{}: shutdown requested through the API", self.name);
         Ok(())

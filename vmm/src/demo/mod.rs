@@ -93,32 +93,45 @@ impl Default for DemoConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// KVM cannot be used here.
-    #[error("/dev/kvm is unusable: {0}. The demo runs microVMs under KVM: run it on a Linux host with KVM enabled and read/write access to /dev/kvm (root, or a member of group kvm)")]
-    Kvm(String),
+    #[error("/dev/kvm is unusable. The demo runs microVMs under KVM: run it on a Linux host with KVM enabled and read/write access to /dev/kvm (root, or a member of group kvm)")]
+    Kvm(#[source] vmm::Error),
     /// The configuration is not usable.
     #[error("invalid demo configuration: {0}")]
     Config(String),
     /// Setting up or running a microVM failed.
-    #[error("microVM {vm}: {reason}")]
+    #[error("microVM {vm}")]
     Vm {
         /// Which VM.
         vm: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: vmm::Error,
+    },
+    /// A microVM's vCPU thread could not be started, or ended in a panic.
+    #[error("microVM {vm}: vCPU thread {what}")]
+    VcpuThread {
+        /// Which VM.
+        vm: String,
+        /// "could not start" or "panicked".
+        what: &'static str,
     },
     /// The pool could not be created.
-    #[error("pool: {0}")]
-    Pool(String),
+    #[error("creating the pool")]
+    Pool(#[source] gcma_host::api::PoolError),
     /// The metrics endpoint could not be served.
-    #[error("metrics endpoint: {0}")]
-    Metrics(String),
+    #[error("serving the metrics endpoint")]
+    Metrics(#[source] vmm::api::http::HttpError),
+    /// The summary could not be encoded.
+    #[error("encoding the summary")]
+    SummaryJson(#[source] serde_json::Error),
     /// The summary could not be written.
-    #[error("cannot write the summary to {path}: {reason}")]
+    #[error("cannot write the summary to {path}")]
     Summary {
         /// Where.
-        path: String,
+        path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -198,7 +211,7 @@ struct Running {
     control: Arc<AtomicU64>,
     stop: StopHandle,
     serial: SharedBuffer,
-    thread: Option<JoinHandle<Result<VmOutcome, String>>>,
+    thread: Option<JoinHandle<vmm::Result<VmOutcome>>>,
     metrics: Arc<VmHandle>,
 }
 
@@ -235,9 +248,9 @@ fn launch(
     window_bytes: u64,
     events: &crossbeam::channel::Sender<MailboxEvent>,
 ) -> Result<Running, DemoError> {
-    let err = |reason: String| DemoError::Vm {
+    let err = |source: vmm::Error| DemoError::Vm {
         vm: name.to_string(),
-        reason,
+        source,
     };
     let serial = SharedBuffer::default();
     let config = VmConfig {
@@ -253,18 +266,20 @@ fn launch(
     } = VmBuilder::new(name, config, BuiltinPayload::Agent.name())
         .gcma(pool.clone())
         .build(hv)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
     let (mailbox, control) = Mailbox::new(index, params, events.clone());
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .map_err(|e| err(e.to_string()))?;
-    vm.load_payload(BuiltinPayload::Agent.elf())
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.into()))?;
+    vm.load_payload(BuiltinPayload::Agent.elf()).map_err(err)?;
     let stop = vm.stop_handle();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
-        .spawn(move || vm.run().map_err(|e| e.to_string()))
-        .map_err(|e| err(format!("cannot start the vCPU thread: {e}")))?;
+        .spawn(move || vm.run())
+        .map_err(|_| DemoError::VcpuThread {
+            vm: name.to_string(),
+            what: "could not start",
+        })?;
     Ok(Running {
         name: name.to_string(),
         control,
@@ -276,19 +291,16 @@ fn launch(
 }
 
 fn join(r: &mut Running) -> Result<VmOutcome, DemoError> {
-    let Some(t) = r.thread.take() else {
-        return Err(DemoError::Vm {
-            vm: r.name.clone(),
-            reason: "joined twice".into(),
-        });
+    let panicked = || DemoError::VcpuThread {
+        vm: r.name.clone(),
+        what: "panicked",
     };
-    let result = t.join().map_err(|_| DemoError::Vm {
+    // Joined once: `run_demo` joins every VM exactly once.
+    let t = r.thread.take().ok_or_else(panicked)?;
+    let result = t.join().map_err(|_| panicked())?;
+    result.map_err(|source| DemoError::Vm {
         vm: r.name.clone(),
-        reason: "vCPU thread panicked".into(),
-    })?;
-    result.map_err(|reason| DemoError::Vm {
-        vm: r.name.clone(),
-        reason,
+        source,
     })
 }
 
@@ -332,7 +344,7 @@ fn validate(cfg: &DemoConfig) -> Result<(), DemoError> {
 /// Runs the demo and prints progress and the report (when `cfg.progress`).
 pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     validate(cfg)?;
-    let hv = Hypervisor::open().map_err(|e| DemoError::Kvm(e.to_string()))?;
+    let hv = Hypervisor::open().map_err(DemoError::Kvm)?;
     let pool_pages = cfg.pool_mib * 256;
     let pool = Pool::new(PoolConfig {
         frontswap_policy: cfg.frontswap_policy,
@@ -341,7 +353,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         client_frontswap_limit_pages: Some(pool_pages),
         ..PoolConfig::new(pool_pages)
     })
-    .map_err(|e| DemoError::Pool(e.to_string()))?;
+    .map_err(DemoError::Pool)?;
 
     let mut metrics = VmmMetrics::new();
     pool.register_metrics(metrics.registry_mut());
@@ -355,10 +367,9 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
             let mut any = cfg.metrics_addr;
             any.set_port(0);
             log::warn!("{e}; serving metrics on a free port instead");
-            HttpServer::tcp(any, "metrics", handler)
-                .map_err(|e| DemoError::Metrics(e.to_string()))?
+            HttpServer::tcp(any, "metrics", handler).map_err(DemoError::Metrics)?
         }
-        Err(e) => return Err(DemoError::Metrics(e.to_string())),
+        Err(e) => return Err(DemoError::Metrics(e)),
     };
     let metrics_addr = server.local_addr().unwrap_or(cfg.metrics_addr);
 
@@ -587,12 +598,11 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         }
     }
     if let Some(path) = &cfg.summary_json {
-        let err = |reason: String| DemoError::Summary {
-            path: path.display().to_string(),
-            reason,
-        };
-        let json = serde_json::to_string_pretty(&summary).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| err(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&summary).map_err(DemoError::SummaryJson)?;
+        std::fs::write(path, json).map_err(|source| DemoError::Summary {
+            path: path.clone(),
+            source,
+        })?;
     }
     if !cfg.metrics_linger.is_zero() {
         eprintln!(

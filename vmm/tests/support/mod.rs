@@ -5,7 +5,6 @@
 pub mod api;
 pub mod linux;
 pub mod ping;
-pub mod prometheus;
 
 use vmm::Hypervisor;
 

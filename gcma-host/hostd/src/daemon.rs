@@ -1,0 +1,413 @@
+//! Putting it together: the pool, the disks, their sockets, the control endpoint, the
+//! housekeeping thread, and the orderly shutdown.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use balloon::blk::BlkConfig;
+use gcma_host::api::{PoolError, PAGE_SIZE};
+use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig};
+use prometheus_client::registry::Registry;
+
+use crate::cache_disk::CacheDisk;
+use crate::cli::Cli;
+use crate::control::Control;
+use crate::disk::{Disk, DiskKind};
+use crate::metrics::DiskCollector;
+use crate::serve::{listen, serve_one_at_a_time, DeviceFactory, ServeError};
+use crate::swap_disk::SwapDisk;
+use crate::vhost_blk::{GuestMem, VhostBlk};
+use gcma_http::HttpServer;
+
+/// Why the daemon could not start or stop cleanly. Each names what to fix; the message names
+/// the step, its sources say why (print with [`gcma_host::api::ErrorChain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration does not make sense.
+    #[error("{0}")]
+    Config(String),
+    /// The pool could not be built.
+    #[error("cannot build the pool")]
+    Pool(#[source] PoolError),
+    /// A disk's file could not be opened or sized.
+    #[error("disk {disk}: {what} {}", path.display())]
+    DiskFile {
+        /// The disk.
+        disk: String,
+        /// What was done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket could not be served.
+    #[error("disk {disk}")]
+    Socket {
+        /// The disk.
+        disk: String,
+        /// The error.
+        #[source]
+        source: ServeError,
+    },
+    /// The control endpoint could not be served.
+    #[error("control endpoint")]
+    Http(#[from] gcma_http::HttpError),
+    /// A disk could not make what it owes durable at shutdown.
+    #[error("disk {disk}: flush at shutdown failed: {reason}")]
+    Flush {
+        /// The disk.
+        disk: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Serves one disk's connections.
+struct DiskFactory(Arc<Disk>);
+
+impl DeviceFactory for DiskFactory {
+    type Backend = VhostBlk;
+
+    fn name(&self) -> String {
+        self.0.name.clone()
+    }
+
+    fn backend(&self, mem: GuestMem) -> VhostBlk {
+        VhostBlk::new(Arc::clone(&self.0), mem)
+    }
+
+    fn connected(&self) {
+        self.0.connected.store(true, Ordering::Relaxed);
+        self.0.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn disconnected(&self) {
+        self.0.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Every disk.
+    pub disks: Vec<Arc<Disk>>,
+    /// The control endpoint's routing (also usable directly).
+    pub control: Arc<Control>,
+    servers: Vec<HttpServer>,
+    stop: Arc<AtomicBool>,
+    accept: Vec<JoinHandle<()>>,
+    housekeeping: Option<JoinHandle<()>>,
+}
+
+/// Pages of a byte count, rounded down.
+fn pages(bytes: u64) -> u64 {
+    bytes / PAGE_SIZE as u64
+}
+
+impl Daemon {
+    /// Builds the pool and the disks and starts serving. Nothing is served if anything fails.
+    pub fn start(cli: &Cli) -> Result<Daemon, DaemonError> {
+        let n_disks = cli.swap_disks.len() + cli.cache_disks.len();
+        check(cli)?;
+        let nr_pages = cli
+            .pool_mib
+            .checked_mul(256)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| DaemonError::Config("--pool-mib must be at least 1".into()))?;
+        let mut cfg = PoolConfig::new(nr_pages);
+        cfg.hugetlb = cli.hugetlb;
+        cfg.mlock = cli.mlock;
+        cfg.frontswap_policy = cli.frontswap_policy.into();
+        cfg.backing_dir = cli.backing_dir.clone();
+        if let Some(mib) = cli.put_back_limit_mib {
+            cfg.put_back_limit_pages = mib.saturating_mul(256);
+        }
+        // Every file first, so that a bad path is refused before anything is built.
+        let mut swap_files = Vec::with_capacity(cli.swap_disks.len());
+        for d in &cli.swap_disks {
+            let name = d.common.name();
+            let dir = cli
+                .backing_dir
+                .as_ref()
+                .ok_or_else(|| DaemonError::Config("--swap-disk needs --backing-dir".into()))?;
+            let path = dir.join(format!("{name}.swap"));
+            let file_err = |what, source| DaemonError::DiskFile {
+                disk: name.clone(),
+                what,
+                path: path.clone(),
+                source,
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(cli.fresh_swap)
+                .open(&path)
+                .map_err(|e| file_err("cannot open", e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| file_err("cannot stat", e))?
+                .len();
+            if len < d.size_bytes {
+                file.set_len(d.size_bytes)
+                    .map_err(|e| file_err("cannot size", e))?;
+            }
+            swap_files.push((file, path));
+        }
+        let mut images = Vec::with_capacity(cli.cache_disks.len());
+        for d in &cli.cache_disks {
+            let image = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&d.image)
+                .map_err(|source| DaemonError::DiskFile {
+                    disk: d.common.name(),
+                    what: "cannot open image",
+                    path: d.image.clone(),
+                    source,
+                })?;
+            images.push(image);
+        }
+        let pool = Pool::new(cfg).map_err(DaemonError::Pool)?;
+        // The default cap: the pool divided evenly among the disks.
+        let default_cap = nr_pages / n_disks.max(1) as u64;
+        let mut disks = Vec::with_capacity(n_disks);
+        for (d, (file, path)) in cli.swap_disks.iter().zip(swap_files) {
+            let name = d.common.name();
+            let cap = d.common.cap_bytes.map_or(default_cap, pages);
+            let client = pool.register_client_with(
+                &name,
+                ClientOptions {
+                    frontswap_backing: FrontswapBacking::File(Arc::new(file)),
+                    frontswap_cap_pages: Some(cap),
+                    cleancache_cap_pages: Some(0),
+                    put_back_limit_pages: Some(d.put_back_limit_bytes.map_or(cap, pages)),
+                },
+            );
+            let backend = Arc::new(SwapDisk::new(pool.clone(), client, d.size_bytes, &name));
+            let mut config = BlkConfig::new(d.size_bytes);
+            config.num_queues = d.common.queues;
+            log::info!(
+                "swap disk {name}: {} MiB, file {}, cap {cap} pool pages, socket {}",
+                d.size_bytes >> 20,
+                path.display(),
+                d.common.socket.display()
+            );
+            disks.push(Arc::new(Disk::new(
+                name,
+                d.common.guest(),
+                DiskKind::Swap,
+                d.common.socket.clone(),
+                config,
+                backend,
+                client,
+            )));
+        }
+        for (d, image) in cli.cache_disks.iter().zip(images) {
+            let name = d.common.name();
+            let cap = d.common.cap_bytes.map_or(default_cap, pages);
+            let client = pool.register_client_with(
+                &name,
+                ClientOptions {
+                    frontswap_cap_pages: Some(0),
+                    cleancache_cap_pages: Some(cap),
+                    ..ClientOptions::default()
+                },
+            );
+            let backend = CacheDisk::new(pool.clone(), client, image, &name).map_err(|source| {
+                DaemonError::DiskFile {
+                    disk: name.clone(),
+                    what: "cannot use image",
+                    path: d.image.clone(),
+                    source,
+                }
+            })?;
+            let mut config = BlkConfig::new(backend_capacity(&backend));
+            config.num_queues = d.common.queues;
+            log::info!(
+                "cache disk {name}: image {} ({} MiB), cap {cap} pool pages, socket {}",
+                d.image.display(),
+                config.capacity_bytes >> 20,
+                d.common.socket.display()
+            );
+            disks.push(Arc::new(Disk::new(
+                name,
+                d.common.guest(),
+                DiskKind::Cache,
+                d.common.socket.clone(),
+                config,
+                Arc::new(backend),
+                client,
+            )));
+        }
+
+        let mut registry = Registry::default();
+        pool.register_metrics(&mut registry);
+        registry.register_collector(Box::new(DiskCollector {
+            pool: pool.clone(),
+            disks: disks.clone(),
+        }));
+        let control = Arc::new(Control::new(pool.clone(), Arc::new(registry)));
+        let mut servers = Vec::new();
+        if let Some(p) = &cli.api_sock {
+            servers.push(crate::http::unix(p, control.clone())?);
+        }
+        if let Some(a) = cli.metrics_addr {
+            servers.push(crate::http::tcp(a, control.clone())?);
+        }
+        // Bind every socket before serving any, so that a configuration error serves nothing.
+        let mut listeners = Vec::with_capacity(disks.len());
+        for d in &disks {
+            listeners.push(listen(&d.socket).map_err(|source| DaemonError::Socket {
+                disk: d.name.clone(),
+                source,
+            })?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut accept = Vec::new();
+        for (d, l) in disks.iter().zip(listeners) {
+            let t = serve_one_at_a_time(l, Arc::new(DiskFactory(d.clone())), stop.clone())
+                .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
+            accept.push(t);
+        }
+        let housekeeping = {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("housekeeping".into())
+                .spawn(move || housekeeping(&pool, &stop))
+                .ok()
+        };
+        log::info!(
+            "gcma-hostd: serving {} disks on a {} MiB pool",
+            disks.len(),
+            cli.pool_mib
+        );
+        Ok(Daemon {
+            pool,
+            disks,
+            control,
+            servers,
+            stop,
+            accept,
+            housekeeping,
+        })
+    }
+
+    /// The TCP address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.servers.iter().find_map(|s| s.local_addr())
+    }
+
+    /// The orderly stop: no new connections, no new requests, requests in flight answered, what
+    /// the disks owe written and synced. Returns how many swap pages were written.
+    pub fn shutdown(mut self) -> Result<u64, DaemonError> {
+        let t0 = Instant::now();
+        self.stop.store(true, Ordering::Release);
+        // No new connections: the socket paths go (accepting threads die with the process).
+        for d in &self.disks {
+            let _ = std::fs::remove_file(&d.socket);
+        }
+        for d in &self.disks {
+            d.quiesce();
+        }
+        let mut written = 0;
+        let mut failed = None;
+        for d in &self.disks {
+            let r = match d.kind {
+                DiskKind::Swap => self
+                    .pool
+                    .flush_client(d.client)
+                    .map_err(|e| gcma_host::api::ErrorChain(&e).to_string()),
+                DiskKind::Cache => d.backend.flush().map(|()| 0).map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(n) => written += n,
+                Err(reason) => {
+                    log::error!("disk {}: flush at shutdown failed: {reason}", d.name);
+                    failed.get_or_insert(DaemonError::Flush {
+                        disk: d.name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.servers.clear();
+        if let Some(t) = self.housekeeping.take() {
+            let _ = t.join();
+        }
+        // Accepting threads may be blocked in accept(); they end with the process.
+        self.accept.clear();
+        log::info!(
+            "gcma-hostd: stopped; {written} swap pages written at shutdown in {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+}
+
+fn backend_capacity(b: &CacheDisk) -> u64 {
+    use balloon::blk::BlkBackend;
+    b.capacity_bytes()
+}
+
+/// Checks what can be checked before anything is built.
+fn check(cli: &Cli) -> Result<(), DaemonError> {
+    let bad = |m: String| Err(DaemonError::Config(m));
+    if !cli.swap_disks.is_empty() && cli.backing_dir.is_none() {
+        return bad(
+            "--swap-disk needs --backing-dir DIR (the swap disks' files live there)".into(),
+        );
+    }
+    if let Some(dir) = &cli.backing_dir {
+        if !dir.is_dir() {
+            return bad(format!(
+                "--backing-dir {} is not a directory",
+                dir.display()
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut sockets = HashSet::new();
+    let commons = cli
+        .swap_disks
+        .iter()
+        .map(|d| &d.common)
+        .chain(cli.cache_disks.iter().map(|d| &d.common));
+    for c in commons {
+        if !names.insert(c.name()) {
+            return bad(format!(
+                "two disks are named {:?} (name them with name=)",
+                c.name()
+            ));
+        }
+        if !sockets.insert(c.socket.clone()) {
+            return bad(format!("two disks use the socket {}", c.socket.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Retries failed write-backs as their backoff expires, and zeroes idle free pages so that
+/// grants find them ready.
+fn housekeeping(pool: &Pool, stop: &AtomicBool) {
+    let mut last_zeroing = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+        pool.retry_writebacks();
+        if last_zeroing.elapsed() >= Duration::from_millis(500) {
+            pool.zero_idle_pages(4096);
+            last_zeroing = Instant::now();
+        }
+    }
+}
