@@ -74,14 +74,16 @@ fi
 
 # The Linux guest tests (tests/linux-guest/README.md) boot Debian's cloud kernel under QEMU:
 # qemu-system-x86 (which brings qemu-storage-daemon), busybox-static and cpio for the initramfs,
-# e2fsprogs for ext2 images; tests/linux-guest/build-kit.sh downloads the kernel package with
-# apt-get, so apt's package lists must be present.
+# e2fsprogs for ext2 images, acpica-tools (iasl) to decompile the ACPI tables the VMM gives a
+# Linux guest (vmm/tests/linux_acpi.rs, linux_boot.rs); tests/linux-guest/build-kit.sh downloads
+# the kernel package with apt-get, so apt's package lists must be present.
 need=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)
 [ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] || need+=(busybox-static)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || [ -x /sbin/mke2fs ] || need+=(e2fsprogs)
+command -v iasl >/dev/null 2>&1 || need+=(acpica-tools)
 lists_present() { compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; }
 if [ "${#need[@]}" -gt 0 ] || ! lists_present; then
     if [ "$(id -u)" != 0 ]; then

@@ -35,8 +35,10 @@ mod cli {
 
     use guest_agent::linux::agent::bench;
     use guest_agent::linux::control::{stat_name, Command, Reply, DEFAULT_SOCKET};
-    use guest_agent::linux::device::{open_agent, FindOptions, LinuxAgent};
-    use guest_agent::linux::discovery::{parse_c_int, parse_device_arg, scan, Candidate};
+    use guest_agent::linux::device::{
+        candidates, open_agent, release_gcma, FindOptions, LinuxAgent,
+    };
+    use guest_agent::linux::discovery::{parse_c_int, parse_device_arg, Candidate};
     use guest_agent::linux::dma::HugePages;
     use guest_agent::linux::regs::{probe, DevMemWindow};
     use guest_agent::linux::serve::{request, serve, ClientError};
@@ -57,7 +59,10 @@ mod cli {
         /// Use of hugetlb pages for DMA memory.
         #[arg(long, global = true, value_enum, default_value_t = Huge::Auto)]
         hugetlb: Huge,
-        /// Unbind the kernel's virtio-mmio driver from the gcma device before mapping it.
+        /// Unbind the kernel's virtio-mmio driver from the gcma device before mapping it (also
+        /// for `scan`). Needed on kernels with CONFIG_IO_STRICT_DEVMEM (Debian's), where
+        /// /dev/mem refuses a window a driver claimed: virtio_mmio claims the gcma device's
+        /// window although no driver knows its ID. Only the gcma device is unbound.
         #[arg(long, global = true)]
         unbind: bool,
         /// Control socket of `guest-agent serve`.
@@ -334,11 +339,11 @@ mod cli {
     }
 
     fn cmd_scan(find: &FindOptions) -> Result<(), Failure> {
-        let found = scan(&find.root);
-        let list: Vec<Candidate> = match &find.device {
-            Some(d) => vec![d.clone()],
-            None => found.candidates.clone(),
-        };
+        let mut found = candidates(find);
+        // With --unbind the gcma device is released from the kernel's virtio-mmio driver
+        // first, so that /dev/mem maps it under CONFIG_IO_STRICT_DEVMEM.
+        release_gcma(find, &mut found).map_err(|e| e.to_string())?;
+        let list: Vec<Candidate> = found.candidates.clone();
         if list.is_empty() {
             return Err(format!(
                 "no virtio-mmio devices found in /proc/cmdline, /proc/iomem or \

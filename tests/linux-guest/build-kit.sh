@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Linux guest kit (tests/linux-guest/README.md): Debian's cloud kernel and an initramfs
-# with busybox-static, the virtio modules, our static guest-checker and ./init.
+# Builds the Linux guest kit (tests/linux-guest/README.md): Debian's cloud kernel (the bzImage and
+# the ELF vmlinux inside it) and an initramfs with busybox-static, the virtio modules, our static
+# guest-checker and ./init.
 #
 # Usage: tests/linux-guest/build-kit.sh [--out DIR] [--force]
 #   --out DIR  where the kit goes (default: target/linux-guest, or $LINUX_GUEST_KIT_DIR)
@@ -8,9 +9,10 @@
 #
 # Idempotent: the kit is rebuilt only when an input changed (this script, ./init, the checker's
 # sources, Cargo.lock, the toolchain, the kernel or busybox package version); otherwise the run
-# only checks the stamp. On success prints `kernel=PATH`, `initrd=PATH` and `release=VERSION` on
-# stdout. Exit status 3 means something the kit needs is missing on this machine (the reason is on
-# stderr; ci/setup.sh installs it); any other non-zero status is a failure.
+# only checks the stamp. On success prints `kernel=PATH`, `vmlinux=PATH`, `initrd=PATH` and
+# `release=VERSION` on stdout. Exit status 3 means something the kit needs is missing on this
+# machine (the reason is on stderr; ci/setup.sh installs it); any other non-zero status is a
+# failure.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT=$2; shift 2 ;;
         --force) FORCE=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-kit: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -30,12 +32,13 @@ done
 TARGET=x86_64-unknown-linux-gnu
 META=linux-image-cloud-amd64
 # insmod order: each module after the ones it needs. A module the kernel has built in is skipped.
-MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_balloon"
+# virtio_mmio is for our own VMM's Linux guests (ACPI-described virtio-mmio devices).
+MODULES="virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_balloon"
 
 log() { echo "build-kit: $*" >&2; }
 unavailable() { echo "build-kit: unavailable: $*" >&2; exit 3; }
 
-for tool in apt-get apt-cache dpkg-deb dpkg-query cpio gzip find sort sha256sum flock cargo; do
+for tool in apt-get apt-cache dpkg-deb dpkg-query cpio gzip find sort sha256sum flock cargo od; do
     command -v "$tool" >/dev/null 2>&1 \
         || unavailable "$tool not found (ci/setup.sh installs the kit's tools: cpio, busybox-static)"
 done
@@ -82,8 +85,9 @@ STAMP_KEY=$(
     } | sha256sum | cut -c1-64
 )
 if [ "$FORCE" = 0 ] && [ -f "$KIT/stamp" ] && [ "$(cat "$KIT/stamp")" = "$STAMP_KEY" ] \
-    && [ -f "$KIT/vmlinuz" ] && [ -f "$KIT/initrd.gz" ]; then
+    && [ -f "$KIT/vmlinuz" ] && [ -f "$KIT/vmlinux" ] && [ -f "$KIT/initrd.gz" ]; then
     echo "kernel=$KIT/vmlinuz"
+    echo "vmlinux=$KIT/vmlinux"
     echo "initrd=$KIT/initrd.gz"
     echo "release=$(cat "$KIT/release")"
     exit 0
@@ -146,6 +150,37 @@ for m in $MODULES; do
 done
 cp "$WORK/kernel/boot/vmlinuz-$RELEASE" "$WORK/vmlinuz"
 
+# The uncompressed kernel, an ELF vmlinux, cut out of the bzImage (boot protocol >= 2.08:
+# payload_offset and payload_length at 0x248 in the setup header, counted from the end of the
+# setup sectors) and decompressed by the tool its magic names. VMMs boot it without running the
+# decompressor: ours through the 64-bit entry, QEMU through the PVH entry note.
+extract_vmlinux() {
+    local bz=$1 out=$2 setup off len start magic dec
+    setup=$(od -An -tu1 -j $((0x1f1)) -N1 "$bz" | tr -d ' ')
+    [ "$setup" != 0 ] || setup=4
+    read -r off len < <(od -An -tu4 -j $((0x248)) -N8 "$bz")
+    start=$(((setup + 1) * 512 + off))
+    magic=$(od -An -tx1 -j "$start" -N6 "$bz" | tr -d ' \n')
+    case "$magic" in
+        1f8b*) dec="gzip -dc" ;;
+        fd377a585a00) dec="xz -dc" ;;
+        5d0000*) dec="xz --format=lzma -dc" ;;
+        02214c18*) dec="lz4 -dc" ;;
+        28b52ffd*) dec="zstd -dc" ;;
+        425a68*) dec="bzip2 -dc" ;;
+        *) log "unknown compression of the kernel in $bz (magic $magic)"; exit 1 ;;
+    esac
+    command -v "${dec%% *}" >/dev/null 2>&1 \
+        || unavailable "${dec%% *} not found (ci/setup.sh installs it; the kernel is compressed with it)"
+    # (the decompressors stop at the end of their stream; trailing bytes are the size the
+    # kernel's build appends)
+    tail -c +$((start + 1)) "$bz" | head -c "$len" | $dec >"$out" 2>/dev/null || true
+    [ "$(od -An -tx1 -N4 "$out" | tr -d ' \n')" = 7f454c46 ] \
+        || { log "no ELF image came out of $bz's payload ($dec)"; exit 1; }
+}
+log "extracting vmlinux from vmlinuz-$RELEASE"
+extract_vmlinux "$WORK/vmlinuz" "$WORK/vmlinux"
+
 # 2. busybox and its applet links.
 if [ "$BBSRC" = installed ]; then
     BB=$(dpkg-query -L busybox-static | grep -E '/s?bin/busybox$' | head -n1)
@@ -183,6 +218,7 @@ install -m 0755 "$HERE/init" "$RFS/init"
     | gzip -n -6 >"$WORK/initrd.gz"
 
 mv "$WORK/vmlinuz" "$KIT/vmlinuz"
+mv "$WORK/vmlinux" "$KIT/vmlinux"
 mv "$WORK/initrd.gz" "$KIT/initrd.gz"
 echo "$RELEASE" >"$KIT/release"
 {
@@ -204,5 +240,6 @@ find "$OUT/debs" -mindepth 1 -maxdepth 1 -type d -empty -delete
 log "kit ready in $(($(date +%s) - START)) s: $(tr '\n' ';' <"$KIT/manifest.txt")"
 
 echo "kernel=$KIT/vmlinuz"
+echo "vmlinux=$KIT/vmlinux"
 echo "initrd=$KIT/initrd.gz"
 echo "release=$RELEASE"

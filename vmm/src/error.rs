@@ -69,14 +69,17 @@ pub enum Error {
     /// The payload image could not be loaded.
     #[error("loading the payload: {0}")]
     Load(#[from] LoadError),
+    /// A Linux kernel could not be loaded.
+    #[error(transparent)]
+    Linux(#[from] crate::kvm::linux::LinuxBootError),
     /// A device could not be placed on the bus.
     #[error("MMIO bus: {0}")]
     Bus(#[from] BusError),
     /// Notification or interrupt plumbing (ioeventfd, irqfd, the device thread) failed.
     #[error("device events: {0}")]
     Events(#[from] crate::kvm::events::EventsError),
-    /// `run` was called before a payload was loaded.
-    #[error("no payload loaded")]
+    /// `run` was called before a payload or kernel was loaded.
+    #[error("no payload or kernel loaded")]
     NoPayload,
     /// KVM reported an exit the VMM cannot continue from.
     #[error("vCPU stopped with an unhandled exit: {reason} (rip {rip:#x})")]

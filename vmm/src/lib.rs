@@ -38,5 +38,5 @@ pub mod limits;
 pub mod payloads;
 
 pub use error::{Error, Result};
+pub use kvm::{GuestKind, SerialOutput, StopHandle, VmConfig, VmOutcome};
 pub use kvm::{GuestRam, Hypervisor, MicroVm, MmioBus, MmioDevice};
-pub use kvm::{SerialOutput, StopHandle, VmConfig, VmOutcome};

@@ -1,4 +1,4 @@
-//! `vmm`: launches KVM microVMs running kernel-less payloads.
+//! `vmm`: launches KVM microVMs running kernel-less payloads or Linux kernels.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +13,14 @@ use vmm::api::control::{control_handler, metrics_handler};
 use vmm::api::http::{HttpServer, Limits, Listen};
 use vmm::api::metrics::VmmMetrics;
 use vmm::api::runtime::VmState;
+use vmm::kvm::linux::LinuxBoot;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
-use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
+use vmm::{GuestKind, Hypervisor, SerialOutput, VmConfig, VmOutcome};
+
+/// The kernel command line when `--cmdline` is not given: the console on COM1, early messages
+/// there too, no PCI probing (there is no PCI bus), and a panic ends the VM at once.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial pci=off panic=-1";
 
 mod demo;
 mod limit_args;
@@ -30,10 +35,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one microVM with a kernel-less payload until it exits or faults.
+    /// Run one microVM with a kernel-less payload (--payload) or a Linux kernel (--kernel) until
+    /// it exits, powers off or faults.
     ///
-    /// The VMM's exit status is the payload's exit code (truncated to 8 bits); a guest fault
-    /// prints the faulting RIP and exits with status 125.
+    /// The VMM's exit status is the payload's exit code (truncated to 8 bits), or 0 when a Linux
+    /// guest powers off; a guest fault prints the faulting RIP, and an instruction KVM cannot
+    /// emulate prints its RIP and bytes, both with exit status 125.
     Run(RunArgs),
     /// The end-to-end demo: microVMs share one GCMA pool; tenant guests fill it with cleancache
     /// and frontswap pages while a guest asks for contiguous grants of growing size. Prints
@@ -118,6 +125,15 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {what} {}", path.display())]
+    KernelFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("give --payload or --kernel")]
+    NoGuest,
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
     #[error("creating the gcma pool")]
@@ -181,18 +197,37 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("guest").required(true).args(["payload", "kernel"])))]
 struct RunArgs {
     /// Payload to run: a built-in name (hello, exit, crash, balloon, fill, spin, gcma, agent) or the
     /// path of a static x86-64 ELF linked at 0x400000 (see vmm/payloads for how to build one).
     #[arg(long)]
-    payload: String,
+    payload: Option<String>,
+    /// Linux kernel to boot instead of a payload: a bzImage (vmlinuz) or an uncompressed ELF
+    /// vmlinux, entered through the 64-bit boot protocol. The guest gets ACPI tables describing
+    /// its virtio-mmio devices, COM1 at port 0x3f8 (IRQ 4) for console=ttyS0, and KVM's
+    /// in-kernel PICs, IOAPIC and PIT. On a kvm-pvm host the VMM hides CPUID CX16 and appends
+    /// noxsave (logged).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel, loaded at the top of guest RAM.
+    #[arg(long, value_name = "PATH", conflicts_with = "payload")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel [default: "console=ttyS0 earlyprintk=serial pci=off
+    /// panic=-1"].
+    #[arg(long, conflicts_with = "payload")]
+    cmdline: Option<String>,
+    /// Write the ACPI tables given to the --kernel guest to this directory (rsdp.dat, xsdt.dat,
+    /// facp.dat, dsdt.dat, apic.dat; `iasl -d *.dat` decompiles them), then boot.
+    #[arg(long, value_name = "DIR", conflicts_with = "payload")]
+    dump_acpi: Option<PathBuf>,
     /// Number of vCPUs. Kernel-less payloads run on one; more are refused until SMP guests are
     /// supported.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=1))]
     vcpus: u8,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=3328))]
-    mem_mib: u64,
+    /// Guest RAM in MiB [default: 64 for a payload, 256 for a kernel].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(8..=3328))]
+    mem_mib: Option<u64>,
     /// Argument handed to the payload in `rsi` (the `exit` payload exits with it).
     #[arg(long, default_value_t = 0)]
     arg: u64,
@@ -288,16 +323,39 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, CliError> {
-    let elf: Vec<u8> = match args.payload.parse::<BuiltinPayload>() {
-        Ok(builtin) => builtin.elf().to_vec(),
-        Err(_) => std::fs::read(&args.payload).map_err(|source| CliError::Payload {
-            path: args.payload.clone(),
-            source,
-        })?,
+    let (kind, label, elf) = match (&args.payload, &args.kernel) {
+        (Some(payload), _) => {
+            let elf: Vec<u8> = match payload.parse::<BuiltinPayload>() {
+                Ok(builtin) => builtin.elf().to_vec(),
+                Err(_) => std::fs::read(payload).map_err(|source| CliError::Payload {
+                    path: payload.clone(),
+                    source,
+                })?,
+            };
+            (GuestKind::Payload, payload.clone(), elf)
+        }
+        (None, Some(kernel)) => {
+            // Checked before KVM is opened, as payloads are: a typo is reported as such.
+            for (what, path) in [("kernel", Some(kernel)), ("initrd", args.initrd.as_ref())] {
+                if let Some(path) = path {
+                    std::fs::File::open(path).map_err(|source| CliError::KernelFile {
+                        what,
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
+            (GuestKind::Linux, kernel.display().to_string(), Vec::new())
+        }
+        (None, None) => return Err(CliError::NoGuest),
     };
+    let mem_mib = args.mem_mib.unwrap_or(match kind {
+        GuestKind::Payload => 64,
+        GuestKind::Linux => 256,
+    });
     let hv = Hypervisor::open()?;
     let config = VmConfig {
-        mem_bytes: args.mem_mib << 20,
+        mem_bytes: mem_mib << 20,
         payload_arg: args.arg,
         serial: args
             .serial_file
@@ -308,10 +366,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             0
         },
         limits: args.limits.guest_limits(),
+        kind,
         ..VmConfig::default()
     };
-    let mut builder =
-        VmBuilder::new("vm0", config.clone(), args.payload.clone()).ioeventfd(args.ioeventfd);
+    let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
     // Stopped when the run is over (dropped at the end of this function).
     let mut _zeroer = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
@@ -344,7 +402,23 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         events,
         ..
     } = builder.build(&hv)?;
-    vm.load_payload(&elf)?;
+    match &args.kernel {
+        Some(kernel) if kind == GuestKind::Linux => {
+            let boot = LinuxBoot {
+                kernel: kernel.clone(),
+                initrd: args.initrd.clone(),
+                cmdline: args.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.into()),
+            };
+            let guest = vm.load_linux(&boot)?;
+            if let Some(dir) = &args.dump_acpi {
+                guest.acpi.dump(dir)?;
+                log::info!("ACPI tables written to {}", dir.display());
+            }
+        }
+        _ => {
+            vm.load_payload(&elf)?;
+        }
+    }
     let limits = args.http.limits();
     let _api = match &args.api_sock {
         Some(path) => {
@@ -433,9 +507,28 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     Ok(match outcome {
+        VmOutcome::Exited { code } if kind == GuestKind::Linux => {
+            log::info!("guest powered off");
+            ExitCode::from(code as u8)
+        }
         VmOutcome::Exited { code } => {
             log::info!("payload exited with code {code}");
             ExitCode::from(code as u8)
+        }
+        VmOutcome::Shutdown { rip } if kind == GuestKind::Linux => {
+            eprintln!("vmm: guest reset or triple fault at rip {rip:#x}");
+            ExitCode::from(125)
+        }
+        VmOutcome::EmulationFailure {
+            suberror,
+            rip,
+            insn,
+        } => {
+            eprintln!(
+                "vmm: emulation failure: KVM cannot execute the guest instruction at rip {rip:#x} \
+                 (bytes: {insn}; KVM_EXIT_INTERNAL_ERROR suberror {suberror}); the VM was stopped"
+            );
+            ExitCode::from(125)
         }
         VmOutcome::Shutdown { rip } => {
             let place = if vm.image().is_some_and(|i| i.code_contains(rip)) {

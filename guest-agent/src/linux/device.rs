@@ -1,5 +1,13 @@
 //! Opening the gcma device's registers in a real guest: discovery, optional unbinding of the
 //! kernel's virtio-mmio driver, `/dev/mem` mapping and probing.
+//!
+//! Unbinding is how the agent deals with `CONFIG_IO_STRICT_DEVMEM` (Debian's kernels have it):
+//! Linux's virtio_mmio driver binds to every virtio-mmio device the firmware describes (ACPI
+//! `LNRO0005`), gcma included, and claims its register window even though no virtio driver knows
+//! the gcma device ID; `/dev/mem` then refuses to map the window. `--unbind` writes the device's
+//! name to `/sys/bus/platform/drivers/virtio-mmio/unbind`, which releases the window (nothing in
+//! the kernel was using the device). The alternative, booting with `iomem=relaxed`, weakens
+//! `/dev/mem` for every driver and is not what the agent asks for.
 
 use std::path::{Path, PathBuf};
 
@@ -68,21 +76,24 @@ pub fn open_registers(opts: &FindOptions) -> Result<(Candidate, DevMemWindow), O
     open_registers_with(opts, |c| DevMemWindow::open(c.base, c.len_bytes))
 }
 
-/// [`open_registers`] with another way to map a window (tests map a fake register file).
-pub fn open_registers_with<W, F>(opts: &FindOptions, open: F) -> Result<(Candidate, W), OpenError>
-where
-    W: super::regs::RegisterWindow,
-    F: FnMut(&Candidate) -> Result<W, MapError>,
-{
-    let mut found = scan(&opts.root);
-    if let Some(d) = &opts.device {
-        let c = enrich(d.clone(), &found);
-        found = ScanResult {
-            candidates: vec![c],
+/// The candidates `opts` asks for: the scan of `opts.root`, or only the operator's device
+/// (with what the scan knows of it).
+pub fn candidates(opts: &FindOptions) -> ScanResult {
+    let found = scan(&opts.root);
+    match &opts.device {
+        Some(d) => ScanResult {
+            candidates: vec![enrich(d.clone(), &found)],
             unlocated: Vec::new(),
             notes: Vec::new(),
-        };
+        },
+        None => found,
     }
+}
+
+/// With `opts.unbind`, unbinds the kernel driver from the gcma device among `found` (the
+/// operator's device, or the one the kernel reports as virtio-gcma; no other device is touched)
+/// and clears its `bound_driver`; without it, warns that a bound device may not map.
+pub fn release_gcma(opts: &FindOptions, found: &mut ScanResult) -> Result<(), OpenError> {
     for c in &mut found.candidates {
         let (Some(dev), Some(drv)) = (&c.sysfs_name, &c.bound_driver) else {
             continue;
@@ -108,6 +119,17 @@ where
             );
         }
     }
+    Ok(())
+}
+
+/// [`open_registers`] with another way to map a window (tests map a fake register file).
+pub fn open_registers_with<W, F>(opts: &FindOptions, open: F) -> Result<(Candidate, W), OpenError>
+where
+    W: super::regs::RegisterWindow,
+    F: FnMut(&Candidate) -> Result<W, MapError>,
+{
+    let mut found = candidates(opts);
+    release_gcma(opts, &mut found)?;
     let (c, w) = find_gcma(found, open)?;
     info!("virtio-gcma device at {c}");
     Ok((c, w))

@@ -9,8 +9,11 @@ use super::GuestError;
 /// A built kit: what QEMU boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kit {
-    /// Debian's cloud kernel (`vmlinuz`).
+    /// Debian's cloud kernel (`vmlinuz`, a bzImage).
     pub kernel: PathBuf,
+    /// The same kernel uncompressed (`vmlinux`, an ELF image cut out of the bzImage), for VMMs
+    /// that boot it without the decompressor (ours; QEMU through its PVH entry).
+    pub vmlinux: PathBuf,
     /// Our initramfs (busybox, virtio modules, guest-checker, /init).
     pub initrd: PathBuf,
     /// The kernel release (`6.1.0-<N>-cloud-amd64`).
@@ -80,6 +83,7 @@ impl Kit {
         };
         Ok(Kit {
             kernel: field("kernel")?.into(),
+            vmlinux: field("vmlinux")?.into(),
             initrd: field("initrd")?.into(),
             release: field("release")?,
         })

@@ -650,6 +650,7 @@ mod tests {
     fn kit() -> Kit {
         Kit {
             kernel: "/k/vmlinuz".into(),
+            vmlinux: "/k/vmlinux".into(),
             initrd: "/k/initrd.gz".into(),
             release: "r".into(),
         }

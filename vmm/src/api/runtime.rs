@@ -61,6 +61,12 @@ impl std::fmt::Display for VmState {
             VmState::Ended(VmOutcome::MemoryFault { gpa: None, rip }) => {
                 write!(f, "faulted on unbacked memory (rip {rip:#x})")
             }
+            VmState::Ended(VmOutcome::EmulationFailure { rip, insn, .. }) => {
+                write!(
+                    f,
+                    "stopped on an instruction KVM cannot emulate at rip {rip:#x} ({insn})"
+                )
+            }
         }
     }
 }

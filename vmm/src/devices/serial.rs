@@ -1,7 +1,9 @@
-//! A 16550 UART (`vm-superio`) on the MMIO bus.
+//! A 16550 UART (`vm-superio`) on the MMIO bus or the port I/O bus.
 //!
 //! Each UART register is one byte at its usual register number from the device base. The
-//! payloads poll and run with interrupts off, so the UART's interrupt line goes nowhere.
+//! payloads poll and run with interrupts off, so their UART's interrupt line goes nowhere
+//! ([`NoInterrupt`]); a Linux guest's COM1 at port 0x3f8 raises IRQ 4 through the in-kernel
+//! irqchip ([`SerialDevice::with_interrupt`] with an irqfd line).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -28,13 +30,13 @@ impl Trigger for NoInterrupt {
 /// Log kind: writing a byte the guest sent to the UART failed (one event per byte).
 pub const LOG_SERIAL_OUTPUT: &str = "serial_output_failed";
 
-/// The UART as an MMIO device; output goes to the writer given at creation.
-pub struct SerialDevice {
-    uart: Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+/// The UART as a bus device; output goes to the writer given at creation.
+pub struct SerialDevice<T: Trigger = NoInterrupt> {
+    uart: Serial<T, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
     logs: Arc<LogLimiter>,
 }
 
-impl std::fmt::Debug for SerialDevice {
+impl<T: Trigger> std::fmt::Debug for SerialDevice<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SerialDevice").finish_non_exhaustive()
     }
@@ -51,7 +53,22 @@ impl SerialDevice {
     }
 }
 
-impl MmioDevice for SerialDevice {
+impl<T: Trigger> SerialDevice<T> {
+    /// A UART whose transmitted bytes are written to `out` and whose interrupt (transmitter
+    /// empty, when the guest enables it in IER) fires `trigger`; write failures are logged
+    /// through `logs`.
+    pub fn with_interrupt(trigger: T, out: Box<dyn Write + Send>, logs: Arc<LogLimiter>) -> Self {
+        SerialDevice {
+            uart: Serial::new(trigger, out),
+            logs,
+        }
+    }
+}
+
+impl<T: Trigger + Send> MmioDevice for SerialDevice<T>
+where
+    T::E: std::fmt::Display,
+{
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if let (Ok(reg), Some(first)) = (u8::try_from(offset), data.first_mut()) {

@@ -4,7 +4,10 @@
 //! * [`memory`]: guest RAM backed by a memfd through `vm-memory` ([`GuestRam`]).
 //! * [`x86`]: the CPU and boot structures for the ring-3, 64-bit entry of kernel-less payloads.
 //! * [`loader`]: a loader for static ELF payloads.
-//! * [`bus`]: the MMIO bus the run loop dispatches exits to ([`MmioBus`], [`MmioDevice`]).
+//! * [`linux`]: the Linux guest kind: kernel loading, boot protocol, ACPI, kvm-pvm work-arounds.
+//! * [`insn`]: reading the instruction at a vCPU's RIP (emulation-failure reports).
+//! * [`bus`]: the bus the run loop dispatches MMIO (and, for Linux guests, port I/O) exits to
+//!   ([`MmioBus`], [`MmioDevice`]).
 //! * [`deferred`]: queue work a notification left, served a turn at a time between guest runs.
 //! * [`events`]: ioeventfd queue notifications on an `event-manager` thread, irqfd lines.
 //! * [`vm`]: a microVM tying these together and its run loop ([`MicroVm`]).
@@ -13,6 +16,8 @@ pub mod bus;
 pub mod deferred;
 pub mod events;
 pub mod hypervisor;
+pub mod insn;
+pub mod linux;
 pub mod loader;
 pub mod memory;
 pub mod vm;
@@ -21,4 +26,4 @@ pub mod x86;
 pub use bus::{MmioBus, MmioDevice};
 pub use hypervisor::Hypervisor;
 pub use memory::GuestRam;
-pub use vm::{MicroVm, SerialOutput, StopHandle, VmConfig, VmOutcome};
+pub use vm::{GuestKind, MicroVm, SerialOutput, StopHandle, VmConfig, VmOutcome};

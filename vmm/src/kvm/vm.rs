@@ -1,4 +1,8 @@
 //! A microVM: guest RAM, one vCPU, the MMIO bus with the built-in devices, and the run loop.
+//!
+//! Two guest kinds ([`GuestKind`]): kernel-less payloads entered in ring 3, and Linux kernels
+//! ([`crate::kvm::linux`]) with the in-kernel irqchip, a port I/O bus and ACPI tables. Both take
+//! the same virtio devices ([`MicroVm::add_virtio_device`]).
 
 use std::cell::Cell;
 use std::fs::File;
@@ -30,6 +34,9 @@ use crate::grant::slots::SlotPerGrant;
 use crate::grant::KvmWindow;
 use crate::kvm::bus::{MmioBus, SharedMmioDevice};
 use crate::kvm::deferred::Deferred;
+use crate::kvm::events::IrqfdLine;
+use crate::kvm::insn::{self, InsnBytes};
+use crate::kvm::linux::{self, LinuxBoot, LinuxGuest, Quirks, VirtioMmioDevice};
 use crate::kvm::loader::{load_elf, LoadedImage};
 use crate::kvm::memory::GuestRam;
 use crate::kvm::x86;
@@ -87,6 +94,21 @@ pub struct VmConfig {
     pub grant_mapping: GrantMapping,
     /// What the guest may cost the host: log lines, console output, requests per notification.
     pub limits: GuestLimits,
+    /// What the VM runs: a kernel-less payload or a Linux kernel.
+    pub kind: GuestKind,
+}
+
+/// The two kinds of guest a [`MicroVm`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A kernel-less payload entered in ring 3 ([`MicroVm::load_payload`]); devices on MMIO,
+    /// interrupts off.
+    #[default]
+    Payload,
+    /// A Linux kernel ([`MicroVm::load_linux`]): the in-kernel irqchip and PIT, COM1 and the
+    /// ACPI sleep registers on the port I/O bus, virtio interrupts through irqfds, ACPI tables.
+    /// The payload devices (MMIO serial, console, exit) are not there.
+    Linux,
 }
 
 /// How contiguous grants are made visible in a VM's grant window.
@@ -125,6 +147,7 @@ impl Default for VmConfig {
             irqchip: false,
             grant_mapping: GrantMapping::OneSlot,
             limits: GuestLimits::default(),
+            kind: GuestKind::Payload,
         }
     }
 }
@@ -160,6 +183,18 @@ pub enum VmOutcome {
         /// Guest instruction pointer of the access.
         rip: u64,
     },
+    /// KVM stopped the vCPU with an internal error (`KVM_EXIT_INTERNAL_ERROR`), most often
+    /// because its instruction emulator cannot execute the guest's instruction (suberror 1,
+    /// `KVM_INTERNAL_ERROR_EMULATION`). The VM cannot go on.
+    EmulationFailure {
+        /// KVM's suberror: 1 emulation, 2 exception while delivering an exception, 3 event
+        /// delivery, 4 unexpected exit reason.
+        suberror: u32,
+        /// Guest instruction pointer of the instruction.
+        rip: u64,
+        /// The instruction's bytes, as KVM gave them or as read from guest memory at RIP.
+        insn: InsnBytes,
+    },
 }
 
 /// Counts of vCPU exits by reason (for logs and metrics).
@@ -171,7 +206,8 @@ pub struct ExitStats {
     pub mmio_writes: u64,
     /// MMIO accesses no device claimed (reads return zeros, writes are dropped).
     pub mmio_unclaimed: u64,
-    /// Port I/O exits (only ring-0 guests cause them; they are ignored).
+    /// Port I/O exits (only ring-0 guests cause them: Linux guests' port devices; payloads
+    /// have none).
     pub port_io: u64,
     /// `KVM_RUN` returns because of a signal.
     pub interrupted: u64,
@@ -228,6 +264,13 @@ pub struct MicroVm {
     logs: Arc<LogLimiter>,
     output: Arc<OutputCounters>,
     deferred: Deferred,
+    kind: GuestKind,
+    /// The port I/O bus (Linux guests; empty for payloads).
+    pio: MmioBus,
+    /// Register windows and GSIs of the virtio devices, for the ACPI tables.
+    virtio_windows: Vec<VirtioMmioDevice>,
+    quirks: Quirks,
+    linux: Option<LinuxGuest>,
 }
 
 impl std::fmt::Debug for MicroVm {
@@ -282,14 +325,16 @@ impl MicroVm {
         // `MicroVm` and is dropped after the VM (field order), so the host memory outlives the slot.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        x86::write_boot_structures(
-            ram.memory(),
-            &[
-                0..mem_bytes,
-                MMIO_BASE..MMIO_BASE + MMIO_SIZE,
-                GRANT_WINDOW_BASE..GRANT_WINDOW_BASE + window,
-            ],
-        )?;
+        if config.kind == GuestKind::Payload {
+            x86::write_boot_structures(
+                ram.memory(),
+                &[
+                    0..mem_bytes,
+                    MMIO_BASE..MMIO_BASE + MMIO_SIZE,
+                    GRANT_WINDOW_BASE..GRANT_WINDOW_BASE + window,
+                ],
+            )?;
+        }
         let range = WindowRange {
             gpa: GRANT_WINDOW_BASE,
             len_bytes: window,
@@ -306,14 +351,18 @@ impl MicroVm {
                 first_slot: GRANT_WINDOW_SLOT,
             }),
         };
-        if config.irqchip {
+        let quirks = match config.kind {
+            GuestKind::Payload => Quirks::default(),
+            GuestKind::Linux => {
+                linux::create_platform(&vm)?;
+                Quirks::detect()
+            }
+        };
+        if config.irqchip && config.kind == GuestKind::Payload {
             vm.create_irq_chip()
                 .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
         }
         let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-        let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&x86::long_mode_sregs(sregs))
-            .map_err(Error::kvm("KVM_SET_SREGS"))?;
 
         let exit_latch = Arc::new(ExitLatch::default());
         let mut bus = MmioBus::new();
@@ -329,19 +378,35 @@ impl MicroVm {
             limits.output,
             output.clone(),
         );
-        let serial: SharedMmioDevice = Arc::new(Mutex::new(SerialDevice::new(
-            Box::new(out.clone()),
-            logs.clone(),
-        )));
-        bus.insert(SERIAL_BASE, SERIAL_SIZE, serial)?;
-        let console: SharedMmioDevice = Arc::new(Mutex::new(ConsoleDevice::new(
-            ram.memory().clone(),
-            out,
-            logs.clone(),
-        )));
-        bus.insert(CONSOLE_BASE, CONSOLE_SIZE, console)?;
-        let exit: SharedMmioDevice = Arc::new(Mutex::new(ExitDevice::new(exit_latch.clone())));
-        bus.insert(EXIT_BASE, EXIT_SIZE, exit)?;
+        let pio = match config.kind {
+            GuestKind::Payload => {
+                let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+                vcpu.set_sregs(&x86::long_mode_sregs(sregs))
+                    .map_err(Error::kvm("KVM_SET_SREGS"))?;
+                let serial: SharedMmioDevice = Arc::new(Mutex::new(SerialDevice::new(
+                    Box::new(out.clone()),
+                    logs.clone(),
+                )));
+                bus.insert(SERIAL_BASE, SERIAL_SIZE, serial)?;
+                let console: SharedMmioDevice = Arc::new(Mutex::new(ConsoleDevice::new(
+                    ram.memory().clone(),
+                    out,
+                    logs.clone(),
+                )));
+                bus.insert(CONSOLE_BASE, CONSOLE_SIZE, console)?;
+                let exit: SharedMmioDevice =
+                    Arc::new(Mutex::new(ExitDevice::new(exit_latch.clone())));
+                bus.insert(EXIT_BASE, EXIT_SIZE, exit)?;
+                MmioBus::new()
+            }
+            GuestKind::Linux => {
+                if let Some(line) = quirks.describe() {
+                    log::warn!("{line}");
+                }
+                linux::cpu::setup_vcpu(hv.kvm(), &vcpu, &quirks)?;
+                linux::port_devices(vm.clone(), out, exit_latch.clone(), logs.clone())?
+            }
+        };
 
         Ok(MicroVm {
             vcpu,
@@ -360,6 +425,11 @@ impl MicroVm {
             logs,
             output,
             deferred: Deferred::new(),
+            kind: config.kind,
+            pio,
+            virtio_windows: Vec::new(),
+            quirks,
+            linux: None,
         })
     }
 
@@ -376,6 +446,77 @@ impl MicroVm {
     /// The bounds the VM was built with.
     pub fn limits(&self) -> GuestLimits {
         self.limits
+    }
+
+    /// Which kind of guest this VM runs.
+    pub fn kind(&self) -> GuestKind {
+        self.kind
+    }
+
+    /// Loads a Linux kernel (bzImage or ELF `vmlinux`), its initrd and command line, writes the
+    /// zero page and the ACPI tables (describing the virtio devices added so far: add them
+    /// first), and points the vCPU at the kernel's 64-bit entry. Only for [`GuestKind::Linux`].
+    pub fn load_linux(&mut self, boot: &LinuxBoot) -> Result<&LinuxGuest> {
+        if self.kind != GuestKind::Linux {
+            return Err(Error::Config(
+                "a Linux kernel needs a VM built with GuestKind::Linux".into(),
+            ));
+        }
+        let guest = linux::load(
+            self.ram.memory(),
+            self.ram.size_bytes(),
+            &self.vcpu,
+            boot,
+            &self.quirks,
+            &self.virtio_windows,
+        )?;
+        let k = &guest.kernel;
+        log::info!(
+            "linux: {:?} at [{:#x}, {:#x}), entry {:#x}, command line {:?}",
+            k.format,
+            k.kernel.start,
+            k.kernel.end,
+            k.entry,
+            k.cmdline
+        );
+        if let Some(r) = &k.initrd {
+            log::info!("linux: initrd at [{:#x}, {:#x})", r.start, r.end);
+        }
+        for e in &k.e820 {
+            log::info!("linux: e820 {}", e.linux_line());
+        }
+        for (n, d) in self.virtio_windows.iter().enumerate() {
+            log::info!(
+                "linux: virtio-mmio device id {} as \\_SB_.{} at [{:#x}, {:#x}) gsi {}",
+                d.device_id,
+                VirtioMmioDevice::acpi_name(n),
+                d.base,
+                d.base + d.len_bytes,
+                d.gsi
+            );
+        }
+        Ok(self.linux.insert(guest))
+    }
+
+    /// The loaded Linux guest, if any.
+    pub fn linux(&self) -> Option<&LinuxGuest> {
+        self.linux.as_ref()
+    }
+
+    /// The ACPI tables a Linux guest gets for the virtio devices added so far (what
+    /// [`Self::load_linux`] writes; for `vmm run --dump-acpi` and tests).
+    pub fn acpi_tables(&self) -> Result<linux::AcpiTables> {
+        linux::AcpiTables::build(&self.virtio_windows)
+    }
+
+    /// The virtio devices' register windows and interrupts, in slot order.
+    pub fn virtio_windows(&self) -> &[VirtioMmioDevice] {
+        &self.virtio_windows
+    }
+
+    /// The port I/O bus (Linux guests), to place more devices on it before running.
+    pub fn pio_bus_mut(&mut self) -> &mut MmioBus {
+        &mut self.pio
     }
 
     /// Loads a static ELF payload and points the vCPU at its entry.
@@ -464,7 +605,8 @@ impl MicroVm {
 
     /// Places a virtio device behind a virtio-mmio transport in the next free slot: slot `n` has
     /// its registers at `VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE` and interrupt
-    /// `FIRST_VIRTIO_GSI + n`. Guests find devices by probing the slots for the magic value.
+    /// `FIRST_VIRTIO_GSI + n`. Payloads find devices by probing the slots for the magic value;
+    /// a Linux guest from the DSDT, and its interrupts arrive through an irqfd on that GSI.
     pub fn add_virtio_device<D: VirtioDevice + 'static>(
         &mut self,
         device: D,
@@ -476,9 +618,25 @@ impl MicroVm {
             )));
         }
         let base = VIRTIO_MMIO_BASE + u64::from(n) * VIRTIO_MMIO_SIZE;
-        let irq = Arc::new(PolledIrq::new(FIRST_VIRTIO_GSI + n));
+        let gsi = FIRST_VIRTIO_GSI + n;
+        let irq = Arc::new(PolledIrq::new(gsi));
+        let device_id = device.device_id();
+        let line: Arc<dyn balloon::transport::IrqLine> = match self.kind {
+            GuestKind::Payload => irq.clone(),
+            GuestKind::Linux => {
+                if gsi >= linux::layout::IOAPIC_PINS {
+                    return Err(Error::Config(format!(
+                        "a Linux guest has interrupts for {} virtio devices (IOAPIC pins {FIRST_VIRTIO_GSI}-{})",
+                        linux::layout::IOAPIC_PINS - FIRST_VIRTIO_GSI,
+                        linux::layout::IOAPIC_PINS - 1
+                    )));
+                }
+                let irqfd = IrqfdLine::new(self.vm.clone(), gsi)?;
+                Arc::new(linux::irq::SlotIrq::new(irq.clone(), irqfd))
+            }
+        };
         let mem = Arc::new(self.ram.memory().clone());
-        let mut transport = MmioTransport::new(device, mem, irq.clone());
+        let mut transport = MmioTransport::new(device, mem, line);
         transport.set_log_limiter(self.logs.clone());
         transport.set_requests_per_notify(self.limits.requests_per_notify);
         transport.set_pending_signal(self.deferred.flag());
@@ -487,6 +645,12 @@ impl MicroVm {
         let shared: SharedMmioDevice = transport.clone();
         self.bus.insert(base, VIRTIO_MMIO_SIZE, shared)?;
         self.virtio_devices += 1;
+        self.virtio_windows.push(VirtioMmioDevice {
+            base,
+            len_bytes: VIRTIO_MMIO_SIZE,
+            gsi,
+            device_id,
+        });
         log::debug!("virtio device in slot {n} at {base:#x}, gsi {}", irq.gsi());
         Ok(VirtioSlot {
             base,
@@ -512,10 +676,10 @@ impl MicroVm {
         }
     }
 
-    /// Runs the vCPU on the calling thread until the guest exits, faults or halts, or a
-    /// [`StopHandle`] stops it.
+    /// Runs the vCPU on the calling thread until the guest exits (or powers off), faults or
+    /// halts, KVM cannot go on, or a [`StopHandle`] stops it.
     pub fn run(&mut self) -> Result<VmOutcome> {
-        if self.image.is_none() {
+        if self.image.is_none() && self.linux.is_none() {
             return Err(Error::NoPayload);
         }
         install_kick_handler()?;
@@ -570,10 +734,29 @@ impl MicroVm {
                         }
                         None
                     }
-                    Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => {
+                    Ok(VcpuExit::IoOut(port, data)) => {
                         ExitCounters::bump(&self.stats.port_io);
+                        log::trace!("port write {port:#x} {data:x?}");
+                        for (at, chunk) in port_accesses(port, data.len()) {
+                            self.pio.write(at, &data[chunk]);
+                        }
+                        self.exit_latch
+                            .take()
+                            .map(|code| Stop::Outcome(VmOutcome::Exited { code }))
+                    }
+                    Ok(VcpuExit::IoIn(port, data)) => {
+                        ExitCounters::bump(&self.stats.port_io);
+                        for (at, chunk) in port_accesses(port, data.len()) {
+                            let d = &mut data[chunk];
+                            if !self.pio.read(at, d) {
+                                // Nothing decodes the port: the bus floats high, as on a PC.
+                                d.fill(0xff);
+                            }
+                        }
+                        log::trace!("port read {port:#x} -> {data:x?}");
                         None
                     }
+                    Ok(VcpuExit::InternalError) => Some(Stop::InternalError),
                     Ok(VcpuExit::Intr) => Some(Stop::Interrupted),
                     Ok(VcpuExit::Hlt) => Some(Stop::Halt),
                     Ok(VcpuExit::Shutdown) => Some(Stop::Shutdown),
@@ -622,12 +805,48 @@ impl MicroVm {
                     }
                     Ok(VmOutcome::MemoryFault { gpa, rip })
                 }
+                Stop::InternalError => {
+                    let rip = self.rip()?;
+                    let (suberror, kvm_insn) = self.internal_error();
+                    let insn = kvm_insn
+                        .unwrap_or_else(|| insn::bytes_at_rip(&self.vcpu, self.ram.memory(), rip));
+                    log::info!(
+                        "KVM internal error {suberror} at rip {rip:#x}, instruction bytes {insn}"
+                    );
+                    Ok(VmOutcome::EmulationFailure {
+                        suberror,
+                        rip,
+                        insn,
+                    })
+                }
                 Stop::Unhandled(reason) => Err(Error::UnhandledExit {
                     reason,
                     rip: self.rip().unwrap_or(0),
                 }),
             };
         }
+    }
+
+    /// The suberror of the last `KVM_EXIT_INTERNAL_ERROR` and the instruction bytes, when KVM
+    /// provided them (`KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`).
+    fn internal_error(&mut self) -> (u32, Option<InsnBytes>) {
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
+        // `internal` member of the union; `emulation_failure` overlays it with the layout KVM
+        // uses for suberror 1, and both are plain integers (any bit pattern is valid).
+        let (suberror, ndata, flags, insn) = unsafe {
+            let e = &run.__bindgen_anon_1.emulation_failure;
+            let b = &e.__bindgen_anon_1.__bindgen_anon_1;
+            (e.suberror, e.ndata, e.flags, (b.insn_size, b.insn_bytes))
+        };
+        let has_bytes = suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+            && ndata >= 3
+            && flags & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                != 0
+            && insn.0 > 0;
+        let bytes =
+            has_bytes.then(|| InsnBytes::new(&insn.1[..usize::from(insn.0).min(insn.1.len())]));
+        (suberror, bytes)
     }
 
     fn rip(&self) -> Result<u64> {
@@ -645,7 +864,18 @@ enum Stop {
     Halt,
     Shutdown,
     MemoryFault(Option<u64>),
+    InternalError,
     Unhandled(String),
+}
+
+/// Splits a port I/O exit of `len` bytes into device accesses: one access for 1, 2 or 4 bytes;
+/// byte by byte for string I/O (`rep ins/outs`, where KVM hands over several items at once; the
+/// port devices here are byte-wide).
+fn port_accesses(port: u16, len: usize) -> Vec<(u64, std::ops::Range<usize>)> {
+    match len {
+        1 | 2 | 4 => vec![(u64::from(port), 0..len)],
+        _ => (0..len).map(|i| (u64::from(port), i..i + 1)).collect(),
+    }
 }
 
 /// Shared between a running [`MicroVm`] and its [`StopHandle`]s.
