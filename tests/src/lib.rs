@@ -7,6 +7,23 @@
 pub mod linux_guest;
 pub mod prometheus;
 
+/// A free TCP port on loopback (bound, read and released: another process could take it before
+/// the caller binds it, which tests accept).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port")
+        .port()
+}
+
+/// Wall-clock time in seconds since the Unix epoch (what Prometheus stamps samples with).
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+}
+
 /// Reports that `test` cannot run here because of `reason`: prints `SKIPPED: <test>: <reason>`
 /// so that a skip is never silent, except under `CI=true`, where everything a test needs is
 /// installed by `ci/setup.sh` and a missing piece fails the test instead.

@@ -28,14 +28,6 @@ pub fn binary() -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Prometheus {
     /// Starts Prometheus scraping every `(job, address)` each second, and waits until it is ready.
     pub fn start(dir: &Path, targets: &[(&str, SocketAddr)]) -> Prometheus {
@@ -49,7 +41,7 @@ impl Prometheus {
         }
         let cfg_path = dir.join("prometheus.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", cfg_path.display()))

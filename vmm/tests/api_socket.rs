@@ -35,14 +35,6 @@ fn fault(body: &str) {
     assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{body}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn api_controls_a_running_vm() {
     if support::hypervisor_or_skip("api socket").is_none() {
@@ -51,7 +43,7 @@ fn api_controls_a_running_vm() {
     let dir = std::env::temp_dir().join(format!("vmm-api-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
-    let port = free_port();
+    let port = e2e_tests::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args([
             "run",

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use e2e_tests::prometheus::{self, Prometheus};
 use serde_json::Value;
@@ -27,21 +27,6 @@ impl Drop for Demo {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The labels `key` of each sample, with its value.
@@ -129,7 +114,9 @@ fn prometheus_sees_the_final_state_and_every_dashboard_panel_has_data() {
     };
 
     // A VM whose balloon an operator drives through the API (the demo's VMs have none).
-    let run_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let run_addr: SocketAddr = format!("127.0.0.1:{}", e2e_tests::free_port())
+        .parse()
+        .unwrap();
     let vmm = Vmm::start(
         "prometheus",
         &[
@@ -156,7 +143,7 @@ fn prometheus_sees_the_final_state_and_every_dashboard_panel_has_data() {
     let finished_at = loop {
         let line = next_line("the end of the demo");
         if line.starts_with("vmm: demo finished") {
-            break now_s();
+            break e2e_tests::now_s();
         }
         assert!(
             !line.starts_with("vmm:") || !line.contains("error"),

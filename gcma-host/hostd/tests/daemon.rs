@@ -125,14 +125,6 @@ fn bad_input_is_refused_in_one_line() {
     assert!(!dir.path().join("a.sock").exists());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn tcp_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -162,7 +154,7 @@ fn control_endpoint_takes_and_returns_grants() {
     let image = dir.path().join("img");
     std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
     let sock = dir.path().join("c.sock");
-    let port = free_port();
+    let port = e2e_tests::free_port();
     let args: Vec<String> = [
         "--pool-mib",
         "8",

@@ -7,25 +7,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e_tests::prometheus::{self, Prometheus};
 use support::HostD;
-
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn prometheus_scrapes_the_daemon() {
@@ -34,7 +18,9 @@ fn prometheus_scrapes_the_daemon() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (swap_a, swap_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", e2e_tests::free_port())
+        .parse()
+        .unwrap();
     let args: Vec<String> = [
         "--pool-mib".to_string(),
         "16".into(),
@@ -56,7 +42,7 @@ fn prometheus_scrapes_the_daemon() {
     let (s, b) = d.request("POST", "/grants", r#"{"pages": 16}"#);
     assert_eq!(s, 201, "{b}");
     assert_eq!(d.request("DELETE", "/grants/2", "").0, 200);
-    let acted_at = now_s();
+    let acted_at = e2e_tests::now_s();
 
     let prom = Prometheus::start(&dir.path().join("prometheus"), &[("gcma-hostd", metrics)]);
     prom.wait_for_scrape_after(&["gcma-hostd"], acted_at);

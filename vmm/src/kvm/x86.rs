@@ -93,7 +93,7 @@ pub fn task_segment() -> kvm_segment {
 }
 
 /// Encodes the low 8 bytes of the GDT descriptor for `seg`.
-fn descriptor(seg: &kvm_segment) -> u64 {
+pub(crate) fn descriptor(seg: &kvm_segment) -> u64 {
     let limit = u64::from(if seg.g != 0 {
         seg.limit >> 12
     } else {
@@ -114,7 +114,8 @@ fn descriptor(seg: &kvm_segment) -> u64 {
         | ((base >> 24) << 56)
 }
 
-fn write_u64s(mem: &GuestMemoryMmap, at: u64, words: &[u64]) -> Result<()> {
+/// Writes `words` little-endian at guest address `at`.
+pub(crate) fn write_u64s(mem: &GuestMemoryMmap, at: u64, words: &[u64]) -> Result<()> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     mem.write_slice(&bytes, GuestAddress(at))
         .map_err(|e| Error::Memory(format!("writing boot structures at {at:#x}: {e}")))

@@ -11,7 +11,7 @@ use kvm_bindings::{
     CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::layout::{
     BOOT_STACK_TOP, GDT_ADDR, IDENTITY_MAPPED_GIB, PDPT_ADDR, PD_ADDR, PML4_ADDR, TSS_ADDR,
@@ -19,6 +19,7 @@ use super::layout::{
 };
 use super::quirks::Quirks;
 use crate::error::{Error, Result};
+use crate::kvm::x86::{descriptor, write_u64s};
 
 /// `__BOOT_CS`: the boot protocol's code segment selector (GDT index 2).
 pub const BOOT_CS: u16 = 0x10;
@@ -117,34 +118,6 @@ pub fn task_segment() -> kvm_segment {
         unusable: 0,
         padding: 0,
     }
-}
-
-/// The low 8 bytes of the GDT descriptor for `seg`.
-fn descriptor(seg: &kvm_segment) -> u64 {
-    let limit = u64::from(if seg.g != 0 {
-        seg.limit >> 12
-    } else {
-        seg.limit
-    });
-    let base = seg.base & 0xffff_ffff;
-    (limit & 0xffff)
-        | ((base & 0x00ff_ffff) << 16)
-        | (u64::from(seg.type_) << 40)
-        | (u64::from(seg.s) << 44)
-        | (u64::from(seg.dpl) << 45)
-        | (u64::from(seg.present) << 47)
-        | (((limit >> 16) & 0xf) << 48)
-        | (u64::from(seg.avl) << 52)
-        | (u64::from(seg.l) << 53)
-        | (u64::from(seg.db) << 54)
-        | (u64::from(seg.g) << 55)
-        | ((base >> 24) << 56)
-}
-
-fn write_u64s(mem: &GuestMemoryMmap, at: u64, words: &[u64]) -> Result<()> {
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    mem.write_slice(&bytes, GuestAddress(at))
-        .map_err(|e| Error::Memory(format!("writing Linux boot structures at {at:#x}: {e}")))
 }
 
 /// Writes the GDT, a zeroed TSS and page tables identity-mapping the first
@@ -346,6 +319,7 @@ pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, quirks: &Quirks) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn gdt_holds_flat_boot_segments_at_the_protocol_selectors() {
