@@ -179,7 +179,7 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) 
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // tiny_http may send the body chunked: undo it.
+    // The server may send the body chunked: undo it.
     let body = if out
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
