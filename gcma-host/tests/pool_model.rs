@@ -9,8 +9,10 @@
 //! Kept as one file although it is long: the model, its operations and the per-step checks are
 //! one test; the disk-client model at the end reuses the same harness.
 
+#[path = "support/pool_view.rs"]
+mod pool_view;
+
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use gcma_host::api::{
@@ -18,64 +20,13 @@ use gcma_host::api::{
     PAGE_SIZE,
 };
 use gcma_host::pool::{Pool, PoolConfig, PoolStats};
+use pool_view::MemfdView;
 use proptest::prelude::*;
 
 const NR_PAGES: u64 = 48;
 const NR_CLIENTS: usize = 3;
 const PUT_BACK_LIMIT: u64 = 20;
 const CLIENT_LIMIT: u64 = 18;
-
-/// A read-write view of the pool's memfd, as a VMM would map it.
-struct MemfdView {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl MemfdView {
-    fn new(pool: &Pool) -> Self {
-        let len = pool.nr_pages() as usize * PAGE_SIZE;
-        // SAFETY: a fresh shared mapping of the pool's memfd; unmapped on drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                pool.memfd().as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap of the pool memfd");
-        MemfdView {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    fn pages(&self, first: u64, nr: u64) -> &[u8] {
-        let off = first as usize * PAGE_SIZE;
-        let len = nr as usize * PAGE_SIZE;
-        assert!(off + len <= self.len);
-        // SAFETY: inside the mapping; the test only reads granted pages, which the pool does not
-        // touch while granted.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
-    }
-
-    fn fill(&self, first: u64, nr: u64, byte: u8) {
-        let off = first as usize * PAGE_SIZE;
-        let len = nr as usize * PAGE_SIZE;
-        assert!(off + len <= self.len);
-        // SAFETY: inside the mapping; these pages are granted to the test's client.
-        unsafe { std::ptr::write_bytes(self.ptr.add(off), byte, len) };
-    }
-}
-
-impl Drop for MemfdView {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly our mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// Page contents that identify their key and version: mix-ups and stale data show.
 fn page_for(tag: u64, byte: u8) -> Vec<u8> {

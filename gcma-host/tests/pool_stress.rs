@@ -4,27 +4,20 @@
 //! latest data; accepted frontswap pages are never lost); at the end the pool's invariants and
 //! accounting are checked and every accepted frontswap page is read back.
 
+#[path = "support/pool_view.rs"]
+mod pool_view;
+
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Barrier};
 
 use gcma_host::api::{
     CleancacheKey, ClientId, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError, PAGE_SIZE,
 };
 use gcma_host::pool::{Pool, PoolConfig};
+use pool_view::{MemfdView, Rng};
 
 const NR_PAGES: u64 = 256;
 const OPS: u32 = 1500;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn page_for(tag: u64) -> Vec<u8> {
     let mut p = vec![(tag % 253) as u8; PAGE_SIZE];
@@ -33,14 +26,7 @@ fn page_for(tag: u64) -> Vec<u8> {
     p
 }
 
-/// The pool's memory as a VMM maps it; shared by the granting threads.
-struct View(*mut u8);
-// SAFETY: each thread only touches pages of grants it holds.
-unsafe impl Send for View {}
-// SAFETY: as above.
-unsafe impl Sync for View {}
-
-fn granter(pool: Arc<Pool>, view: Arc<View>, client: ClientId, seed: u64) {
+fn granter(pool: Arc<Pool>, view: Arc<MemfdView>, client: ClientId, seed: u64) {
     let mut rng = Rng(seed);
     let mut held: Vec<(u64, u64)> = Vec::new();
     for _ in 0..OPS {
@@ -50,14 +36,7 @@ fn granter(pool: Arc<Pool>, view: Arc<View>, client: ClientId, seed: u64) {
             match pool.alloc_contig(client, nr, align) {
                 Ok(g) => {
                     assert_eq!(g.first_page % align, 0);
-                    let len = nr as usize * PAGE_SIZE;
-                    // SAFETY: the grant is ours until freed; inside the mapping.
-                    let bytes = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            view.0.add(g.first_page as usize * PAGE_SIZE),
-                            len,
-                        )
-                    };
+                    let bytes = view.pages_mut(g.first_page, nr);
                     assert!(bytes.iter().all(|&b| b == 0), "granted page not zero");
                     bytes.fill(0xee);
                     held.push((g.first_page, nr));
@@ -157,20 +136,7 @@ fn stress(policy: FrontswapPolicy) {
     cfg.frontswap_policy = policy;
     cfg.put_back_limit_pages = 120;
     let pool = Pool::new(cfg).unwrap();
-    let len = NR_PAGES as usize * PAGE_SIZE;
-    // SAFETY: a fresh shared mapping of the pool memfd, unmapped at the end of this function.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            pool.memfd().as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED);
-    let view = Arc::new(View(ptr.cast()));
+    let view = Arc::new(MemfdView::new(&pool));
     let barrier = Arc::new(Barrier::new(4));
     let mut granters = Vec::new();
     for t in 0..2u64 {
@@ -219,13 +185,9 @@ fn stress(policy: FrontswapPolicy) {
     // A whole-pool grant still succeeds and reads as zero, and evicts no accepted page.
     let c = pool.register_client("last");
     let g = pool.alloc_contig(c, NR_PAGES, 1).expect("whole-pool grant");
-    // SAFETY: inside our mapping; the whole pool is granted to us.
-    let bytes = unsafe { std::slice::from_raw_parts(view.0, len) };
-    assert!(bytes.iter().all(|&b| b == 0));
+    assert!(view.pages(0, NR_PAGES).iter().all(|&b| b == 0));
     pool.free_contig(c, g.first_page).unwrap();
     assert_eq!(pool.stats().frontswap_stored_pages, stored);
-    // SAFETY: unmapping our mapping; no slices into it remain.
-    unsafe { libc::munmap(ptr, len) };
 }
 
 #[test]

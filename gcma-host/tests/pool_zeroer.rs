@@ -2,7 +2,9 @@
 //! dropped, and, racing grants and cleancache/frontswap traffic on real threads, it never lets a
 //! grant hold another guest's bytes nor a tenant read anything but its own data.
 
-use std::os::fd::AsRawFd;
+#[path = "support/pool_view.rs"]
+mod pool_view;
+
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -10,61 +12,7 @@ use gcma_host::api::{
     CleancacheKey, ClientId, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError, PAGE_SIZE,
 };
 use gcma_host::pool::{Pool, PoolConfig, Zeroer, ZeroerConfig};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// The pool's memory as a VMM maps it.
-struct View {
-    ptr: *mut u8,
-    len: usize,
-}
-// SAFETY: each thread only touches pages of grants it holds.
-unsafe impl Send for View {}
-// SAFETY: as above.
-unsafe impl Sync for View {}
-
-impl View {
-    fn new(pool: &Pool) -> View {
-        let len = pool.nr_pages() as usize * PAGE_SIZE;
-        // SAFETY: a fresh shared mapping of the pool's memfd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                pool.memfd().as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        View { ptr: p.cast(), len }
-    }
-
-    /// The bytes of a grant the caller holds.
-    #[allow(clippy::mut_from_ref)]
-    fn grant(&self, first: u64, nr: u64) -> &mut [u8] {
-        let (off, len) = (first as usize * PAGE_SIZE, nr as usize * PAGE_SIZE);
-        assert!(off + len <= self.len);
-        // SAFETY: inside the mapping; the caller holds the grant, so no one else uses the pages.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
-    }
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: our mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+use pool_view::{MemfdView, Rng};
 
 /// Waits until the pool has no dirty free page, failing after a generous deadline (the zeroer
 /// must get there; how fast is the eval's business, not a test's).
@@ -98,10 +46,10 @@ fn drop_within_deadline(z: Zeroer) {
 fn zeroer_zeroes_idle_pages_and_stops_on_drop() {
     const N: u64 = 2048;
     let pool = Pool::new(PoolConfig::new(N)).unwrap();
-    let view = View::new(&pool);
+    let view = MemfdView::new(&pool);
     let vm = pool.register_client("vm0");
     let g = pool.alloc_contig(vm, N, 1).unwrap();
-    view.grant(g.first_page, N).fill(0xa5);
+    view.pages_mut(g.first_page, N).fill(0xa5);
     pool.free_contig(vm, g.first_page).unwrap();
     assert_eq!(pool.stats().free_dirty_pages, N);
 
@@ -125,8 +73,8 @@ fn zeroer_zeroes_idle_pages_and_stops_on_drop() {
     // A grant now zeroes nothing itself, and its pages really are zero.
     let g = pool.alloc_contig(vm, N, 1).unwrap();
     assert_eq!(pool.stats().zeroed_pages, s.zeroed_pages);
-    assert!(view.grant(g.first_page, N).iter().all(|&b| b == 0));
-    view.grant(g.first_page, N).fill(0x5a);
+    assert!(view.pages_mut(g.first_page, N).iter().all(|&b| b == 0));
+    view.pages_mut(g.first_page, N).fill(0x5a);
     pool.free_contig(vm, g.first_page).unwrap();
 
     // Stopped by the drop (which woke it from its hour-long idle poll): it zeroes no more.
@@ -166,7 +114,7 @@ fn tag_page(tag: u64) -> Vec<u8> {
 
 /// Takes and returns grants; every grant must read as zero when handed out, then is filled with
 /// this guest's mark so that a later grant holding it would be caught.
-fn granter(pool: Arc<Pool>, view: Arc<View>, c: ClientId, seed: u64, start: Arc<Barrier>) {
+fn granter(pool: Arc<Pool>, view: Arc<MemfdView>, c: ClientId, seed: u64, start: Arc<Barrier>) {
     let mut rng = Rng(seed);
     let mut held: Vec<(u64, u64)> = Vec::new();
     let mark = 0xe0 | (seed as u8 & 0x0f);
@@ -177,7 +125,7 @@ fn granter(pool: Arc<Pool>, view: Arc<View>, c: ClientId, seed: u64, start: Arc<
             let align = 1 << (rng.next() % 3);
             match pool.alloc_contig(c, nr, align) {
                 Ok(g) => {
-                    let bytes = view.grant(g.first_page, nr);
+                    let bytes = view.pages_mut(g.first_page, nr);
                     if let Some(i) = bytes.iter().position(|&b| b != 0) {
                         panic!(
                             "grant at page {} holds byte {:#x} at offset {i}",
@@ -266,7 +214,7 @@ fn grant_never_holds_foreign_bytes_with_zeroer_racing() {
         let mut cfg = PoolConfig::new(RACE_PAGES);
         cfg.frontswap_policy = policies[round % policies.len()];
         let pool = Pool::new(cfg).unwrap();
-        let view = Arc::new(View::new(&pool));
+        let view = Arc::new(MemfdView::new(&pool));
         let zcfg = ZeroerConfig {
             idle_poll: Duration::ZERO,
             step_aside_pause: Duration::ZERO,
@@ -306,7 +254,10 @@ fn grant_never_holds_foreign_bytes_with_zeroer_racing() {
         let c = pool.register_client("whole pool");
         let g = pool.alloc_contig(c, RACE_PAGES, 1).unwrap();
         assert_eq!(pool.stats().zeroed_pages, s.zeroed_pages);
-        assert!(view.grant(g.first_page, RACE_PAGES).iter().all(|&b| b == 0));
+        assert!(view
+            .pages_mut(g.first_page, RACE_PAGES)
+            .iter()
+            .all(|&b| b == 0));
         pool.free_contig(c, g.first_page).unwrap();
         pool.check_consistency().unwrap();
     }
