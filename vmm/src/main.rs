@@ -150,18 +150,6 @@ enum CliError {
     Demo(#[from] demo::DemoError),
 }
 
-/// `err` and its causes, as one line.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
-}
-
 fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     use gcma_host::api::FrontswapPolicy;
     let cfg = demo::DemoConfig {
@@ -567,7 +555,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("vmm: {}", with_causes(&e));
+        eprintln!("vmm: {}", gcma_host::api::ErrorChain(&e));
         ExitCode::from(1)
     })
 }
