@@ -57,15 +57,37 @@ pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `image` to a file named `name` in a per-process scratch directory and returns a boot
-/// description for it.
-pub fn boot_file(name: &str, image: &[u8], cmdline: &str) -> LinuxBoot {
+/// description for it. The file (and the directory, once empty) goes away when the returned
+/// [`BootFile`] is dropped.
+pub fn boot_file(name: &str, image: &[u8], cmdline: &str) -> BootFile {
     let dir = scratch_dir("tiny-kernels");
     let path = dir.join(name);
     std::fs::write(&path, image).unwrap();
-    LinuxBoot {
+    BootFile(LinuxBoot {
         kernel: path,
         initrd: None,
         cmdline: cmdline.into(),
+    })
+}
+
+/// A boot description whose kernel file is removed on drop.
+pub struct BootFile(LinuxBoot);
+
+impl std::ops::Deref for BootFile {
+    type Target = LinuxBoot;
+
+    fn deref(&self) -> &LinuxBoot {
+        &self.0
+    }
+}
+
+impl Drop for BootFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0.kernel);
+        if let Some(dir) = self.0.kernel.parent() {
+            // Fails while another test's file is still there; the last one removes it.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
