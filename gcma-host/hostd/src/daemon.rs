@@ -288,7 +288,10 @@ impl Daemon {
             let (pool, stop) = (pool.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("housekeeping".into())
-                .spawn(move || housekeeping(&pool, &stop))
+                .spawn(move || {
+                    gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Housekeeping);
+                    housekeeping(&pool, &stop)
+                })
                 .ok()
         };
         log::info!(

@@ -289,7 +289,10 @@ fn launch(
     let stop = vm.stop_handle();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
-        .spawn(move || vm.run())
+        .spawn(move || {
+            gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Vcpu);
+            vm.run()
+        })
         .map_err(|_| DemoError::VcpuThread {
             vm: name.to_string(),
             what: "could not start",
