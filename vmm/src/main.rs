@@ -407,6 +407,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
     // Stopped when the run is over (dropped at the end of this function).
     let mut _zeroer = None;
+    let mut _retrier = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool_pages = pool_mib << 8;
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
@@ -421,6 +422,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             let cfg = gcma_host::pool::ZeroerConfig::new(args.zeroer_cpu_pct);
             _zeroer = Some(gcma_host::pool::Zeroer::start(&pool, cfg).map_err(CliError::Pool)?);
         }
+        _retrier = Some(
+            gcma_host::pool::WritebackRetrier::start(&pool, gcma_host::pool::DEFAULT_RETRY_PERIOD)
+                .map_err(CliError::Pool)?,
+        );
         builder = builder.gcma(pool);
     }
     if let Some(target_pages) = args.balloon_pages {
