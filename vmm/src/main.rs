@@ -104,6 +104,43 @@ struct DemoArgs {
     #[arg(long, default_value_t = gcma_host::pool::DEFAULT_ZEROER_CPU_PCT, value_name = "PCT",
           value_parser = clap::value_parser!(u32).range(0..=100))]
     zeroer_cpu_pct: u32,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
+}
+
+/// Per-thread seccomp filters (see gcma-host/seccomp/src/lib.rs).
+#[derive(Debug, clap::Args)]
+struct SeccompArgs {
+    /// Run without seccomp filters. By default every vCPU, device, HTTP and zeroer thread runs
+    /// under an allow-list of the system calls its kind makes; a call outside it ends the VMM
+    /// with a message naming the call (exit status 159). For debugging only.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test only: the vCPU thread makes a system call its filter does not allow (getpgid)
+    /// before entering the guest.
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
+}
+
+impl SeccompArgs {
+    /// Installs the filters (before any thread is spawned) unless turned off.
+    fn install(&self) -> Result<(), CliError> {
+        use gcma_seccomp::ThreadKind;
+        if self.no_seccomp {
+            log::warn!("seccomp filters are off (--no-seccomp)");
+            return Ok(());
+        }
+        gcma_seccomp::install(
+            "vmm",
+            &[
+                ThreadKind::Vcpu,
+                ThreadKind::Device,
+                ThreadKind::Http,
+                ThreadKind::Zeroer,
+            ],
+        )
+        .map_err(CliError::Seccomp)
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -144,14 +181,21 @@ enum CliError {
         #[source]
         source: vmm::api::http::HttpError,
     },
+    #[error("cannot start the vCPU thread")]
+    VcpuThread(#[source] std::io::Error),
+    #[error("the vCPU thread panicked")]
+    VcpuPanicked,
     #[error("cannot start the balloon statistics poller")]
     Poller(#[source] std::io::Error),
     #[error("demo")]
     Demo(#[from] demo::DemoError),
+    #[error("installing the seccomp filters (--no-seccomp runs without them)")]
+    Seccomp(#[source] gcma_seccomp::SeccompError),
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     use gcma_host::api::FrontswapPolicy;
+    args.seccomp.install()?;
     let cfg = demo::DemoConfig {
         pool_mib: args.pool_mib,
         tenants: args.tenants as usize,
@@ -263,6 +307,8 @@ struct RunArgs {
     /// device work (see examples/notify_bench.rs); needs a spare host core.
     #[arg(long)]
     ioeventfd: bool,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
 }
 
 /// Limits of the API socket and the metrics endpoint (see gcma-host/http/src/lib.rs).
@@ -341,6 +387,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         GuestKind::Payload => 64,
         GuestKind::Linux => 256,
     });
+    args.seccomp.install()?;
     let hv = Hypervisor::open()?;
     let config = VmConfig {
         mem_bytes: mem_mib << 20,
@@ -360,6 +407,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
     // Stopped when the run is over (dropped at the end of this function).
     let mut _zeroer = None;
+    let mut _retrier = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
         let pool_pages = pool_mib << 8;
         let pool = gcma_host::pool::Pool::new(gcma_host::pool::PoolConfig {
@@ -374,6 +422,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             let cfg = gcma_host::pool::ZeroerConfig::new(args.zeroer_cpu_pct);
             _zeroer = Some(gcma_host::pool::Zeroer::start(&pool, cfg).map_err(CliError::Pool)?);
         }
+        _retrier = Some(
+            gcma_host::pool::WritebackRetrier::start(&pool, gcma_host::pool::DEFAULT_RETRY_PERIOD)
+                .map_err(CliError::Pool)?,
+        );
         builder = builder.gcma(pool);
     }
     if let Some(target_pages) = args.balloon_pages {
@@ -463,7 +515,23 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         ),
         None => None,
     };
-    let outcome = vm.run();
+    // The guest runs on a thread of its own under the vCPU filter; this thread, which handles
+    // no guest input, tears the VM down afterwards.
+    let selftest = args.seccomp.seccomp_selftest;
+    let outcome = std::thread::scope(|s| {
+        let vcpu = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn_scoped(s, || {
+                gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Vcpu);
+                if selftest {
+                    // SAFETY: getpgid has no memory effects.
+                    unsafe { libc::getpgid(0) };
+                }
+                vm.run()
+            })
+            .map_err(CliError::VcpuThread)?;
+        vcpu.join().map_err(|_| CliError::VcpuPanicked)
+    })?;
     if let Some(events) = events {
         if let Err(e) = events.stop() {
             log::warn!("stopping the device event loop: {e}");

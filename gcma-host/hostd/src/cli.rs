@@ -106,6 +106,13 @@ pub struct Cli {
     /// swap. Use it when a disk's file may hold another guest's data.
     #[arg(long)]
     pub fresh_swap: bool,
+
+    /// Run without seccomp filters. By default the disks' vhost-user threads, the HTTP
+    /// threads, the zeroer and the housekeeping thread each run under an allow-list of the
+    /// system calls their kind makes; a call outside it ends the daemon with a message naming
+    /// the call (exit status 159). For debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// The frontswap policy on the command line.

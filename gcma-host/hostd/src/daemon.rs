@@ -1,5 +1,5 @@
 //! Putting it together: the pool, the disks, their sockets, the control endpoint, the
-//! housekeeping thread, and the orderly shutdown.
+//! write-back retry timer, and the orderly shutdown.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -7,11 +7,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use balloon::blk::BlkConfig;
 use gcma_host::api::{PoolError, PAGE_SIZE};
-use gcma_host::pool::{ClientOptions, FrontswapBacking, Pool, PoolConfig, Zeroer, ZeroerConfig};
+use gcma_host::pool::{
+    ClientOptions, FrontswapBacking, Pool, PoolConfig, WritebackRetrier, Zeroer, ZeroerConfig,
+    DEFAULT_RETRY_PERIOD,
+};
 use prometheus_client::registry::Registry;
 
 use crate::cache_disk::CacheDisk;
@@ -104,7 +107,8 @@ pub struct Daemon {
     servers: Vec<HttpServer>,
     stop: Arc<AtomicBool>,
     accept: Vec<JoinHandle<()>>,
-    housekeeping: Option<JoinHandle<()>>,
+    /// Retries failed write-backs on a timer, stopped at shutdown.
+    retrier: Option<WritebackRetrier>,
     /// The background zeroer (`--zeroer-cpu-pct`), stopped at shutdown.
     zeroer: Option<Zeroer>,
 }
@@ -284,12 +288,12 @@ impl Daemon {
                 .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
             accept.push(t);
         }
-        let housekeeping = {
-            let (pool, stop) = (pool.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("housekeeping".into())
-                .spawn(move || housekeeping(&pool, &stop))
-                .ok()
+        let retrier = match WritebackRetrier::start(&pool, DEFAULT_RETRY_PERIOD) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("failed write-backs will not be retried: {e}");
+                None
+            }
         };
         log::info!(
             "gcma-hostd: serving {} disks on a {} MiB pool",
@@ -303,7 +307,7 @@ impl Daemon {
             servers,
             stop,
             accept,
-            housekeeping,
+            retrier,
             zeroer,
         })
     }
@@ -347,9 +351,7 @@ impl Daemon {
             }
         }
         self.servers.clear();
-        if let Some(t) = self.housekeeping.take() {
-            let _ = t.join();
-        }
+        drop(self.retrier.take());
         drop(self.zeroer.take());
         // Accepting threads may be blocked in accept(); they end with the process.
         self.accept.clear();
@@ -404,13 +406,4 @@ fn check(cli: &Cli) -> Result<(), DaemonError> {
         }
     }
     Ok(())
-}
-
-/// Retries failed write-backs as their backoff expires. (Idle free pages are zeroed by the
-/// pool's background zeroer, `--zeroer-cpu-pct`.)
-fn housekeeping(pool: &Pool, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(20));
-        pool.retry_writebacks();
-    }
 }

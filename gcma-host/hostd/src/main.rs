@@ -34,6 +34,21 @@ fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let signals = block_stop_signals();
+    if cli.no_seccomp {
+        log::warn!("gcma-hostd: seccomp filters are off (--no-seccomp)");
+    } else {
+        use gcma_seccomp::ThreadKind;
+        let kinds = [
+            ThreadKind::Vhost,
+            ThreadKind::Http,
+            ThreadKind::Zeroer,
+            ThreadKind::Housekeeping,
+        ];
+        if let Err(e) = gcma_seccomp::install("gcma-hostd", &kinds) {
+            eprintln!("gcma-hostd: {}", gcma_host::api::ErrorChain(&e));
+            std::process::exit(1);
+        }
+    }
     let daemon = match Daemon::start(&cli) {
         Ok(d) => d,
         Err(e) => {

@@ -85,6 +85,8 @@ pub fn serve_one_at_a_time<F: DeviceFactory>(
     std::thread::Builder::new()
         .name(format!("{name}-accept"))
         .spawn(move || {
+            // The vhost-user threads of every connection start from here and inherit it.
+            gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Vhost);
             while !stop.load(Ordering::Acquire) {
                 if let Err(e) = serve_connection(&mut listener, &*factory) {
                     log::error!("{name}: {e}");

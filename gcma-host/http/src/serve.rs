@@ -98,6 +98,9 @@ pub(crate) fn spawn(
         .enable_time()
         .max_blocking_threads(HANDLER_THREADS)
         .thread_name(format!("{name}-handler"))
+        // Handler threads start from the server thread and inherit its filter; this only lets
+        // a violation name the kind.
+        .on_thread_start(|| gcma_seccomp::mark(gcma_seccomp::ThreadKind::Http))
         .build()
         .map_err(HttpError::Thread)?;
     let shared = Arc::new(Shared {
@@ -109,6 +112,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Http);
             rt.block_on(run(listener, shared, stopped));
             // Handlers still running (stuck on a lock, say) are left to finish on their own:
             // the caller's shutdown does not wait for them.

@@ -63,7 +63,7 @@
 //!   it and get every other guest's new stores rejected.
 //!
 //! A write-back that fails keeps the host copy and is retried with a growing backoff by
-//! [`Pool::retry_writebacks`] (a daemon's timer), counted in `gcma_writeback_retries_total`.
+//! [`Pool::retry_writebacks`] (the [`WritebackRetrier`] timer), counted in `gcma_writeback_retries_total`.
 //!
 //! # Locking
 //! One mutex guards all bookkeeping: page states, the range allocator, clients,
@@ -108,6 +108,7 @@ mod hash;
 pub mod metrics;
 pub mod pages;
 pub mod reservation;
+mod retrier;
 mod zeroer;
 
 use std::fs::File;
@@ -134,6 +135,7 @@ pub use metrics::{ClientStats, EvictReason, PoolStats, GRANT_LATENCY_BUCKETS_US}
 use metrics::{Counters, PoolCollector};
 use pages::{PageState, PageTable};
 use reservation::Reservation;
+pub use retrier::{WritebackRetrier, DEFAULT_RETRY_PERIOD};
 pub use zeroer::{Zeroer, ZeroerConfig, DEFAULT_ZEROER_CPU_PCT};
 
 /// Grants with at most this many pages to zero are zeroed under the lock (cheaper than dropping

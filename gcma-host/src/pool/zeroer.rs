@@ -145,7 +145,10 @@ impl Zeroer {
             .name("gcma-zeroer".into())
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || run(weak, cfg, &stop)
+                move || {
+                    gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Zeroer);
+                    run(weak, cfg, &stop)
+                }
             })
             .map_err(|e| PoolError::io("starting the zeroer thread", e))?;
         log::debug!("gcma pool: zeroer started");

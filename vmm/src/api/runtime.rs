@@ -174,6 +174,8 @@ impl VmHandle {
         std::thread::Builder::new()
             .name("balloon-stats".into())
             .spawn(move || {
+                // It asks the balloon device for statistics, as the device thread would.
+                gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Device);
                 let step = Duration::from_millis(100);
                 let mut waited = Duration::ZERO;
                 while !done.load(Ordering::Acquire) {

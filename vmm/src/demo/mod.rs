@@ -289,7 +289,10 @@ fn launch(
     let stop = vm.stop_handle();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{name}"))
-        .spawn(move || vm.run())
+        .spawn(move || {
+            gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Vcpu);
+            vm.run()
+        })
         .map_err(|_| DemoError::VcpuThread {
             vm: name.to_string(),
             what: "could not start",
@@ -375,6 +378,10 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         0 => None,
         pct => Some(Zeroer::start(&pool, ZeroerConfig::new(pct)).map_err(DemoError::Pool)?),
     };
+    // Writes pages whose write-back failed once the backing file works again.
+    let _retrier =
+        gcma_host::pool::WritebackRetrier::start(&pool, gcma_host::pool::DEFAULT_RETRY_PERIOD)
+            .map_err(DemoError::Pool)?;
 
     let mut metrics = VmmMetrics::new();
     pool.register_metrics(metrics.registry_mut());

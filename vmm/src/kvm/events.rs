@@ -399,6 +399,7 @@ impl DeviceEventLoop {
         let thread = std::thread::Builder::new()
             .name("vmm-devices".into())
             .spawn(move || {
+                gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Device);
                 let mut manager = match EventManager::<DeviceSubscriber>::new() {
                     Ok(m) => m,
                     Err(e) => {
