@@ -492,3 +492,43 @@ fn raw_message_bytes_never_crash_the_daemon() {
     assert!(st.success(), "daemon exited {st}:\n{}", d.log_text());
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 }
+
+/// A VMM that does not answer `SHMEM_MAP` holds up only its own request: another VMM is served
+/// meanwhile, and the held grant completes once the answer comes.
+#[test]
+fn an_unanswered_shmem_map_stalls_only_its_own_vmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "stall", 4, &[]);
+    let mut slow = driver(&sock);
+    let shmem = slow.hal_mut().fe.shmem.clone();
+    shmem.stall_maps.store(true, Ordering::SeqCst);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Whatever happens here, the stalled VMM answers in the end (no hung test).
+            struct Answer<'a>(&'a gcma_frontend::ShmemLog);
+            impl Drop for Answer<'_> {
+                fn drop(&mut self) {
+                    self.0.stall_maps.store(false, Ordering::SeqCst);
+                }
+            }
+            let _answer = Answer(&shmem);
+            // The daemon has taken the pool run and waits for the answer...
+            eventually("the stalled grant to reach the pool", &d, |d| {
+                granted_pages(d) == 8.0
+            });
+            // ...while another VMM is served.
+            let mut other = driver(&sock);
+            for _ in 0..10 {
+                let r = other.alloc_contig(16, 1).unwrap();
+                other.free_contig(r).unwrap();
+            }
+            assert_eq!(shmem.maps.load(Ordering::SeqCst), 0);
+            shmem.stall_maps.store(false, Ordering::SeqCst);
+        });
+        slow.alloc_contig(8, 1)
+    });
+    let r = r.unwrap();
+    assert_eq!(shmem.maps.load(Ordering::SeqCst), 1);
+    slow.free_contig(r).unwrap();
+    assert_eq!(granted_pages(&d), 0.0);
+}

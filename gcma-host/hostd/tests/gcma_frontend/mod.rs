@@ -50,6 +50,8 @@ pub struct ShmemLog {
     pub fail_maps: AtomicBool,
     /// Refuse every unmap while set (reply -EIO).
     pub fail_unmaps: AtomicBool,
+    /// Hold every map request unanswered while set (a VMM that does not reply).
+    pub stall_maps: AtomicBool,
     /// Mapped ranges: window offset → (length, pool offset).
     pub mapped: Mutex<BTreeMap<u64, (u64, u64)>>,
 }
@@ -68,6 +70,9 @@ fn eio() -> io::Error {
 impl VhostUserFrontendReqHandler for ShmemHandler {
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
         let (shmid, off, fd_off, len) = (req.shmid, req.shm_offset, req.fd_offset, req.len);
+        while self.log.stall_maps.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         if self.log.fail_maps.load(Ordering::SeqCst) || shmid != 0 {
             self.log.refused.fetch_add(1, Ordering::SeqCst);
             return Err(eio());
