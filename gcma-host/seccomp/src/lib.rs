@@ -52,7 +52,8 @@ pub enum ThreadKind {
     /// The pool's background zeroer.
     Zeroer,
     /// `gcma-hostd`: a disk's accept thread and the `vhost-user-backend` threads it spawns (the
-    /// vhost-user message handler and one vring worker per queue).
+    /// vhost-user message handler and one vring worker per queue); the virtio-gcma accept,
+    /// connection and worker threads and the reaper.
     Vhost,
     /// `gcma-hostd`: the housekeeping timer (write-back retries).
     Housekeeping,

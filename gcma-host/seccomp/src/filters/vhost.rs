@@ -1,7 +1,9 @@
 //! gcma-hostd: a disk's accept thread (`gcma-host/hostd/src/serve.rs`) and the
 //! `vhost-user-backend` threads it spawns: the vhost-user message handler (memory tables as
 //! fds, mapped here; vring kick/call eventfds) and one vring worker per queue, which serves
-//! virtio-blk requests against swap and cache disks (`swap_disk.rs`, `cache_disk.rs`).
+//! virtio-blk requests against swap and cache disks (`swap_disk.rs`, `cache_disk.rs`); and the
+//! virtio-gcma accept thread (`gcma_dev.rs`), the connection and worker threads it spawns, and
+//! the reaper that releases a dead VMM's pages.
 
 use super::{any, Allow};
 
@@ -37,6 +39,11 @@ pub(crate) const ALLOW: &[Allow] = &[
     any(libc::SYS_fsync),
     any(libc::SYS_fallocate),
     any(libc::SYS_ftruncate),
+    // virtio-gcma: the peer's identity (`SO_PEERPIDFD`, else `SO_PEERCRED` + `pidfd_open`) and
+    // the reaper's and liveness checks' poll on pidfds.
+    any(libc::SYS_pidfd_open),
+    any(libc::SYS_poll),
+    any(libc::SYS_ppoll),
     // VHOST_USER_GET_INFLIGHT_FD / backend requests.
     any(libc::SYS_memfd_create),
     any(libc::SYS_ioctl),
