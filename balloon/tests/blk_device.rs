@@ -177,7 +177,9 @@ impl Ring {
     }
 
     fn process(&mut self) -> u32 {
-        self.blk.process_queue(&mut self.queue, &self.mem).unwrap()
+        self.blk
+            .process_queue(&mut self.queue, &self.mem, u32::from(QSIZE))
+            .unwrap()
     }
 
     /// Submits one request, lets the device process it, and returns its answer.
@@ -464,6 +466,37 @@ fn answers_in_order() {
     }
 }
 
+/// A turn answers at most its budget of chains, in order, and says so; the next turns answer
+/// the rest.
+#[test]
+fn a_turn_stops_at_its_budget() {
+    let mut r = Ring::new(0);
+    for i in 0..10u64 {
+        r.submit(&[
+            Buf::R(header(VIRTIO_BLK_T_OUT, i * 8)),
+            Buf::R(pattern(i as u8, 512)),
+            Buf::W(1),
+        ]);
+    }
+    let mut turns = Vec::new();
+    loop {
+        let n = r.blk.process_queue(&mut r.queue, &r.mem, 4).unwrap();
+        turns.push(n);
+        assert_eq!(r.used_idx(), turns.iter().sum::<u32>() as u16);
+        if n < 4 {
+            break;
+        }
+    }
+    assert_eq!(turns, [4, 4, 2]);
+    r.used_seen = 10;
+    let c = r.counters();
+    assert_eq!(c.budget_exhausted, 2);
+    assert_eq!(c.count(ReqType::Out, ReqStatus::Ok), 10);
+    for i in 0..10u64 {
+        assert_eq!(r.read(i * 8, 512).written[..512], pattern(i as u8, 512)[..]);
+    }
+}
+
 /// A broken ring (a descriptor loop) is an error for the transport, not a panic.
 #[test]
 fn a_descriptor_loop_breaks_the_ring() {
@@ -471,7 +504,10 @@ fn a_descriptor_loop_breaks_the_ring() {
     r.write_desc(0, DATA, 16, F_NEXT, 1);
     r.write_desc(1, DATA, 16, F_NEXT, 0);
     r.publish(0);
-    assert!(r.blk.process_queue(&mut r.queue, &r.mem).is_err());
+    assert!(r
+        .blk
+        .process_queue(&mut r.queue, &r.mem, u32::from(QSIZE))
+        .is_err());
     assert_eq!(r.counters().broken_rings, 1);
 }
 
@@ -542,7 +578,7 @@ proptest! {
         for &h in &heads {
             r.publish(h);
         }
-        match r.blk.process_queue(&mut r.queue, &r.mem) {
+        match r.blk.process_queue(&mut r.queue, &r.mem, u32::from(QSIZE)) {
             Ok(n) => prop_assert_eq!(n as usize, heads.len()),
             Err(_) => prop_assert!(r.counters().broken_rings == 1),
         }

@@ -81,6 +81,24 @@ pub enum Error {
     /// `run` was called before a payload or kernel was loaded.
     #[error("no payload or kernel loaded")]
     NoPayload,
+    /// The thread a vCPU runs on could not be started.
+    #[error("cannot start the vCPU thread {name}")]
+    VcpuThread {
+        /// The thread's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The thread a vCPU ran on panicked (the panic message was printed where it happened).
+    #[error("the vCPU thread {name} panicked")]
+    VcpuPanicked {
+        /// The thread's name.
+        name: String,
+    },
+    /// A thread could not enter its seccomp filter.
+    #[error("seccomp")]
+    Seccomp(#[source] gcma_seccomp::SeccompError),
     /// KVM reported an exit the VMM cannot continue from.
     #[error("vCPU stopped with an unhandled exit: {reason} (rip {rip:#x})")]
     UnhandledExit {

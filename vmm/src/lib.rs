@@ -10,6 +10,7 @@
 //! * [`launch`]: assembling a VM with its devices ([`launch::VmBuilder`]).
 //! * [`limits`]: the bounds on what one guest can make the host do ([`limits::GuestLimits`]).
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
+//! * [`seccomp`]: the thread kinds the VMM filters and the vCPU thread a guest runs on.
 //! * [`abi`]: the guest-physical layout payloads are built against.
 //!
 //! The `vmm` binary adds the command line and the demo application (`vmm demo`), which are not
@@ -36,6 +37,7 @@ pub mod kvm;
 pub mod launch;
 pub mod limits;
 pub mod payloads;
+pub mod seccomp;
 
 pub use error::{Error, Result};
 pub use kvm::{GuestKind, SerialOutput, StopHandle, VmConfig, VmOutcome};

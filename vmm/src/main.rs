@@ -125,21 +125,11 @@ struct SeccompArgs {
 impl SeccompArgs {
     /// Installs the filters (before any thread is spawned) unless turned off.
     fn install(&self) -> Result<(), CliError> {
-        use gcma_seccomp::ThreadKind;
         if self.no_seccomp {
             log::warn!("seccomp filters are off (--no-seccomp)");
             return Ok(());
         }
-        gcma_seccomp::install(
-            "vmm",
-            &[
-                ThreadKind::Vcpu,
-                ThreadKind::Device,
-                ThreadKind::Http,
-                ThreadKind::Zeroer,
-            ],
-        )
-        .map_err(CliError::Seccomp)
+        vmm::seccomp::install("vmm").map_err(CliError::Seccomp)
     }
 }
 
@@ -181,10 +171,6 @@ enum CliError {
         #[source]
         source: vmm::api::http::HttpError,
     },
-    #[error("cannot start the vCPU thread")]
-    VcpuThread(#[source] std::io::Error),
-    #[error("the vCPU thread panicked")]
-    VcpuPanicked,
     #[error("cannot start the balloon statistics poller")]
     Poller(#[source] std::io::Error),
     #[error("demo")]
@@ -518,20 +504,13 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     // The guest runs on a thread of its own under the vCPU filter; this thread, which handles
     // no guest input, tears the VM down afterwards.
     let selftest = args.seccomp.seccomp_selftest;
-    let outcome = std::thread::scope(|s| {
-        let vcpu = std::thread::Builder::new()
-            .name("vcpu0".into())
-            .spawn_scoped(s, || {
-                gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Vcpu);
-                if selftest {
-                    // SAFETY: getpgid has no memory effects.
-                    unsafe { libc::getpgid(0) };
-                }
-                vm.run()
-            })
-            .map_err(CliError::VcpuThread)?;
-        vcpu.join().map_err(|_| CliError::VcpuPanicked)
-    })?;
+    let outcome = vmm::seccomp::on_vcpu_thread("vcpu0", || {
+        if selftest {
+            // SAFETY: getpgid has no memory effects.
+            unsafe { libc::getpgid(0) };
+        }
+        vm.run()
+    });
     if let Some(events) = events {
         if let Err(e) = events.stop() {
             log::warn!("stopping the device event loop: {e}");
@@ -541,7 +520,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if let Some(p) = poller {
         let _ = p.join();
     }
-    let outcome = outcome?;
+    let outcome = outcome??;
     handle.set_state(VmState::Ended(outcome));
     log::info!("exit counts: {:?}", vm.stats());
     if let Some(slot) = balloon {

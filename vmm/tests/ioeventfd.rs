@@ -7,7 +7,6 @@ mod support;
 use support::ping::{elf, host_driver_setup, ping_code, NullDevice};
 
 use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
 
 use balloon::error::DeviceError;
 use balloon::transport::mmio::{regs, MmioTransport};
@@ -25,10 +24,10 @@ use vmm_sys_util::eventfd::EventFd;
 const TARGET: u32 = 600; // three inflate buffers: 256 + 256 + 88 PFNs
 const KICKS: u64 = 3;
 
-/// A device wrapper that records which threads processed its queues.
+/// A device wrapper that records which threads (by name) processed its queues.
 struct Recording<D> {
     inner: D,
-    threads: Arc<Mutex<Vec<ThreadId>>>,
+    threads: Arc<Mutex<Vec<String>>>,
 }
 
 impl<D: VirtioDevice> VirtioDevice for Recording<D> {
@@ -57,7 +56,7 @@ impl<D: VirtioDevice> VirtioDevice for Recording<D> {
         self.threads
             .lock()
             .unwrap()
-            .push(std::thread::current().id());
+            .push(std::thread::current().name().unwrap_or("?").to_string());
         self.inner.process_queue(index, budget)
     }
     fn reset(&mut self) {
@@ -90,7 +89,7 @@ struct BalloonVm {
     vm: MicroVm,
     transport: Transport,
     notify_exits: Arc<Mutex<u64>>,
-    threads: Arc<Mutex<Vec<ThreadId>>>,
+    threads: Arc<Mutex<Vec<String>>>,
     out: SharedBuffer,
 }
 
@@ -155,7 +154,10 @@ fn balloon_vm(
 
 /// Runs the payload and checks the host-side effects every path must produce.
 fn run_and_check(b: &mut BalloonVm) {
-    assert_eq!(b.vm.run().unwrap(), VmOutcome::Exited { code: 0 });
+    assert_eq!(
+        support::run_vcpu(&mut b.vm).unwrap(),
+        VmOutcome::Exited { code: 0 }
+    );
     let text = String::from_utf8(b.out.contents()).unwrap();
     assert!(
         text.starts_with(&format!("balloon: inflated {TARGET} pages at 0x")),
@@ -175,13 +177,12 @@ fn ioeventfd_moves_queue_processing_to_the_event_loop_thread() {
     let Some(hv) = support::hypervisor_or_skip("ioeventfd balloon") else {
         return;
     };
-    let me = std::thread::current().id();
-
-    // Baseline: the synchronous path, every kick is an MMIO exit handled on this thread.
+    // Baseline: the synchronous path, every kick is an MMIO exit handled on the vCPU thread.
     let mut sync = balloon_vm(&hv, false, &polled);
     run_and_check(&mut sync);
     assert_eq!(*sync.notify_exits.lock().unwrap(), KICKS);
-    assert!(sync.threads.lock().unwrap().iter().all(|t| *t == me));
+    let threads = sync.threads.lock().unwrap().clone();
+    assert!(threads.iter().all(|t| t == "vcpu0"), "{threads:?}");
 
     // ioeventfd path: no QueueNotify reaches the VMM, the loop thread processes the queue.
     let mut evt = balloon_vm(&hv, false, &polled);
@@ -200,8 +201,8 @@ fn ioeventfd_moves_queue_processing_to_the_event_loop_thread() {
     assert_eq!(stats.delivered(), KICKS);
     let threads = evt.threads.lock().unwrap().clone();
     assert!(
-        threads.iter().all(|t| *t != me),
-        "processed on the vCPU thread"
+        threads.iter().all(|t| t == "vmm-devices"),
+        "not processed on the device thread: {threads:?}"
     );
     // Same payload, same MMIO traffic, minus the kicks that no longer exit.
     assert_eq!(
@@ -309,7 +310,7 @@ fn a_guest_spinning_without_exits_is_stopped_from_another_thread() {
     let stop = vm.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let runner = std::thread::spawn(move || {
-        let outcome = vm.run();
+        let outcome = support::run_vcpu(&mut vm);
         tx.send(()).unwrap();
         (vm, outcome)
     });
@@ -366,7 +367,7 @@ fn back_to_back_kicks_race_the_event_loop_without_breaking_the_ring() {
             stop.stop();
         }
     });
-    let outcome = vm.run().unwrap();
+    let outcome = support::run_vcpu(&mut vm).unwrap();
     drop(done);
     watchdog.join().unwrap();
     events.stop().unwrap();

@@ -231,7 +231,7 @@ fn a_spinning_guest_is_stopped_from_another_thread_and_can_resume() {
             stop.stop();
         })
     };
-    let outcome = vm.run().unwrap();
+    let outcome = support::run_vcpu(&mut vm).unwrap();
     stopper.join().unwrap();
     let VmOutcome::Stopped { rip } = outcome else {
         panic!("expected Stopped, got {outcome:?}");
@@ -241,17 +241,42 @@ fn a_spinning_guest_is_stopped_from_another_thread_and_can_resume() {
     // Resuming runs the same guest on; a stop requested while not running is reported by the
     // next run before the guest is entered.
     vm.stop_handle().stop();
-    assert!(matches!(vm.run().unwrap(), VmOutcome::Stopped { .. }));
+    assert!(matches!(
+        support::run_vcpu(&mut vm).unwrap(),
+        VmOutcome::Stopped { .. }
+    ));
     let stop = vm.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(20));
         stop.stop();
     });
-    assert!(matches!(vm.run().unwrap(), VmOutcome::Stopped { .. }));
+    assert!(matches!(
+        support::run_vcpu(&mut vm).unwrap(),
+        VmOutcome::Stopped { .. }
+    ));
     stopper.join().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.contents()),
         "spin: running\n",
         "the guest was resumed, not restarted"
     );
+}
+
+/// The guests of these tests run as under `vmm run`: on a thread in seccomp filter mode (the
+/// kernel's view, `/proc/thread-self/status`), while the test's own thread is not filtered.
+#[test]
+fn test_guests_run_on_a_filtered_vcpu_thread() {
+    support::filters_on();
+    let mode = || {
+        // Line by line: `fs::read_to_string` would stat the file first, which a vCPU may not.
+        use std::io::BufRead;
+        let status = std::fs::File::open("/proc/thread-self/status").unwrap();
+        std::io::BufReader::new(status)
+            .lines()
+            .find_map(|l| Some(l.unwrap().strip_prefix("Seccomp:")?.trim().to_string()))
+            .unwrap()
+    };
+    assert_eq!(mode(), "0", "the test thread is not filtered");
+    let on_vcpu = vmm::seccomp::on_vcpu_thread("vcpu0", mode).unwrap();
+    assert_eq!(on_vcpu, "2", "SECCOMP_MODE_FILTER on the vCPU thread");
 }

@@ -582,7 +582,7 @@ fn bzimage_decompressor_starts_from_our_zero_page_and_command_line() {
         stop.stop();
         start.elapsed()
     });
-    let outcome = vm.run().unwrap();
+    let outcome = support::run_vcpu(vm).unwrap();
     let took = watcher.join().unwrap();
     let stats = vm.stats();
     assert!(

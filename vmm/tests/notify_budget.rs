@@ -93,7 +93,7 @@ fn a_guest_keeping_its_queue_full_does_not_starve_another_device_on_the_loop() {
     let events = DeviceEventLoop::start(vec![Box::new(na), Box::new(nb)]).unwrap();
 
     let stop_flood = flood.stop_handle();
-    let flood_thread = std::thread::spawn(move || flood.run());
+    let flood_thread = std::thread::spawn(move || support::run_vcpu(&mut flood));
     // B must finish while A floods; if the device thread never leaves A's queue, B spins until
     // the watchdog stops it.
     let stop_pinger = pinger.stop_handle();
@@ -103,7 +103,7 @@ fn a_guest_keeping_its_queue_full_does_not_starve_another_device_on_the_loop() {
             stop_pinger.stop();
         }
     });
-    let pinged = pinger.run().unwrap();
+    let pinged = support::run_vcpu(&mut pinger).unwrap();
     drop(done);
     watchdog.join().unwrap();
     let flood_rearmed = a_stats.rearmed();

@@ -89,6 +89,7 @@ pub struct BlkMetrics {
     unanswerable: AtomicU64,
     broken_rings: AtomicU64,
     guest_errors: AtomicU64,
+    budget_exhausted: AtomicU64,
 }
 
 /// A copy of [`BlkMetrics`] at one moment.
@@ -114,6 +115,9 @@ pub struct BlkCounters {
     /// Requests answered `IOERR` or `UNSUPP` because of what the guest sent (not because the
     /// storage failed).
     pub guest_errors: u64,
+    /// Times a queue's worker stopped after its per-turn budget of chains with chains possibly
+    /// left, and came back later (see [`super::BlkQueue::process_queue`]).
+    pub budget_exhausted: u64,
 }
 
 impl BlkCounters {
@@ -142,6 +146,7 @@ impl BlkMetrics {
             unanswerable: g(&self.unanswerable),
             broken_rings: g(&self.broken_rings),
             guest_errors: g(&self.guest_errors),
+            budget_exhausted: g(&self.budget_exhausted),
         }
     }
 
@@ -169,6 +174,10 @@ impl BlkMetrics {
 
     pub(super) fn unanswerable(&self) -> u64 {
         self.unanswerable.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(super) fn budget_exhausted(&self) {
+        self.budget_exhausted.fetch_add(1, Relaxed);
     }
 
     pub(super) fn broken_ring(&self) -> u64 {

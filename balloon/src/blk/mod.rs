@@ -138,8 +138,11 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
         self.stop = Some(stop);
     }
 
-    /// Answers every chain on `queue`'s available ring, in order. Returns how many were put on
-    /// the used ring (the caller signals the guest if that is not zero and the driver wants it).
+    /// Answers the chains on `queue`'s available ring, in order, at most `budget` of them (at
+    /// least one), so that a guest that keeps posting cannot hold the calling thread. Returns how
+    /// many were put on the used ring (the caller signals the guest if that is not zero and the
+    /// driver wants it). When that is `budget`, chains may be left: the caller must come back
+    /// (the budget exhaustion is counted in [`BlkCounters::budget_exhausted`]).
     ///
     /// `Err` means the ring itself is broken (a loop, an index out of range, a ring outside
     /// memory): the device needs a reset; chains answered before it stay answered.
@@ -147,9 +150,15 @@ impl<B: BlkBackend + ?Sized> BlkQueue<B> {
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
+        budget: u32,
     ) -> Result<u32, ChainError> {
+        let budget = budget.max(1);
         let mut done = 0;
         loop {
+            if done == budget {
+                self.metrics.budget_exhausted();
+                return Ok(done);
+            }
             if self
                 .stop
                 .as_ref()

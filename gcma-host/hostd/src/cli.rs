@@ -51,6 +51,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub zeroer_cpu_pct: u32,
 
+    /// Most virtio-blk requests a disk queue's worker answers per wake-up (default: one queue's
+    /// worth); with requests left it wakes itself again after its other events, so a guest that
+    /// keeps posting cannot hold the worker.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub requests_per_kick: Option<u16>,
+
     /// When swap pages leave the pool: write-through writes every page to the disk's file
     /// before acknowledging it (nothing acknowledged is lost even if the daemon is killed);
     /// write-back writes it when a grant or pressure evicts it, and on shutdown; put-back keeps

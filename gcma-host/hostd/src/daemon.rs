@@ -73,8 +73,9 @@ pub enum DaemonError {
     },
 }
 
-/// Serves one disk's connections.
-struct DiskFactory(Arc<Disk>);
+/// Serves one disk's connections; answers at most this many requests per wake-up, if set
+/// (`--requests-per-kick`).
+struct DiskFactory(Arc<Disk>, Option<u16>);
 
 impl DeviceFactory for DiskFactory {
     type Backend = VhostBlk;
@@ -84,7 +85,11 @@ impl DeviceFactory for DiskFactory {
     }
 
     fn backend(&self, mem: GuestMem) -> VhostBlk {
-        VhostBlk::new(Arc::clone(&self.0), mem)
+        let blk = VhostBlk::new(Arc::clone(&self.0), mem);
+        match self.1 {
+            Some(n) => blk.with_requests_per_kick(n),
+            None => blk,
+        }
     }
 
     fn connected(&self) {
@@ -321,8 +326,12 @@ impl Daemon {
             );
         }
         for (d, l) in disks.iter().zip(listeners) {
-            let t = serve_one_at_a_time(l, Arc::new(DiskFactory(d.clone())), stop.clone())
-                .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
+            let t = serve_one_at_a_time(
+                l,
+                Arc::new(DiskFactory(d.clone(), cli.requests_per_kick)),
+                stop.clone(),
+            )
+            .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
             accept.push(t);
         }
         let retrier = match WritebackRetrier::start(&pool, DEFAULT_RETRY_PERIOD) {

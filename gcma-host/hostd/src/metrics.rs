@@ -76,6 +76,7 @@ impl Collector for DiskCollector {
         let mut bytes = Vec::new();
         let mut guest_errors = Vec::new();
         let mut unanswerable = Vec::new();
+        let mut budget_exhausted = Vec::new();
         let mut hits = Vec::new();
         let mut misses = Vec::new();
         let mut pool_pages = Vec::new();
@@ -117,6 +118,7 @@ impl Collector for DiskCollector {
             }
             guest_errors.push((base.clone(), Value::Int(c.guest_errors)));
             unanswerable.push((base.clone(), Value::Int(c.unanswerable)));
+            budget_exhausted.push((base.clone(), Value::Int(c.budget_exhausted)));
             connected.push((
                 base.clone(),
                 Value::Int(d.connected.load(Ordering::Relaxed) as u64),
@@ -190,6 +192,14 @@ impl Collector for DiskCollector {
             "Chains returned unused (no status byte, buffers outside guest memory).",
             Counter,
             &unanswerable,
+        )?;
+        family(
+            e,
+            "gcma_disk_queue_budget_exhausted",
+            "Wake-ups of a queue worker that answered their budget of chains (one queue's worth) \
+             and yielded, to come back for the rest.",
+            Counter,
+            &budget_exhausted,
         )?;
         family(
             e,

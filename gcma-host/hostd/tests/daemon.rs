@@ -68,6 +68,10 @@ fn bad_input_is_refused_in_one_line() {
         ),
         (vec!["--pool-mib".into(), "0".into()], "--pool-mib"),
         (
+            vec!["--requests-per-kick".into(), "0".into()],
+            "--requests-per-kick",
+        ),
+        (
             vec![
                 "--backing-dir".into(),
                 d.clone(),
@@ -103,7 +107,11 @@ fn bad_input_is_refused_in_one_line() {
         assert_eq!(
             code,
             Some(
-                if a.contains(&"--frontswap-policy") || needle == "size" || needle == "speed" {
+                if a.contains(&"--frontswap-policy")
+                    || a.contains(&"--requests-per-kick")
+                    || needle == "size"
+                    || needle == "speed"
+                {
                     2
                 } else {
                     1
