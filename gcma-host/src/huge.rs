@@ -59,7 +59,7 @@ impl HugePages {
 
 impl std::fmt::Display for HugePages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
