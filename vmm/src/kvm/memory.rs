@@ -218,6 +218,37 @@ mod tests {
     }
 
     #[test]
+    fn hugetlb_ram_is_released_in_whole_huge_pages() {
+        const HUGE: u64 = HUGE_PAGE_BYTES;
+        if let Err(why) = gcma_host::huge::available(HugePages::Hugetlb, 2 * HUGE) {
+            e2e_tests::skip("hugetlb guest RAM", why);
+            return;
+        }
+        assert!(GuestRam::with_huge_pages(HUGE + PAGE_SIZE, HugePages::Hugetlb).is_err());
+        let ram = GuestRam::with_huge_pages(2 * HUGE, HugePages::Hugetlb).unwrap();
+        assert_eq!(ram.huge_pages(), HugePages::Hugetlb);
+        assert_eq!(
+            allocated_bytes(ram.memfd()),
+            0,
+            "nothing allocated before a touch"
+        );
+        ram.memory()
+            .write_slice(&[3u8; 8], GuestAddress(HUGE + 8))
+            .unwrap();
+        assert_eq!(
+            allocated_bytes(ram.memfd()),
+            HUGE,
+            "one touch takes one huge page"
+        );
+        assert!(
+            ram.punch_hole(HUGE, PAGE_SIZE).is_err(),
+            "4 KiB holes refused"
+        );
+        ram.punch_hole(HUGE, HUGE).unwrap();
+        assert_eq!(allocated_bytes(ram.memfd()), 0);
+    }
+
+    #[test]
     fn punch_hole_rejects_unaligned_and_out_of_range() {
         let ram = GuestRam::new(4 * PAGE_SIZE).unwrap();
         assert!(ram.punch_hole(1, PAGE_SIZE).is_err());
