@@ -29,6 +29,31 @@ if [ -e /dev/kvm ] && [ ! -w /dev/kvm ]; then
     echo "setup: /dev/kvm exists but is not writable by $(id -un); add yourself to group kvm or run as root" >&2
 fi
 
+# Huge-page tests (--hugepages; gcma-host/tests/pool_huge.rs, vmm/tests/hugepages.rs, balloon's
+# huge-block tests) need 2 MiB hugetlb pages and shmem THP at `advise`. 256 pages (512 MiB) cover
+# the most one test binary holds at once: a 64 MiB hugetlb pool (32) and a 64 MiB guest (32) in the
+# vmm test, pools of 2-16 MiB and guests of 8-32 MiB elsewhere, with room for the demo's
+# `--hugepages hugetlb` (a 256 MiB pool + 3 guests of 64 MiB = 224). Only ever raised here.
+HUGEPAGES_NEEDED=256
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+have=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
+thp_off=
+[ -e "$thp" ] && grep -q '\[\(never\|deny\)\]' "$thp" && thp_off=1
+if [ "$have" -lt "$HUGEPAGES_NEEDED" ] || [ -n "$thp_off" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        if [ "$have" -lt "$HUGEPAGES_NEEDED" ]; then
+            echo "$HUGEPAGES_NEEDED" > /proc/sys/vm/nr_hugepages || true
+            echo "setup: reserved 2 MiB hugetlb pages for the huge-page tests: /proc/sys/vm/nr_hugepages $have -> $(cat /proc/sys/vm/nr_hugepages) (HugePages_Free $(awk '/HugePages_Free/ {print $2}' /proc/meminfo))"
+        fi
+        if [ -n "$thp_off" ]; then
+            echo advise > "$thp" || true
+            echo "setup: shmem transparent huge pages for the huge-page tests: $thp is now $(cat "$thp")"
+        fi
+    else
+        echo "setup: the huge-page tests need $HUGEPAGES_NEEDED pages in /proc/sys/vm/nr_hugepages and advise in $thp (as root); without them they skip, and fail under CI" >&2
+    fi
+fi
+
 # The metrics test checks /metrics output with the official Prometheus Python client's parser.
 if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
     if command -v python3 >/dev/null 2>&1; then

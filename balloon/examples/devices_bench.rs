@@ -5,19 +5,26 @@
 //! - Balloon inflate: a guest-driver stand-in hands 1 GiB of populated guest pages to
 //!   virtio-balloon through the virtio-mmio transport (256 PFNs per buffer, one notification per
 //!   buffer, as the Linux driver does); baseline: the same release calls made directly.
+//! - Balloon inflate on huge pages: the same inflate of 1 GiB of guest RAM backed by 2 MiB
+//!   hugetlb pages against 4 KiB memfd RAM, interleaved in one run. With hugetlb the balloon
+//!   releases a whole 2 MiB page (one punch) once all 512 of its PFNs are in; the host's
+//!   `HugePages_Free` is printed before and after to show the pages really go back.
 //! - gcma: cleancache/frontswap through the virtqueue vs calling the pool directly (section
 //!   marked below).
 //!
-//! Prints `RESULT inflate_gib_ms=<x>` and `RESULT virtio_overhead_ratio=<x>`.
+//! Prints `RESULT inflate_gib_ms=<x>`, `RESULT inflate_huge_over_4k_speedup=<x>` (when the host
+//! has 514 free hugetlb pages: `echo 600 > /proc/sys/vm/nr_hugepages`) and
+//! `RESULT virtio_overhead_ratio=<x>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balloon::memory_release;
-use balloon::testing::{memfd_guest_memory, CountingIrq, Driver};
+use balloon::testing::{huge_memfd_guest_memory, memfd_guest_memory, CountingIrq, Driver};
 use balloon::transport::{GuestMemoryMmap, MmioTransport};
 use balloon::virtio_balloon::{Balloon, BalloonConfig, PFNS_PER_BUFFER};
 use clap::Parser;
+use gcma_host::huge::{free_hugetlb_pages, HugePages};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Command line.
@@ -30,6 +37,9 @@ struct Args {
     /// Rounds per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Run only the huge-page inflate section.
+    #[arg(long)]
+    huge_only: bool,
 }
 
 const PAGE: u64 = 4096;
@@ -42,9 +52,18 @@ fn main() {
         eprintln!("error: --gib and --rounds must be at least 1");
         std::process::exit(2);
     }
-    if let Err(e) = inflate_section(&args) {
-        eprintln!("error: inflate benchmark failed: {e}");
+    if !args.huge_only {
+        if let Err(e) = inflate_section(&args) {
+            eprintln!("error: inflate benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    if let Err(e) = huge_inflate_section(&args) {
+        eprintln!("error: huge-page inflate benchmark failed: {e}");
         std::process::exit(1);
+    }
+    if args.huge_only {
+        return;
     }
     gcma_section(&args);
 }
@@ -137,6 +156,91 @@ fn inflate_section(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "RESULT inflate_gib_ms={:.1}",
         v.as_secs_f64() * 1e3 / args.gib as f64
+    );
+    Ok(())
+}
+
+/// An inflate's time and `HugePages_Free` after populating and after inflating.
+type InflateRun = (Duration, Option<u64>, Option<u64>);
+
+/// One inflate of `len` bytes of populated guest RAM backed as `huge` says, through the device;
+/// returns its time and `HugePages_Free` after populating and after inflating.
+fn inflate_once(len: u64, huge: HugePages) -> Result<InflateRun, Box<dyn std::error::Error>> {
+    let nr_pages = len / PAGE;
+    let mem = Arc::new(huge_memfd_guest_memory((len + SCRATCH) as usize, huge)?);
+    let irq = Arc::new(CountingIrq::default());
+    let transport = MmioTransport::new(
+        Balloon::new(BalloonConfig::default()),
+        mem.clone(),
+        irq.clone(),
+    );
+    let mut d = Driver::new(transport, mem.clone(), len..len + SCRATCH);
+    d.init(0, 256)?;
+    let buf = d.alloc(PFNS_PER_BUFFER as u64 * 4, PAGE)?;
+    let pfns: Vec<u32> = (0..nr_pages as u32).collect();
+    populate(&mem, len)?;
+    let free_populated = free_hugetlb_pages();
+    let t0 = Instant::now();
+    send(&mut d, 0, &pfns, buf)?;
+    let t = t0.elapsed();
+    let free_inflated = free_hugetlb_pages();
+    let s = d.bus().device().status();
+    if s.inflated_pages != nr_pages
+        || s.counters.release_errors != 0
+        || s.counters.released_bytes != len
+    {
+        return Err(format!("inflate incomplete: {s:?}").into());
+    }
+    Ok((t, free_populated, free_inflated))
+}
+
+/// Inflate of `--gib` on hugetlb RAM against 4 KiB memfd RAM, interleaved.
+fn huge_inflate_section(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let len = args.gib << 30;
+    if let Err(why) = gcma_host::huge::available(HugePages::Hugetlb, len + SCRATCH) {
+        println!("\nballoon inflate on hugetlb RAM: not measured: {why}");
+        return Ok(());
+    }
+    let (mut small, mut huge) = (Vec::new(), Vec::new());
+    let mut free = (None, None);
+    for _ in 0..args.rounds {
+        small.push(inflate_once(len, HugePages::Off)?.0);
+        let (t, populated, inflated) = inflate_once(len, HugePages::Hugetlb)?;
+        huge.push(t);
+        free = (populated, inflated);
+    }
+    let (s, h) = (median(small), median(huge));
+    let gib_s = |t: Duration| args.gib as f64 / t.as_secs_f64();
+    println!();
+    println!(
+        "balloon inflate of {} GiB through the device, 4 KiB vs 2 MiB hugetlb guest RAM, \
+         median of {} rounds",
+        args.gib, args.rounds
+    );
+    println!("{:<34} {:>10} {:>10}", "guest RAM", "ms", "GiB/s");
+    println!(
+        "{:<34} {:>10.1} {:>10.1}",
+        "4 KiB memfd",
+        s.as_secs_f64() * 1e3,
+        gib_s(s)
+    );
+    println!(
+        "{:<34} {:>10.1} {:>10.1}",
+        "2 MiB hugetlb memfd",
+        h.as_secs_f64() * 1e3,
+        gib_s(h)
+    );
+    let show = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+    println!(
+        "host HugePages_Free: {} with the guest's RAM populated, {} after the inflate \
+         (+{} huge pages back to the host)",
+        show(free.0),
+        show(free.1),
+        show(free.0.zip(free.1).map(|(a, b)| b.saturating_sub(a)))
+    );
+    println!(
+        "RESULT inflate_huge_over_4k_speedup={:.1}",
+        s.as_secs_f64() / h.as_secs_f64()
     );
     Ok(())
 }

@@ -124,6 +124,48 @@ pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMetho
     Ok(method)
 }
 
+/// Gives back the host memory behind guest-physical `[gpa, gpa + len)` after a [`release`], for a
+/// guest that takes it back (a deflate): on a shared file-backed region, `fallocate(mode 0)`
+/// allocates the file's pages again, so that a hugetlb page is taken (or refused, as an error
+/// here) now rather than at the guest's next touch, where no free huge page would be a fault.
+/// Other backings need nothing: their next touch refaults a fresh zero page. Returns whether a
+/// call was made.
+pub fn repopulate(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<bool, ReleaseError> {
+    let out_of_range = || ReleaseError::OutOfRange { gpa, len };
+    let region = mem
+        .find_region(GuestAddress(gpa))
+        .ok_or_else(out_of_range)?;
+    let offset = GuestAddress(gpa).unchecked_offset_from(region.start_addr());
+    let end = offset.checked_add(len).ok_or_else(out_of_range)?;
+    if end > region.len() || len == 0 {
+        return Err(out_of_range());
+    }
+    let shared = region.get_mmap().flags() & libc::MAP_SHARED != 0;
+    let (Some(fo), true) = (region.file_offset(), shared) else {
+        return Ok(false);
+    };
+    let file_off = fo.start().checked_add(offset).ok_or_else(out_of_range)?;
+    // SAFETY: the fd is valid for the call; allocating file blocks changes no data (a hole reads
+    // zero before and after).
+    let rc = unsafe {
+        libc::fallocate(
+            fo.file().as_raw_fd(),
+            0,
+            file_off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(ReleaseError::Syscall {
+            call: "fallocate(re-populate)",
+            gpa,
+            len,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,13 @@ impl ContigGrant {
     pub fn len_bytes(&self) -> u64 {
         self.nr_pages * PAGE_SIZE as u64
     }
+
+    /// Pages the pool set aside for this grant when it carves grants in units of `unit_pages`
+    /// ([`GcmaBackend::grant_unit_pages`]): `nr_pages` rounded up to the unit. The whole span
+    /// belongs to the grant alone and is what a window maps.
+    pub fn span_pages(&self, unit_pages: u64) -> u64 {
+        self.nr_pages.next_multiple_of(unit_pages.max(1))
+    }
 }
 
 /// Key of a cleancache page: tmem's (pool, object, index) handle. The pool id comes from
@@ -215,8 +222,16 @@ pub trait GcmaBackend: Send + Sync {
         nr_pages: u64,
         align_pages: u64,
     ) -> Result<ContigGrant, PoolError>;
-    /// Returns a grant (named by its first page) to the pool; gives its length in pages.
+    /// Returns a grant (named by its first page) to the pool; gives the pages it set aside
+    /// (its length rounded up to [`Self::grant_unit_pages`]).
     fn free_contig(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError>;
+    /// The unit grants are carved in, in pages: a grant of `n` pages sets aside `n` rounded up
+    /// to it, starting at a multiple of it, and all of that run must be mapped (hugetlb memory
+    /// is mapped in whole 2 MiB pages only). 1 for 4 KiB or THP pools, 512 for hugetlb pools;
+    /// see [`ContigGrant::span_pages`].
+    fn grant_unit_pages(&self) -> u64 {
+        1
+    }
     /// The memfd that backs the pool; a grant lives at [`ContigGrant::offset_bytes`] in it.
     fn memfd(&self) -> BorrowedFd<'_>;
     /// Number of pages in the pool.

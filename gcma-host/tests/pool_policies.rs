@@ -240,17 +240,17 @@ fn bad_config_is_an_error() {
         Err(PoolError::Invalid(_))
     ));
     let mut cfg = PoolConfig::new(100);
-    cfg.hugetlb = true;
+    cfg.huge_pages = gcma_host::huge::HugePages::Hugetlb;
     assert!(matches!(Pool::new(cfg), Err(PoolError::Invalid(_))));
     let mut cfg = PoolConfig::new(u64::MAX / 2);
-    cfg.hugetlb = false;
+    cfg.huge_pages = gcma_host::huge::HugePages::Off;
     assert!(matches!(Pool::new(cfg), Err(PoolError::Invalid(_))));
 }
 
 #[test]
 fn hugetlb_without_huge_pages_says_so() {
     let mut cfg = PoolConfig::new(512);
-    cfg.hugetlb = true;
+    cfg.huge_pages = gcma_host::huge::HugePages::Hugetlb;
     match Pool::new(cfg) {
         // The host has free 2 MiB pages: the pool works.
         Ok(p) => {

@@ -52,6 +52,9 @@ pub enum Error {
         /// The error the kernel returned.
         source: kvm_ioctls::Error,
     },
+    /// The host cannot back memory with the huge pages asked for (names the host knob).
+    #[error(transparent)]
+    HugePages(#[from] gcma_host::huge::HugePageError),
     /// Guest memory could not be created or configured.
     #[error("guest memory: {0}")]
     Memory(String),

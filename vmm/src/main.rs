@@ -23,6 +23,7 @@ use vmm::{GuestKind, Hypervisor, SerialOutput, VmConfig, VmOutcome};
 const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial pci=off panic=-1";
 
 mod demo;
+mod huge_args;
 mod limit_args;
 
 /// A rust-vmm VMM for microVMs.
@@ -104,6 +105,14 @@ struct DemoArgs {
     #[arg(long, default_value_t = gcma_host::pool::DEFAULT_ZEROER_CPU_PCT, value_name = "PCT",
           value_parser = clap::value_parser!(u32).range(0..=100))]
     zeroer_cpu_pct: u32,
+    /// Back the gcma pool and guest RAM with 2 MiB pages: `hugetlb` takes reserved hugetlb
+    /// pages (the host needs enough free: /proc/sys/vm/nr_hugepages; sizes must be multiples of
+    /// 2 MiB; the pool then carves grants in whole 2 MiB pages and the balloon returns whole
+    /// 2 MiB pages), `thp` asks for shmem transparent huge pages
+    /// (/sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always), `off` uses
+    /// 4 KiB pages. Grants of 2 MiB or more are placed 2 MiB-aligned either way.
+    #[arg(long, value_enum, default_value_t = huge_args::HugePagesArg::Off, value_name = "KIND")]
+    hugepages: huge_args::HugePagesArg,
     #[command(flatten)]
     seccomp: SeccompArgs,
 }
@@ -204,6 +213,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         limits: args.limits.guest_limits(),
         max_search_nodes: args.limits.gcma_max_search_nodes,
         zeroer_cpu_pct: args.zeroer_cpu_pct,
+        huge_pages: args.hugepages.into(),
     };
     let summary = demo::run_demo(&cfg)?;
     Ok(if summary.all_checks_passed() {
@@ -295,6 +305,14 @@ struct RunArgs {
     ioeventfd: bool,
     #[command(flatten)]
     seccomp: SeccompArgs,
+    /// Back the gcma pool and guest RAM with 2 MiB pages: `hugetlb` takes reserved hugetlb
+    /// pages (the host needs enough free: /proc/sys/vm/nr_hugepages; sizes must be multiples of
+    /// 2 MiB; the pool then carves grants in whole 2 MiB pages and the balloon returns whole
+    /// 2 MiB pages), `thp` asks for shmem transparent huge pages
+    /// (/sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always), `off` uses
+    /// 4 KiB pages. Grants of 2 MiB or more are placed 2 MiB-aligned either way.
+    #[arg(long, value_enum, default_value_t = huge_args::HugePagesArg::Off, value_name = "KIND")]
+    hugepages: huge_args::HugePagesArg,
 }
 
 /// Limits of the API socket and the metrics endpoint (see gcma-host/http/src/lib.rs).
@@ -388,6 +406,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         },
         limits: args.limits.guest_limits(),
         kind,
+        huge_pages: args.hugepages.into(),
         ..VmConfig::default()
     };
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
@@ -401,6 +420,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             client_frontswap_limit_pages: Some(pool_pages),
             max_search_nodes: args.limits.gcma_max_search_nodes,
             log_limit: args.limits.log_limit(),
+            huge_pages: args.hugepages.into(),
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
         .map_err(CliError::Pool)?;

@@ -21,6 +21,9 @@ use super::window::WindowMapper;
 /// it costs 16 host faults.
 pub const POPULATE_MIN_BYTES: u64 = 16 * PAGE_SIZE as u64;
 
+/// Alignment of a window's host address: one 2 MiB huge page.
+const HUGE_ALIGN: usize = 2 << 20;
+
 /// A reserved, page-aligned range of this process's address space; inaccessible except where
 /// memory has been mapped into it with [`HostWindow::map_fd`].
 #[derive(Debug)]
@@ -34,7 +37,10 @@ fn einval(what: &str) -> std::io::Error {
 }
 
 impl HostWindow {
-    /// Reserves `len` bytes (a non-zero multiple of the page size). Nothing is committed.
+    /// Reserves `len` bytes (a non-zero multiple of the page size) starting at a 2 MiB boundary,
+    /// so that 2 MiB-aligned window offsets are 2 MiB-aligned host addresses: hugetlb memory can
+    /// only be mapped there, and KVM maps a guest page with a 2 MiB entry only when guest and
+    /// host addresses agree modulo 2 MiB. Nothing is committed.
     pub fn reserve(len: u64) -> std::io::Result<Self> {
         let len =
             usize::try_from(len).map_err(|_| einval("window larger than the address space"))?;
@@ -43,25 +49,39 @@ impl HostWindow {
                 "window length is not a non-zero multiple of the page size",
             ));
         }
+        let slack = HUGE_ALIGN - PAGE_SIZE;
+        let whole = len
+            .checked_add(slack)
+            .ok_or_else(|| einval("window larger than the address space"))?;
         // SAFETY: a new anonymous mapping at an address the kernel picks; no existing memory is
-        // affected. Checked for failure below; owned by the returned value until drop.
-        let base = unsafe {
+        // affected. Checked for failure below; trimmed to the aligned part, which the returned
+        // value owns until drop.
+        let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                whole,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if base == libc::MAP_FAILED {
+        if raw == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(HostWindow {
-            base: base as usize,
-            len,
-        })
+        let raw = raw as usize;
+        let base = raw.next_multiple_of(HUGE_ALIGN);
+        let (head, tail) = (base - raw, raw + whole - (base + len));
+        // SAFETY: the head and tail lie inside the mapping just made and outside the part kept.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw as *mut libc::c_void, head);
+            }
+            if tail > 0 {
+                libc::munmap((base + len) as *mut libc::c_void, tail);
+            }
+        }
+        Ok(HostWindow { base, len })
     }
 
     /// Host address of the window's first byte (what a KVM memory slot points at).

@@ -142,6 +142,8 @@ struct State {
 /// One guest's grant window. See the [module documentation](self).
 pub struct GrantWindow {
     range: WindowRange,
+    /// The pool's grant unit ([`GcmaBackend::grant_unit_pages`]).
+    unit_pages: u64,
     pool: Arc<dyn GcmaBackend>,
     mapper: Arc<dyn WindowMapper>,
     state: Mutex<State>,
@@ -157,6 +159,9 @@ impl std::fmt::Debug for GrantWindow {
 }
 
 const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Pages in a 2 MiB huge page: grants at least this long are placed at a 2 MiB boundary.
+const HUGE_PAGE_PAGES: u64 = 512;
 
 impl GrantWindow {
     /// A window over `range` for grants of `pool`, made visible by `mapper`.
@@ -175,10 +180,17 @@ impl GrantWindow {
         {
             return Err(bad);
         }
+        let unit_pages = pool.grant_unit_pages().max(1);
+        if !(range.gpa / PAGE).is_multiple_of(unit_pages)
+            || !(range.len_bytes / PAGE).is_multiple_of(unit_pages)
+        {
+            return Err(bad);
+        }
         let space =
             RangeAllocator::new(range.gpa / PAGE, range.len_bytes / PAGE).map_err(|_| bad)?;
         Ok(GrantWindow {
             range,
+            unit_pages,
             pool,
             mapper,
             state: Mutex::new(State {
@@ -197,6 +209,11 @@ impl GrantWindow {
     /// The pool grants come from.
     pub fn pool(&self) -> &Arc<dyn GcmaBackend> {
         &self.pool
+    }
+
+    /// Bytes of the window a grant occupies and maps: its span in the pool's grant unit.
+    fn map_len(&self, grant: &ContigGrant) -> u64 {
+        grant.span_pages(self.unit_pages) * PAGE
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -222,12 +239,29 @@ impl GrantWindow {
                 "grant of zero pages or alignment not a power of two",
             )));
         }
-        // 1. Window space: cheap, and nothing else has changed if there is none.
-        let page = self
-            .lock()
-            .space
-            .alloc(nr_pages, align_pages)
-            .map_err(|_| full)?;
+        // 1. Window space: cheap, and nothing else has changed if there is none. The span the
+        // pool will set aside (whole 2 MiB pages on hugetlb), at a 2 MiB boundary when it is
+        // that long and such a place is free: with the pool's run 2 MiB-aligned too, KVM can
+        // then map it with 2 MiB entries.
+        let span = nr_pages
+            .checked_next_multiple_of(self.unit_pages)
+            .ok_or(GrantError::Pool(PoolError::Invalid(
+                "grant size out of range",
+            )))?;
+        let align_pages = align_pages.max(self.unit_pages);
+        let prefer = if span >= HUGE_PAGE_PAGES {
+            align_pages.max(HUGE_PAGE_PAGES)
+        } else {
+            align_pages
+        };
+        let page = {
+            let mut s = self.lock();
+            match s.space.alloc(span, prefer) {
+                Err(_) if prefer != align_pages => s.space.alloc(span, align_pages),
+                r => r,
+            }
+        }
+        .map_err(|_| full)?;
         let gpa = page * PAGE;
         // 2. The pool's run (eviction, zeroing), with the window lock released.
         let grant = match self.pool.alloc_contig(client, nr_pages, align_pages) {
@@ -241,7 +275,7 @@ impl GrantWindow {
         if let Err(e) = self.mapper.map(
             gpa - self.range.gpa,
             grant.offset_bytes(),
-            grant.len_bytes(),
+            self.map_len(&grant),
         ) {
             if let Err(fe) = self.pool.free_contig(client, grant.first_page) {
                 // The run was never visible to the guest; the pool refusing it back is a bug.
@@ -276,7 +310,7 @@ impl GrantWindow {
             _ => return Err(GrantError::UnknownGrant(gpa)),
         };
         self.mapper
-            .unmap(gpa - self.range.gpa, grant.len_bytes())
+            .unmap(gpa - self.range.gpa, self.map_len(&grant))
             .map_err(|source| GrantError::Unmap { gpa, source })?;
         self.forget(gpa, &grant)
     }
@@ -309,7 +343,10 @@ impl GrantWindow {
             .collect();
         let mut r = Released::default();
         for (gpa, grant) in mine {
-            match self.mapper.unmap(gpa - self.range.gpa, grant.len_bytes()) {
+            match self
+                .mapper
+                .unmap(gpa - self.range.gpa, self.map_len(&grant))
+            {
                 Ok(()) => match self.forget(gpa, &grant) {
                     Ok(_) => r.freed += 1,
                     Err(e) => log::error!("freeing the grant at {gpa:#x}: {e}"),
@@ -349,7 +386,7 @@ impl GrantWindow {
         for (gpa, grant) in stuck {
             if self
                 .mapper
-                .unmap(gpa - self.range.gpa, grant.len_bytes())
+                .unmap(gpa - self.range.gpa, self.map_len(&grant))
                 .is_ok()
             {
                 match self.forget(gpa, &grant) {

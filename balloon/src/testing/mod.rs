@@ -127,6 +127,55 @@ pub fn memfd_guest_memory(ranges: &[(u64, usize)]) -> std::io::Result<GuestMemor
     GuestMemoryMmap::from_ranges_with_files(regions).map_err(std::io::Error::other)
 }
 
+/// One region of `len` bytes of guest memory at guest-physical 0 on a memfd backed as `huge`
+/// says (see `gcma_host::huge`), mapped shared as a VMM maps guest RAM: hugetlb pages are
+/// reserved now (a host short of them fails here, naming `/proc/sys/vm/nr_hugepages`), shmem THP
+/// is advised.
+pub fn huge_memfd_guest_memory(
+    len: usize,
+    huge: gcma_host::huge::HugePages,
+) -> Result<GuestMemoryMmap, gcma_host::huge::HugePageError> {
+    use gcma_host::huge::HugePageError;
+    use vm_memory::mmap::MmapRegionBuilder;
+    let file = Arc::new(gcma_host::huge::create_memfd(
+        c"balloon-test-guest",
+        len as u64,
+        huge,
+    )?);
+    let flags = if huge.is_hugetlb() {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_SHARED | libc::MAP_NORESERVE
+    };
+    let other = |e: &dyn std::fmt::Display| HugePageError::Io {
+        op: "mapping test guest memory",
+        source: std::io::Error::other(e.to_string()),
+    };
+    let region = MmapRegionBuilder::new(len)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags)
+        .with_file_offset(FileOffset::from_arc(file, 0))
+        .with_hugetlbfs(huge.is_hugetlb())
+        .build()
+        .map_err(|e| match e {
+            vm_memory::mmap::MmapRegionError::Mmap(source) if huge.is_hugetlb() => {
+                HugePageError::HugetlbUnavailable {
+                    needed: (len as u64).div_ceil(gcma_host::huge::HUGE_PAGE_BYTES),
+                    free: format!("{:?}", gcma_host::huge::free_hugetlb_pages()),
+                    source,
+                }
+            }
+            e => other(&e),
+        })?;
+    if huge == gcma_host::huge::HugePages::Thp {
+        // SAFETY: the region's mapping is exactly `len` bytes at its address, owned by it.
+        unsafe { gcma_host::huge::advise_hugepage(region.as_ptr(), len)? };
+    }
+    let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(0))
+        .ok_or_else(|| other(&"region overflows"))?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| other(&e))
+}
+
 /// Guest memory backed by private anonymous memory (where releasing needs `MADV_DONTNEED`).
 pub fn anon_guest_memory(ranges: &[(u64, usize)]) -> std::io::Result<GuestMemoryMmap> {
     let r: Vec<_> = ranges.iter().map(|&(g, l)| (GuestAddress(g), l)).collect();

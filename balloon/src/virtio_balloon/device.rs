@@ -360,7 +360,7 @@ impl VirtioDevice for Balloon {
                             inflate_pfns(mem, regions, &pfns, counters, logs);
                         } else {
                             counters.deflate_chains += 1;
-                            deflate_pfns(regions, &pfns, counters, logs);
+                            deflate_pfns(mem, regions, &pfns, counters, logs);
                         }
                     }
                 }
@@ -614,25 +614,59 @@ fn release_counted(
     }
 }
 
+/// Takes pages out of the balloon. A huge host page that was released whole (all its pieces
+/// inflated) and loses one of its pieces is re-populated (see [`memory_release::repopulate`]).
 fn deflate_pfns(
+    mem: &GuestMemoryMmap,
     regions: &mut [RegionPages],
     pfns: &[u32],
     counters: &mut BalloonCounters,
     logs: &LogLimiter,
 ) {
     let (mut bad, mut first_bad) = (0u64, None);
+    let mut located: Vec<(usize, u64)> = Vec::with_capacity(pfns.len());
     for &pfn in pfns {
         counters.deflated_pfns += 1;
         match locate(regions, pfn) {
-            Some((ri, page)) => {
-                if !regions[ri].clear(page) {
-                    counters.deflates_not_inflated += 1;
-                }
-            }
+            Some(at) => located.push(at),
             None => {
                 bad += 1;
                 first_bad.get_or_insert(pfn);
             }
+        }
+    }
+    // Huge host pages wholly in the balloon (so released) before this deflate: checked once per
+    // huge page the buffer touches, before any of its pieces is cleared.
+    let mut released: Vec<(usize, u64)> = Vec::new();
+    for &(ri, page) in &located {
+        let per_host = (regions[ri].host_page / GUEST_PAGE_SIZE).max(1);
+        if per_host == 1 {
+            continue;
+        }
+        let hp = page / per_host;
+        if released.contains(&(ri, hp)) {
+            continue;
+        }
+        let (lo, hi) = (hp * per_host, hp * per_host + per_host);
+        if hi <= regions[ri].nr_pages() && (lo..hi).all(|p| regions[ri].test(p)) {
+            released.push((ri, hp));
+        }
+    }
+    for (ri, page) in located {
+        if !regions[ri].clear(page) {
+            counters.deflates_not_inflated += 1;
+        }
+    }
+    for (ri, hp) in released {
+        let r = &regions[ri];
+        let gpa = r.start + hp * r.host_page;
+        if let Err(e) = memory_release::repopulate(mem, gpa, r.host_page) {
+            counters.release_errors += 1;
+            guest_warn!(
+                logs,
+                log_kinds::BALLOON_RELEASE_FAILED,
+                "virtio-balloon: {e}"
+            );
         }
     }
     count_out_of_range(pfns, bad, first_bad, counters, logs);
@@ -768,7 +802,7 @@ mod tests {
         assert_eq!(c.released_bytes, HUGE);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 0);
         // Deflating a piece and inflating it again releases the huge page again, once.
-        deflate_pfns(&mut regions, &[3], &mut c, &logs);
+        deflate_pfns(&mem, &mut regions, &[3], &mut c, &logs);
         inflate_pfns(&mem, &mut regions, &[3], &mut c, &logs);
         assert_eq!(c.released_bytes, 2 * HUGE);
         assert_eq!(regions[0].inflated, u64::from(per_huge));

@@ -5,7 +5,10 @@
 //!   reporting queue at index 2).
 //! - Inflate releases the host memory behind each page through [`crate::memory_release`]
 //!   (punch-hole for the VMM's memfd, `MADV_DONTNEED` for private anonymous memory); on hosts with
-//!   huge pages a host page is only released once every 4 KiB piece of it is inflated.
+//!   huge pages a host page is only released once every 4 KiB piece of it is inflated (a bitmap
+//!   per region tracks partly inflated huge pages exactly), with one punch for the whole 2 MiB;
+//!   deflating a piece of a released huge page re-populates it (`fallocate`), so that a hugetlb
+//!   page is taken back now rather than failing at the guest's next touch.
 //! - Target: [`Balloon::set_target_pages`] updates `num_pages` and raises a config-change
 //!   interrupt; the driver reports progress in `actual`.
 //! - Stats: the device keeps the driver's one stats buffer and returns it when the VMM calls
@@ -153,7 +156,7 @@ pub struct BalloonCounters {
     pub chains_with_bad_pfns: u64,
     /// Bytes of host memory released (inflate and reporting).
     pub released_bytes: u64,
-    /// Failed release calls.
+    /// Failed release calls (and failed re-populations of huge pages on deflate).
     pub release_errors: u64,
     /// Stats buffers parsed.
     pub stats_updates: u64,

@@ -1,5 +1,12 @@
 //! Contiguous grants: choose the lowest fitting run of not-granted pages, evict the second-class
 //! pages in it, zero what may hold old bytes, mark it granted. And the reverse.
+//!
+//! Huge pages: a run of 512 pages or more starts at a 2 MiB boundary when one is free
+//! (`Inner::place_grant_huge`); a hugetlb pool sets aside whole 2 MiB pages for every grant
+//! (the span: `nr_pages` rounded up to [`super::GRANT_UNIT_PAGES_HUGETLB`]), evicts and zeroes all
+//! of it, and answers the size asked for. Second-class pages inside huge backing stay 4 KiB pages
+//! of the pool: evicting one is bookkeeping (and zeroing before a grant), never a hole punch, so
+//! the pool's memory stays resident and its huge pages whole.
 
 use std::time::Instant;
 
@@ -7,7 +14,7 @@ use super::frontswap::Writeout;
 use super::metrics::{Counters, EvictReason};
 use super::pages::{PageState, Tenant};
 use super::reservation::Reservation;
-use super::{GrantRec, Inner, Pool, ZERO_UNDER_LOCK_MAX_PAGES};
+use super::{GrantRec, Inner, Pool, HUGE_ALIGN_MIN_PAGES, ZERO_UNDER_LOCK_MAX_PAGES};
 use crate::api::{ClientId, ContigGrant, PoolError};
 use crate::range::RangeError;
 
@@ -97,6 +104,23 @@ impl Inner {
         Ok(keep)
     }
 
+    /// [`Self::place_grant`] for a run of `span` pages at a multiple of `align_pages`, at a
+    /// 2 MiB boundary if the run is at least [`HUGE_ALIGN_MIN_PAGES`] long and such a place is
+    /// free (so that it can be mapped with 2 MiB entries), else where `align_pages` allows.
+    pub(super) fn place_grant_huge(
+        &mut self,
+        span: u64,
+        align_pages: u64,
+    ) -> Result<u64, RangeError> {
+        if span < HUGE_ALIGN_MIN_PAGES || align_pages >= HUGE_ALIGN_MIN_PAGES {
+            return self.place_grant(span, align_pages);
+        }
+        match self.place_grant(span, HUGE_ALIGN_MIN_PAGES) {
+            Err(RangeError::NoSpace { .. }) => self.place_grant(span, align_pages),
+            r => r,
+        }
+    }
+
     /// Returns a granted run to the free pages.
     pub(super) fn release_grant_pages(&mut self, first: u64, nr_pages: u64) {
         // The allocator recorded exactly this run when it was granted.
@@ -125,6 +149,13 @@ impl Pool {
         if align_pages == 0 || !align_pages.is_power_of_two() {
             return Err(PoolError::Invalid("alignment is not a power of two"));
         }
+        // What the pool sets aside: whole units (2 MiB on hugetlb), at a unit boundary; large
+        // grants preferably at a 2 MiB boundary (see `Inner::place_grant_huge`).
+        let unit = self.grant_unit_pages();
+        let span = nr_pages
+            .checked_next_multiple_of(unit)
+            .ok_or(PoolError::Invalid("grant size out of range"))?;
+        let align_pages = align_pages.max(unit);
         let mut writeouts = Vec::new();
         // Runs of pages that may hold old bytes, coalesced.
         let mut dirty: Vec<(u64, u64)> = Vec::new();
@@ -142,14 +173,14 @@ impl Pool {
             g.client(client)?;
             let granted = g.pages.count(PageState::Granted);
             let available = self.cfg.nr_pages - granted;
-            if nr_pages > available {
+            if span > available {
                 Counters::add(&self.counters.grant_fail_exhausted, 1);
                 return Err(PoolError::Exhausted {
-                    requested: nr_pages,
+                    requested: span,
                     available,
                 });
             }
-            first = match g.place_grant(nr_pages, align_pages) {
+            first = match g.place_grant_huge(span, align_pages) {
                 Ok(f) => f,
                 Err(e @ (RangeError::NoSpace { .. } | RangeError::SearchLimit { .. })) => {
                     // Both are "fragmented" to the client; operators see which.
@@ -167,14 +198,14 @@ impl Pool {
                         t_locked.elapsed().as_nanos() as u64,
                     );
                     return Err(PoolError::Fragmented {
-                        requested: nr_pages,
+                        requested: span,
                         largest_run: g.alloc.largest_free(),
                     });
                 }
                 Err(_) => return Err(PoolError::Invalid("grant size or alignment out of range")),
             };
             let mut evicted = [0u64; 2];
-            let end = first + nr_pages;
+            let end = first + span;
             for p in first..end {
                 let page = p as u32;
                 // Evicting is dominated by cache misses on list neighbours and store indexes
@@ -212,7 +243,7 @@ impl Pool {
                 c.grants.insert(
                     first,
                     GrantRec {
-                        nr_pages,
+                        nr_pages: span,
                         ready: zero_now,
                     },
                 );
@@ -245,7 +276,7 @@ impl Pool {
             };
             if !ready {
                 // The client was unregistered meanwhile: its grant is ours to release.
-                g.release_grant_pages(first, nr_pages);
+                g.release_grant_pages(first, span);
                 drop(g);
                 self.process_writeouts(writeouts);
                 return Err(PoolError::UnknownClient(client));
@@ -253,7 +284,7 @@ impl Pool {
         }
         Counters::add(&self.counters.zeroed_pages, nr_dirty);
         Counters::add(&self.counters.grants, 1);
-        Counters::add(&self.counters.grant_pages, nr_pages);
+        Counters::add(&self.counters.grant_pages, span);
         // Write-back of evicted frontswap pages (write-back policy only), with the lock released;
         // the caller waits for it, so it counts in the grant's latency.
         self.process_writeouts(writeouts);

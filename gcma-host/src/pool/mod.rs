@@ -121,6 +121,7 @@ use crate::api::{
     CleancacheKey, ClientId, ContigGrant, FrontswapKey, FrontswapPolicy, GcmaBackend, PoolError,
     PAGE_SIZE,
 };
+use crate::huge::HugePages;
 use crate::log_limit::{LogLimit, LogLimiter};
 use crate::range::{RangeAllocator, DEFAULT_MAX_VISITS};
 
@@ -142,6 +143,15 @@ pub use zeroer::{Zeroer, ZeroerConfig, DEFAULT_ZEROER_CPU_PCT};
 /// and retaking it); larger ones are zeroed with the lock released.
 pub const ZERO_UNDER_LOCK_MAX_PAGES: u64 = 16;
 
+/// Grants of at least this many pages (2 MiB) start at a 2 MiB boundary of the pool when such a
+/// run is free, so that a window placing them 2 MiB-aligned too lets KVM map them with 2 MiB
+/// entries. When none is free, a 4 KiB or THP pool falls back to the alignment asked for.
+pub const HUGE_ALIGN_MIN_PAGES: u64 = crate::pool::reservation::PAGES_PER_HUGE_PAGE;
+
+/// The unit a hugetlb pool carves grants in: one 2 MiB page (hugetlb memory cannot be mapped at
+/// a 4 KiB offset). A smaller grant gets a huge page no one else shares.
+pub const GRANT_UNIT_PAGES_HUGETLB: u64 = crate::pool::reservation::PAGES_PER_HUGE_PAGE;
+
 /// Pages [`Pool::zero_idle_pages`] zeroes per lock hold.
 pub const ZERO_IDLE_BATCH_PAGES: u64 = 32;
 
@@ -154,10 +164,12 @@ pub const MAX_CLEANCACHE_POOLS: usize = 1024;
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
-    /// Pool size in 4 KiB pages (a multiple of 512 with `hugetlb`).
+    /// Pool size in 4 KiB pages (a multiple of 512 with [`HugePages::Hugetlb`]).
     pub nr_pages: u64,
-    /// Back the pool with 2 MiB hugetlb pages (fails clearly if the host has none free).
-    pub hugetlb: bool,
+    /// Back the pool with 2 MiB pages: hugetlb (fails clearly if the host has too few free) or
+    /// shmem THP (fails clearly if the host turned it off). On a hugetlb pool every grant is
+    /// carved in whole 2 MiB units ([`GRANT_UNIT_PAGES_HUGETLB`]).
+    pub huge_pages: HugePages,
     /// Lock the pool in memory.
     pub mlock: bool,
     /// What happens to frontswap pages on eviction.
@@ -191,7 +203,7 @@ impl PoolConfig {
     pub fn new(nr_pages: u64) -> Self {
         PoolConfig {
             nr_pages,
-            hugetlb: false,
+            huge_pages: HugePages::Off,
             mlock: false,
             frontswap_policy: FrontswapPolicy::WriteThrough,
             backing_dir: None,
@@ -351,7 +363,7 @@ impl Pool {
         if cfg.nr_pages > MAX_POOL_PAGES {
             return Err(PoolError::Invalid("pool larger than 2^32 - 2 pages"));
         }
-        let res = Reservation::new(cfg.nr_pages, cfg.hugetlb, cfg.mlock)?;
+        let res = Reservation::new(cfg.nr_pages, cfg.huge_pages, cfg.mlock)?;
         let backing = match cfg.frontswap_policy {
             FrontswapPolicy::PutBack => None,
             _ => Some(open_backing_file(cfg.backing_dir.as_ref())?),
@@ -384,7 +396,11 @@ impl Pool {
             "gcma pool: {} pages ({} MiB){}{}, frontswap {:?}",
             cfg.nr_pages,
             (cfg.nr_pages * PAGE_SIZE as u64) >> 20,
-            if cfg.hugetlb { ", hugetlb" } else { "" },
+            match cfg.huge_pages {
+                HugePages::Off => "",
+                HugePages::Thp => ", shmem THP",
+                HugePages::Hugetlb => ", hugetlb",
+            },
             if cfg.mlock { ", mlocked" } else { "" },
             cfg.frontswap_policy
         );
@@ -403,6 +419,16 @@ impl Pool {
     /// The configuration the pool was built with.
     pub fn config(&self) -> &PoolConfig {
         &self.cfg
+    }
+
+    /// The unit grants are carved in, in pages ([`GcmaBackend::grant_unit_pages`]):
+    /// [`GRANT_UNIT_PAGES_HUGETLB`] on a hugetlb pool, 1 otherwise.
+    pub fn grant_unit_pages(&self) -> u64 {
+        if self.cfg.huge_pages.is_hugetlb() {
+            GRANT_UNIT_PAGES_HUGETLB
+        } else {
+            1
+        }
     }
 
     /// The frontswap policy of this pool.
@@ -701,6 +727,10 @@ impl GcmaBackend for Pool {
 
     fn free_contig(&self, client: ClientId, first_page: u64) -> Result<u64, PoolError> {
         self.release(client, first_page)
+    }
+
+    fn grant_unit_pages(&self) -> u64 {
+        self.grant_unit_pages()
     }
 
     fn memfd(&self) -> BorrowedFd<'_> {

@@ -1,15 +1,15 @@
 //! The pool's memory: one memfd of `nr_pages` 4 KiB pages, mapped shared into this process,
 //! pre-faulted so that the memory is really held, optionally locked (`mlock`) and optionally backed
-//! by 2 MiB hugetlb pages.
+//! by 2 MiB pages (hugetlb, or shmem THP: [`crate::huge`]).
 //!
 //! The memfd is what a VMM maps into a guest; this mapping is how the pool itself copies
 //! second-class pages in and out and zeroes pages before it grants them.
 
-use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use crate::api::{PoolError, PAGE_SIZE};
+use crate::huge::{HugePageError, HugePages};
 
 /// Pages of 4 KiB in one 2 MiB huge page.
 pub const PAGES_PER_HUGE_PAGE: u64 = 512;
@@ -20,7 +20,7 @@ pub struct Reservation {
     memfd: OwnedFd,
     base: NonNull<u8>,
     len_bytes: usize,
-    hugetlb: bool,
+    huge: HugePages,
     locked: bool,
 }
 
@@ -35,25 +35,20 @@ fn os_error(what: &str) -> PoolError {
     PoolError::io(what, std::io::Error::last_os_error())
 }
 
-/// Reads `HugePages_Free` from `/proc/meminfo`, for a helpful error message.
-fn free_huge_pages() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 impl Reservation {
-    /// Creates and maps a memfd of `nr_pages` pages and faults every page in.
+    /// Creates and maps a memfd of `nr_pages` pages backed as `huge` says and faults every page
+    /// in.
     ///
-    /// With `hugetlb`, `nr_pages` must be a multiple of 512 and the host must have that many free
-    /// 2 MiB huge pages (`/proc/sys/vm/nr_hugepages`); otherwise a [`PoolError::Io`] says so.
-    /// With `mlock`, the mapping is locked in memory (needs `RLIMIT_MEMLOCK` or `CAP_IPC_LOCK`).
-    pub fn new(nr_pages: u64, hugetlb: bool, mlock: bool) -> Result<Self, PoolError> {
+    /// With [`HugePages::Hugetlb`], `nr_pages` must be a multiple of 512 and the host must have
+    /// that many free 2 MiB huge pages (`/proc/sys/vm/nr_hugepages`); with [`HugePages::Thp`],
+    /// shmem THP must be enabled (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`); otherwise
+    /// a [`PoolError::Io`] names the knob. With `mlock`, the mapping is locked in memory (needs
+    /// `RLIMIT_MEMLOCK` or `CAP_IPC_LOCK`).
+    pub fn new(nr_pages: u64, huge: HugePages, mlock: bool) -> Result<Self, PoolError> {
         if nr_pages == 0 {
             return Err(PoolError::Invalid("a pool needs at least one page"));
         }
-        if hugetlb && !nr_pages.is_multiple_of(PAGES_PER_HUGE_PAGE) {
+        if huge.is_hugetlb() && !nr_pages.is_multiple_of(PAGES_PER_HUGE_PAGE) {
             return Err(PoolError::Invalid(
                 "a hugetlb pool needs a multiple of 512 pages (2 MiB)",
             ));
@@ -64,64 +59,27 @@ impl Reservation {
             .filter(|&l| l <= isize::MAX as usize)
             .ok_or(PoolError::Invalid("pool size overflows the address space"))?;
 
-        let name: &CStr = c"gcma-pool";
-        let mut flags = libc::MFD_CLOEXEC;
-        if hugetlb {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: `name` is a valid NUL-terminated string; memfd_create has no memory effects.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(os_error("memfd_create"));
-        }
-        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain syscall on a valid fd.
-        if unsafe { libc::ftruncate(fd, len_bytes as libc::off_t) } != 0 {
-            return Err(os_error("ftruncate of the pool memfd"));
-        }
-        let mut mmap_flags = libc::MAP_SHARED;
-        if hugetlb {
-            // Hugetlb pages are reserved at mmap time; populate faults them in.
-            mmap_flags |= libc::MAP_POPULATE;
-        }
-        // SAFETY: mapping a fresh region chosen by the kernel (addr NULL) of a valid fd; nothing
-        // else is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                mmap_flags,
-                fd,
-                0,
-            )
+        let huge_err = |e: HugePageError| {
+            let (context, source) = e.into_io();
+            PoolError::io(format!("pool memory: {context}"), source)
         };
-        if p == libc::MAP_FAILED {
-            let e = std::io::Error::last_os_error();
-            if hugetlb {
-                return Err(PoolError::io(
-                    format!(
-                        "cannot map {nr_pages} pages of 2 MiB-hugetlb pool memory; \
-                         HugePages_Free on this host: {}; raise /proc/sys/vm/nr_hugepages",
-                        free_huge_pages().map_or("unknown".to_string(), |n| n.to_string())
-                    ),
-                    e,
-                ));
-            }
-            return Err(PoolError::io("mmap of the pool memfd", e));
-        }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| {
+        let file =
+            crate::huge::create_memfd(c"gcma-pool", len_bytes as u64, huge).map_err(huge_err)?;
+        // Hugetlb pages are reserved at mmap time and populate faults them in; the others are
+        // faulted in by `prefault`, which is faster here (see there).
+        let p = crate::huge::map_shared(&file, len_bytes as u64, huge, huge.is_hugetlb())
+            .map_err(huge_err)?;
+        let base = NonNull::new(p).ok_or_else(|| {
             PoolError::io(
                 "mmap of the pool memfd",
                 std::io::Error::other("mmap returned NULL"),
             )
         })?;
         let mut r = Reservation {
-            memfd,
+            memfd: file.into(),
             base,
             len_bytes,
-            hugetlb,
+            huge,
             locked: false,
         };
         r.prefault()?;
@@ -163,7 +121,12 @@ impl Reservation {
 
     /// Whether the pool is backed by 2 MiB hugetlb pages.
     pub fn is_hugetlb(&self) -> bool {
-        self.hugetlb
+        self.huge.is_hugetlb()
+    }
+
+    /// How the pool is backed.
+    pub fn huge_pages(&self) -> HugePages {
+        self.huge
     }
 
     /// Whether the pool is locked in memory.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError};
 use gcma_host::api::FrontswapPolicy;
+use gcma_host::huge::HugePages;
 use gcma_host::pool::{Pool, PoolConfig, PoolStats, Zeroer, ZeroerConfig};
 
 use vmm::abi::*;
@@ -70,6 +71,8 @@ pub struct DemoConfig {
     pub max_search_nodes: u32,
     /// CPU share of the pool's background zeroer, percent of one core (0: off).
     pub zeroer_cpu_pct: u32,
+    /// How the pool and every microVM's RAM are backed (4 KiB, shmem THP or hugetlb pages).
+    pub huge_pages: HugePages,
 }
 
 impl Default for DemoConfig {
@@ -95,6 +98,7 @@ impl Default for DemoConfig {
             limits: GuestLimits::default(),
             max_search_nodes: gcma_host::range::DEFAULT_MAX_VISITS,
             zeroer_cpu_pct: gcma_host::pool::DEFAULT_ZEROER_CPU_PCT,
+            huge_pages: HugePages::Off,
         }
     }
 }
@@ -258,6 +262,7 @@ fn launch(
     window_bytes: u64,
     events: &crossbeam::channel::Sender<MailboxEvent>,
     limits: GuestLimits,
+    huge_pages: HugePages,
 ) -> Result<Running, DemoError> {
     let err = |source: vmm::Error| DemoError::Vm {
         vm: name.to_string(),
@@ -270,6 +275,7 @@ fn launch(
         serial: SerialOutput::Buffer(serial.clone()),
         grant_window_bytes: window_bytes,
         limits,
+        huge_pages,
         ..VmConfig::default()
     };
     let BuiltVm {
@@ -370,6 +376,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         client_frontswap_limit_pages: Some(pool_pages),
         max_search_nodes: cfg.max_search_nodes,
         log_limit: cfg.limits.log,
+        huge_pages: cfg.huge_pages,
         ..PoolConfig::new(pool_pages)
     })
     .map_err(DemoError::Pool)?;
@@ -437,6 +444,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
             4 << 20,
             &tx,
             cfg.limits,
+            cfg.huge_pages,
         )?;
         metrics.add_vm(r.metrics.clone());
         vms.push(r);
@@ -491,6 +499,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         window,
         &tx,
         cfg.limits,
+        cfg.huge_pages,
     )?;
     metrics.add_vm(g.metrics.clone());
     vms.push(g);

@@ -2,13 +2,21 @@
 //!
 //! Backing RAM with a memfd (rather than anonymous memory) lets the balloon release guest pages
 //! with `fallocate(FALLOC_FL_PUNCH_HOLE)`; `MADV_DONTNEED` frees nothing on a shared mapping.
+//! The memfd is what another process (a vhost-user backend) maps to reach guest memory.
+//!
+//! RAM may be backed by 2 MiB pages ([`HugePages`], `--hugepages`): hugetlb RAM is a
+//! `MFD_HUGETLB` memfd whose pages are all reserved when it is mapped (so a host short of them
+//! fails here, not at a guest's first touch) and allocated as the guest touches them; its size
+//! and every hole punched in it are whole 2 MiB pages. THP RAM is an ordinary memfd mapped with
+//! `MADV_HUGEPAGE`. See `gcma_host::huge`.
 
-use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use gcma_host::huge::{HugePages, HUGE_PAGE_BYTES};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::abi::PAGE_SIZE;
 use crate::error::{Error, Result};
@@ -19,47 +27,81 @@ pub struct GuestRam {
     mem: GuestMemoryMmap,
     memfd: Arc<File>,
     size_bytes: u64,
+    huge: HugePages,
 }
 
 impl GuestRam {
-    /// Creates `size_bytes` of guest RAM (a positive multiple of [`PAGE_SIZE`]).
+    /// Creates `size_bytes` of guest RAM (a positive multiple of [`PAGE_SIZE`]) in 4 KiB pages.
     ///
     /// Pages are not touched: host memory is used only as the guest writes.
     pub fn new(size_bytes: u64) -> Result<Self> {
+        Self::with_huge_pages(size_bytes, HugePages::Off)
+    }
+
+    /// Creates `size_bytes` of guest RAM backed as `huge` says: a positive multiple of
+    /// [`PAGE_SIZE`], and of 2 MiB for hugetlb. Fails with [`Error::HugePages`] naming the host
+    /// knob when the host cannot back it (too few free hugetlb pages, shmem THP off).
+    ///
+    /// Pages are not touched: host memory is used only as the guest writes (hugetlb pages are
+    /// reserved now, allocated then).
+    pub fn with_huge_pages(size_bytes: u64, huge: HugePages) -> Result<Self> {
         if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Config(format!(
                 "guest RAM size {size_bytes} is not a positive multiple of {PAGE_SIZE}"
             )));
         }
+        if huge.is_hugetlb() && !size_bytes.is_multiple_of(HUGE_PAGE_BYTES) {
+            return Err(Error::Config(format!(
+                "guest RAM size {size_bytes} is not a multiple of 2 MiB, as hugetlb backing needs"
+            )));
+        }
         let len = usize::try_from(size_bytes)
             .map_err(|_| Error::Config(format!("guest RAM size {size_bytes} is too large")))?;
-        let name: &CStr = c"vmm-guest-ram";
-        // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::Io {
-                op: "memfd_create",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns; the File closes it on drop.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size_bytes).map_err(|source| Error::Io {
-            op: "sizing the guest RAM memfd",
-            source,
-        })?;
+        let file = gcma_host::huge::create_memfd(c"vmm-guest-ram", size_bytes, huge)?;
         let memfd = Arc::new(file);
-        let mem = GuestMemoryMmap::from_ranges_with_files([(
-            GuestAddress(0),
-            len,
-            Some(FileOffset::from_arc(memfd.clone(), 0)),
-        )])
-        .map_err(|e| Error::Memory(format!("mapping guest RAM: {e}")))?;
+        // vm-memory maps files with MAP_NORESERVE; hugetlb RAM is mapped without it so that its
+        // pages are reserved now. Both are shared, so writes land in the memfd.
+        let flags = if huge.is_hugetlb() {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_SHARED | libc::MAP_NORESERVE
+        };
+        let region = MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .with_file_offset(FileOffset::from_arc(memfd.clone(), 0))
+            .with_hugetlbfs(huge.is_hugetlb())
+            .build()
+            .map_err(|e| match e {
+                vm_memory::mmap::MmapRegionError::Mmap(source) if huge.is_hugetlb() => {
+                    Error::HugePages(gcma_host::huge::HugePageError::HugetlbUnavailable {
+                        needed: size_bytes / HUGE_PAGE_BYTES,
+                        free: gcma_host::huge::free_hugetlb_pages()
+                            .map_or_else(|| "unknown".into(), |n| n.to_string()),
+                        source,
+                    })
+                }
+                e => Error::Memory(format!("mapping guest RAM: {e}")),
+            })?;
+        if huge == HugePages::Thp {
+            // SAFETY: the region's mapping is exactly `len` bytes at its address, owned by it.
+            unsafe { gcma_host::huge::advise_hugepage(region.as_ptr(), len)? };
+        }
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| Error::Memory("guest RAM region overflows".into()))?;
+        let mem = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| Error::Memory(format!("mapping guest RAM: {e}")))?;
         Ok(GuestRam {
             mem,
             memfd,
             size_bytes,
+            huge,
         })
+    }
+
+    /// How guest RAM is backed.
+    pub fn huge_pages(&self) -> HugePages {
+        self.huge
     }
 
     /// The guest memory, for `vm-memory`'s `Bytes` accessors and for devices.
@@ -88,15 +130,21 @@ impl GuestRam {
 
     /// Releases the host memory behind `[gpa, gpa + len)`; the guest reads zeros there afterwards.
     ///
-    /// Both must be page-aligned and the range must lie inside RAM. Uses
-    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` on the memfd, which frees the pages of a shared mapping.
+    /// Both must be page-aligned (2 MiB-aligned on hugetlb RAM) and the range must lie inside
+    /// RAM. Uses `fallocate(PUNCH_HOLE | KEEP_SIZE)` on the memfd, which frees the pages of a
+    /// shared mapping.
     pub fn punch_hole(&self, gpa: u64, len: u64) -> Result<()> {
         let in_range = gpa
             .checked_add(len)
             .is_some_and(|end| end <= self.size_bytes);
-        if !gpa.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || !in_range {
+        let unit = if self.huge.is_hugetlb() {
+            HUGE_PAGE_BYTES
+        } else {
+            PAGE_SIZE
+        };
+        if !gpa.is_multiple_of(unit) || !len.is_multiple_of(unit) || !in_range {
             return Err(Error::Memory(format!(
-                "cannot release [{gpa:#x}, +{len:#x}): not page-aligned or outside RAM of {:#x} bytes",
+                "cannot release [{gpa:#x}, +{len:#x}): not aligned to {unit:#x} or outside RAM of {:#x} bytes",
                 self.size_bytes
             )));
         }
@@ -167,6 +215,37 @@ mod tests {
             .read_slice(&mut back, GuestAddress(12 * PAGE_SIZE))
             .unwrap();
         assert_eq!(back, [0xa5; 8]);
+    }
+
+    #[test]
+    fn hugetlb_ram_is_released_in_whole_huge_pages() {
+        const HUGE: u64 = HUGE_PAGE_BYTES;
+        if let Err(why) = gcma_host::huge::available(HugePages::Hugetlb, 2 * HUGE) {
+            e2e_tests::skip("hugetlb guest RAM", why);
+            return;
+        }
+        assert!(GuestRam::with_huge_pages(HUGE + PAGE_SIZE, HugePages::Hugetlb).is_err());
+        let ram = GuestRam::with_huge_pages(2 * HUGE, HugePages::Hugetlb).unwrap();
+        assert_eq!(ram.huge_pages(), HugePages::Hugetlb);
+        assert_eq!(
+            allocated_bytes(ram.memfd()),
+            0,
+            "nothing allocated before a touch"
+        );
+        ram.memory()
+            .write_slice(&[3u8; 8], GuestAddress(HUGE + 8))
+            .unwrap();
+        assert_eq!(
+            allocated_bytes(ram.memfd()),
+            HUGE,
+            "one touch takes one huge page"
+        );
+        assert!(
+            ram.punch_hole(HUGE, PAGE_SIZE).is_err(),
+            "4 KiB holes refused"
+        );
+        ram.punch_hole(HUGE, HUGE).unwrap();
+        assert_eq!(allocated_bytes(ram.memfd()), 0);
     }
 
     #[test]

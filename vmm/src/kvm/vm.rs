@@ -96,6 +96,9 @@ pub struct VmConfig {
     pub limits: GuestLimits,
     /// What the VM runs: a kernel-less payload or a Linux kernel.
     pub kind: GuestKind,
+    /// How guest RAM is backed: 4 KiB pages, shmem THP, or 2 MiB hugetlb pages (then
+    /// `mem_bytes` must be a multiple of 2 MiB). See [`GuestRam::with_huge_pages`].
+    pub huge_pages: gcma_host::huge::HugePages,
 }
 
 /// The two kinds of guest a [`MicroVm`] runs.
@@ -148,6 +151,7 @@ impl Default for VmConfig {
             grant_mapping: GrantMapping::OneSlot,
             limits: GuestLimits::default(),
             kind: GuestKind::Payload,
+            huge_pages: gcma_host::huge::HugePages::Off,
         }
     }
 }
@@ -313,7 +317,7 @@ impl MicroVm {
             )));
         }
         let vm = Arc::new(hv.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
-        let ram = GuestRam::new(mem_bytes)?;
+        let ram = GuestRam::with_huge_pages(mem_bytes, config.huge_pages)?;
         let region = kvm_userspace_memory_region {
             slot: RAM_SLOT,
             flags: 0,
