@@ -22,6 +22,7 @@ use vmm::{GuestKind, Hypervisor, SerialOutput, VmConfig, VmOutcome};
 /// there too, no PCI probing (there is no PCI bus), and a panic ends the VM at once.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial pci=off panic=-1";
 
+mod agent;
 mod demo;
 mod limit_args;
 
@@ -49,6 +50,13 @@ enum Command {
     /// Exit status 0 when every check passed (every grant succeeded and read as zero, no
     /// frontswap page lost, every guest exited 0), 1 otherwise.
     Demo(DemoArgs),
+    /// Run one microVM with the demo's agent payload (a cleancache/frontswap tenant or a grant
+    /// requester) and print its mailbox events as `event <tag> <value>` lines, then `outcome
+    /// ...`. A `stop` line on standard input (or its end) asks a tenant to finish and check every
+    /// frontswap page it holds. This is how `vmm demo --daemon` and the multi-process tests run
+    /// one VMM process per guest against gcma-hostd. Exit status: the payload's exit code (0: all
+    /// its checks passed), 125 for a guest fault.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +156,8 @@ enum CliError {
     Poller(#[source] std::io::Error),
     #[error("demo")]
     Demo(#[from] demo::DemoError),
+    #[error("agent")]
+    Agent(#[from] agent::AgentError),
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
@@ -230,6 +240,12 @@ struct RunArgs {
     /// payload asks it for a contiguous grant; `--arg` is its size in pages).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
     gcma_pool_mib: Option<u64>,
+    /// Add a virtio-gcma device served by gcma-hostd over vhost-user at this Unix socket
+    /// (`gcma-hostd --gcma-socket PATH`), instead of an in-process pool: the host's one pool,
+    /// shared with other VMM processes. The grant window takes the daemon's size. If the daemon
+    /// goes away the VMM logs it and the device enters DEVICE_NEEDS_RESET.
+    #[arg(long, value_name = "PATH", conflicts_with = "gcma_pool_mib")]
+    gcma_socket: Option<PathBuf>,
     /// With --gcma-pool-mib: CPU share, in percent of one core, of the pool's background zeroer,
     /// which zeroes free pool pages while the pool is quiet so that grants find them ready (it
     /// steps aside whenever a grant or a tenant wants the pool). 0 turns it off: grants zero
@@ -358,6 +374,9 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         ..VmConfig::default()
     };
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
+    if let Some(socket) = &args.gcma_socket {
+        builder = builder.gcma_socket(socket);
+    }
     // Stopped when the run is over (dropped at the end of this function).
     let mut _zeroer = None;
     if let Some(pool_mib) = args.gcma_pool_mib {
@@ -553,6 +572,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
+        Command::Agent(args) => agent::run(args).map_err(CliError::from),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmm: {}", gcma_host::api::ErrorChain(&e));
