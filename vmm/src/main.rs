@@ -104,6 +104,14 @@ struct DemoArgs {
     /// Print only the final report, no progress lines and no table.
     #[arg(long)]
     quiet: bool,
+    /// Use the host pool service instead of an in-process pool: start gcma-hostd (found next to
+    /// this executable or on PATH; see --hostd) and run every microVM as a `vmm agent` process of
+    /// its own attached to it over vhost-user. Same report and checks, plus the daemon's /metrics.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: the gcma-hostd executable.
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    hostd: Option<PathBuf>,
     #[command(flatten)]
     limits: limit_args::LimitArgs,
     /// CPU share, in percent of one core, of the pool's background zeroer, which zeroes free
@@ -156,6 +164,10 @@ enum CliError {
     Poller(#[source] std::io::Error),
     #[error("demo")]
     Demo(#[from] demo::DemoError),
+    #[error("gcma-hostd not found next to vmm or on PATH: build it (cargo build -p gcma-hostd) or give --hostd")]
+    NoHostd,
+    #[error("cannot find the vmm executable itself")]
+    SelfExe(#[source] std::io::Error),
     #[error("agent")]
     Agent(#[from] agent::AgentError),
 }
@@ -185,7 +197,16 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         max_search_nodes: args.limits.gcma_max_search_nodes,
         zeroer_cpu_pct: args.zeroer_cpu_pct,
     };
-    let summary = demo::run_demo(&cfg)?;
+    let summary = if args.daemon {
+        let hostd = args
+            .hostd
+            .or_else(|| vmm::multiproc::find_binary("gcma-hostd"))
+            .ok_or(CliError::NoHostd)?;
+        let vmm = std::env::current_exe().map_err(CliError::SelfExe)?;
+        demo::run_demo_daemon(&cfg, &demo::DaemonBinaries { hostd, vmm })?
+    } else {
+        demo::run_demo(&cfg)?
+    };
     Ok(if summary.all_checks_passed() {
         ExitCode::SUCCESS
     } else {

@@ -797,3 +797,147 @@ fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    const PAGE: u64 = PAGE_SIZE as u64;
+
+    fn shared(window_pages: u64) -> Arc<Shared> {
+        let s = Arc::new(Shared {
+            name: "t".into(),
+            shm_len: AtomicU64::new(window_pages * PAGE),
+            host: OnceLock::new(),
+            maps: Mutex::new(BTreeMap::new()),
+            interrupt: Mutex::new(None),
+            transport: OnceLock::new(),
+            config: Mutex::new([0; CONFIG_LEN]),
+            down: AtomicBool::new(false),
+            n_maps: AtomicU64::new(0),
+            n_unmaps: AtomicU64::new(0),
+            n_refused: AtomicU64::new(0),
+            n_calls: AtomicU64::new(0),
+        });
+        let host = HostWindow::reserve(window_pages * PAGE).unwrap();
+        let _ = s.host.set(Arc::new(host));
+        s
+    }
+
+    fn pool(pages: u64) -> std::fs::File {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a valid NUL-terminated name; the new descriptor is owned by the File.
+        let f = unsafe {
+            let fd = libc::memfd_create(c"test-pool".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0);
+            std::fs::File::from_raw_fd(fd)
+        };
+        f.set_len(pages * PAGE).unwrap();
+        f
+    }
+
+    fn req(shmid: u8, offset: u64, fd_offset: u64, len: u64, writable: bool) -> VhostUserMMap {
+        VhostUserMMap {
+            shmid,
+            fd_offset,
+            shm_offset: offset,
+            len,
+            flags: if writable {
+                VhostUserMMapFlags::WRITABLE.bits()
+            } else {
+                0
+            },
+            ..VhostUserMMap::default()
+        }
+    }
+
+    fn code(r: HandlerResult<u64>) -> i32 {
+        r.map_or_else(|e| e.raw_os_error().unwrap_or(-1), |_| 0)
+    }
+
+    #[test]
+    fn a_map_shows_the_fd_in_the_window_and_an_unmap_takes_it_away() {
+        let s = shared(16);
+        let f = pool(8);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xab; 8], 3 * PAGE).unwrap();
+        assert_eq!(
+            code(s.map(&req(0, 4 * PAGE, 3 * PAGE, 2 * PAGE, true), f.as_fd())),
+            0
+        );
+        let host = s.host.get().unwrap().host_addr() + 4 * PAGE as usize;
+        // SAFETY: just mapped, readable.
+        let b = unsafe { std::ptr::read_volatile(host as *const u8) };
+        assert_eq!(b, 0xab);
+        assert_eq!(lock(&s.maps).get(&(4 * PAGE)), Some(&(2 * PAGE)));
+        assert_eq!(code(s.unmap(&req(0, 4 * PAGE, 0, 2 * PAGE, true))), 0);
+        assert!(lock(&s.maps).is_empty());
+        assert_eq!(s.n_maps.load(Ordering::Relaxed), 1);
+        assert_eq!(s.n_unmaps.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bad_maps_are_refused_with_an_errno_and_change_nothing() {
+        let s = shared(16);
+        let f = pool(8);
+        assert_eq!(code(s.map(&req(0, 0, 0, 2 * PAGE, true), f.as_fd())), 0);
+        let cases = [
+            (
+                req(1, 4 * PAGE, 0, PAGE, true),
+                libc::EINVAL,
+                "another region",
+            ),
+            (req(0, 4 * PAGE, 0, PAGE, false), libc::EINVAL, "read-only"),
+            (
+                req(0, 15 * PAGE, 0, 2 * PAGE, true),
+                libc::EINVAL,
+                "past the window",
+            ),
+            (
+                req(0, u64::MAX - PAGE + 1, 0, PAGE, true),
+                libc::EINVAL,
+                "overflow",
+            ),
+            (
+                req(0, 4 * PAGE + 1, 0, PAGE, true),
+                libc::EINVAL,
+                "unaligned",
+            ),
+            (
+                req(0, 4 * PAGE, 7 * PAGE, 2 * PAGE, true),
+                libc::EINVAL,
+                "fd too short",
+            ),
+            (req(0, PAGE, 0, PAGE, true), libc::EEXIST, "overlap inside"),
+        ];
+        for (r, want, what) in cases {
+            assert_eq!(code(s.map(&r, f.as_fd())), want, "{what}");
+        }
+        assert_eq!(s.n_refused.load(Ordering::Relaxed), cases.len() as u64);
+        assert_eq!(lock(&s.maps).len(), 1);
+        // Unmaps must name exactly one mapping.
+        assert_eq!(code(s.unmap(&req(0, 0, 0, PAGE, true))), libc::ENOENT);
+        assert_eq!(
+            code(s.unmap(&req(0, 8 * PAGE, 0, PAGE, true))),
+            libc::ENOENT
+        );
+        assert_eq!(code(s.unmap(&req(2, 0, 0, 2 * PAGE, true))), libc::EINVAL);
+        assert_eq!(code(s.unmap(&req(0, 0, 0, 2 * PAGE, true))), 0);
+    }
+
+    #[test]
+    fn a_lost_link_unmaps_every_grant_once() {
+        let s = shared(16);
+        let f = pool(8);
+        assert_eq!(code(s.map(&req(0, 0, 0, PAGE, true), f.as_fd())), 0);
+        assert_eq!(
+            code(s.map(&req(0, 8 * PAGE, PAGE, PAGE, true), f.as_fd())),
+            0
+        );
+        s.link_down("test", true);
+        assert!(s.down.load(Ordering::Acquire));
+        assert!(lock(&s.maps).is_empty());
+        // The window is inaccessible again there: mapping anew works (nothing overlaps).
+        assert_eq!(code(s.map(&req(0, 0, 0, PAGE, true), f.as_fd())), 0);
+    }
+}
