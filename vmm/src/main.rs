@@ -297,7 +297,9 @@ struct RunArgs {
     limits: limit_args::LimitArgs,
     /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
     /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
-    /// device work (see examples/notify_bench.rs); needs a spare host core.
+    /// device work (see examples/notify_bench.rs); needs a spare host core. With --gcma-socket
+    /// the gcma device's notifications become KVM ioeventfds handed to gcma-hostd, so a kick
+    /// reaches the daemon without an exit to the VMM (see examples/daemon_bench.rs).
     #[arg(long)]
     ioeventfd: bool,
 }
