@@ -212,12 +212,14 @@ pub fn grants_through_the_window(backend: Arc<dyn GcmaBackend>) {
         None,
     );
     assert_eq!(a.resp.status, status::OK);
-    let (gpa, n) = (a.resp.value0, a.resp.value1);
+    // The device answers the offset inside shared-memory region 0; the guest adds the base.
+    let (offset, n) = (a.resp.value0, a.resp.value1);
     assert_eq!(n, 16);
     assert!(
-        gpa >= WINDOW_GPA && gpa.is_multiple_of(16 * PAGE_SIZE as u64),
-        "gpa {gpa:#x}"
+        offset.is_multiple_of(16 * PAGE_SIZE as u64),
+        "offset {offset:#x}"
     );
+    let gpa = WINDOW_GPA + offset;
     let mapped = rig.mapper.mapped();
     assert_eq!(mapped.len(), 1);
     assert_eq!(mapped[0].gpa, gpa);
@@ -247,21 +249,26 @@ pub fn grants_through_the_window(backend: Arc<dyn GcmaBackend>) {
     );
     assert_eq!(b.resp.status, status::OK);
     assert!(
-        b.resp.value0 >= gpa + 16 * PAGE_SIZE as u64 || b.resp.value0 + 3 * PAGE_SIZE as u64 <= gpa
+        b.resp.value0 >= offset + 16 * PAGE_SIZE as u64
+            || b.resp.value0 + 3 * PAGE_SIZE as u64 <= offset
     );
-    // Free, double free, unknown gpa.
-    let f = rig.call(Request::FreeContig { gpa }, None);
+    // Free, double free, unknown offsets (inside the window, and past the end of the address
+    // space once the base is added).
+    let f = rig.call(Request::FreeContig { offset }, None);
     assert_eq!((f.resp.status, f.resp.value0), (status::OK, 16));
     assert_eq!(
-        rig.call(Request::FreeContig { gpa }, None).resp.status,
+        rig.call(Request::FreeContig { offset }, None).resp.status,
         status::UNKNOWN_GRANT
     );
-    assert_eq!(
-        rig.call(Request::FreeContig { gpa: 12345 }, None)
-            .resp
-            .status,
-        status::UNKNOWN_GRANT
-    );
+    for bad in [12345, u64::MAX - PAGE_SIZE as u64 + 1, gpa] {
+        assert_eq!(
+            rig.call(Request::FreeContig { offset: bad }, None)
+                .resp
+                .status,
+            status::UNKNOWN_GRANT,
+            "offset {bad:#x}"
+        );
+    }
     assert_eq!(rig.mapper.mapped().len(), 1);
     assert_eq!(rig.counters().granted_pages, 3);
     // Too big for the pool.
@@ -275,7 +282,12 @@ pub fn grants_through_the_window(backend: Arc<dyn GcmaBackend>) {
     assert_eq!(a.resp.status, status::NO_SPACE);
     assert_eq!(a.resp.value0, no_space::EXHAUSTED);
     // With every grant returned, the whole pool can be granted, then nothing more.
-    let f = rig.call(Request::FreeContig { gpa: b.resp.value0 }, None);
+    let f = rig.call(
+        Request::FreeContig {
+            offset: b.resp.value0,
+        },
+        None,
+    );
     assert_eq!(f.resp.status, status::OK);
     assert!(rig.mapper.mapped().is_empty());
     let a = rig.call(
@@ -364,16 +376,16 @@ fn window_full_and_map_failure_return_the_grant() {
         "grant not returned after map failure"
     );
     // A failing unmap keeps the grant (the guest may still see it) and says so.
-    let gpa = rig.mapper.mapped()[0].gpa;
+    let offset = rig.mapper.mapped()[0].gpa - WINDOW_GPA;
     rig.mapper.fail_unmaps(true);
     assert_eq!(
-        rig.call(Request::FreeContig { gpa }, None).resp.status,
+        rig.call(Request::FreeContig { offset }, None).resp.status,
         status::IO_ERROR
     );
     assert_eq!(backend.granted_pages(), 6);
     rig.mapper.fail_unmaps(false);
     assert_eq!(
-        rig.call(Request::FreeContig { gpa }, None).resp.status,
+        rig.call(Request::FreeContig { offset }, None).resp.status,
         status::OK
     );
     assert_eq!(backend.granted_pages(), 0);
@@ -594,7 +606,9 @@ fn grant_evicts_second_class_pages_pool() {
     );
     assert_eq!(a.resp.status, status::OK, "{:?}", a.resp);
     let mut buf = vec![0xffu8; 256 * PAGE_SIZE];
-    rig.mapper.read(a.resp.value0, &mut buf).unwrap();
+    rig.mapper
+        .read(WINDOW_GPA + a.resp.value0, &mut buf)
+        .unwrap();
     assert!(buf.iter().all(|&b| b == 0), "grant shows evicted data");
     let gets: Vec<_> = (0..20)
         .map(|i| (Request::Get(key(pool, 1, i)), None))
@@ -655,7 +669,7 @@ fn clients_are_isolated_pool() {
     assert_eq!(
         b.call(
             Request::FreeContig {
-                gpa: grant.resp.value0
+                offset: grant.resp.value0
             },
             None
         )
@@ -672,7 +686,7 @@ fn clients_are_isolated_pool() {
     assert_eq!(
         a.call(
             Request::FreeContig {
-                gpa: grant.resp.value0
+                offset: grant.resp.value0
             },
             None
         )

@@ -40,7 +40,7 @@ fn no_space_reports_the_guests_own_grants_not_the_pools() {
     );
 
     // Fragmented: A frees its first run, leaving runs of 300 and 324.
-    let f = a.call(Request::FreeContig { gpa: a1 }, None);
+    let f = a.call(Request::FreeContig { offset: a1 }, None);
     assert_eq!(f.resp.status, status::OK);
     let (st, reason, value) = alloc(&mut b, 400);
     assert_eq!((st, reason), (status::NO_SPACE, no_space::FRAGMENTED));

@@ -12,7 +12,7 @@ use balloon::gcma::proto::{
 };
 use gcma_host::api::{CleancacheKey, GcmaBackend, PAGE_SIZE};
 use gcma_host::pool::{Pool, PoolConfig};
-use gcma_support::{pattern, Rig};
+use gcma_support::{pattern, Rig, WINDOW_GPA};
 
 const ALL: u64 = VIRTIO_GCMA_F_CONTIG | VIRTIO_GCMA_F_CLEANCACHE | VIRTIO_GCMA_F_FRONTSWAP;
 
@@ -24,7 +24,12 @@ fn alloc(rig: &mut Rig, nr_pages: u64) -> (u32, u64) {
         },
         None,
     );
-    (a.resp.status, a.resp.value0)
+    // On success, the guest-physical address: the window's base plus the offset the device
+    // answers; otherwise the device's reason.
+    match a.resp.status {
+        status::OK => (status::OK, WINDOW_GPA + a.resp.value0),
+        st => (st, a.resp.value0),
+    }
 }
 
 #[test]

@@ -457,16 +457,28 @@ impl<H: Hal> GcmaDriver<H> {
             },
             Data::None,
         )?;
-        Ok(ContigRegion {
-            gpa: r.value0,
-            nr_pages: r.value1,
-        })
+        // The device answers the grant's offset inside shared-memory region 0; the region's
+        // base (read at start-up from the transport) makes it a guest-physical address. A grant
+        // that does not lie inside the region is a device bug the driver does not pass on.
+        let (offset, nr_pages) = (r.value0, r.value1);
+        let inside = nr_pages
+            .checked_mul(PAGE_SIZE as u64)
+            .and_then(|len| offset.checked_add(len))
+            .is_some_and(|end| nr_pages != 0 && end <= self.window.len_bytes);
+        let gpa = self.window.gpa.checked_add(offset);
+        match gpa {
+            Some(gpa) if inside => Ok(ContigRegion { gpa, nr_pages }),
+            _ => Err(Error::Protocol),
+        }
     }
 
     /// Returns a region; gives the number of pages freed.
     pub fn free_contig(&mut self, region: ContigRegion) -> Result<u64, Error> {
+        // An address below the window wraps to an offset no grant has: the device answers
+        // `UNKNOWN_GRANT`, as for any other address it did not hand out.
+        let offset = region.gpa.wrapping_sub(self.window.gpa);
         Ok(self
-            .request_ok(Request::FreeContig { gpa: region.gpa }, Data::None)?
+            .request_ok(Request::FreeContig { offset }, Data::None)?
             .value0)
     }
 

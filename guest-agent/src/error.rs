@@ -34,7 +34,8 @@ pub enum Error {
     /// A previous failure left the queues in an unknown state; call
     /// [`crate::GcmaDriver::recover`].
     NotReady,
-    /// The device returned a chain without a response, or a used element naming no request.
+    /// The device returned a chain without a response, a used element naming no request, or a
+    /// grant outside its window.
     Protocol,
     /// A page buffer is not exactly one page, or a stats buffer not a multiple of 16 bytes.
     BadBuffer,

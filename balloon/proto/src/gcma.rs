@@ -137,7 +137,7 @@ pub const REQUEST_HEADER_LEN: usize = 48;
 /// | 0 | `le32 type` | one of [`req`] |
 /// | 4 | `le32 pool` | cleancache pool id, or frontswap area |
 /// | 8 | `le64 object[3]` | cleancache object id |
-/// | 32 | `le64 index` | cleancache page index (< 2³²), frontswap offset, `ALLOC_CONTIG` page count, `FREE_CONTIG` gpa |
+/// | 32 | `le64 index` | cleancache page index (< 2³²), frontswap offset, `ALLOC_CONTIG` page count, `FREE_CONTIG` window offset |
 /// | 40 | `le64 arg` | `ALLOC_CONTIG` alignment in pages (power of two); otherwise 0 |
 ///
 /// Fields a request type does not use must be zero.
@@ -149,7 +149,7 @@ pub struct RequestHeader {
     pub pool: u32,
     /// Cleancache object id.
     pub object: [u64; 3],
-    /// Page index, swap offset, page count or gpa, depending on the type.
+    /// Page index, swap offset, page count or window offset, depending on the type.
     pub index: u64,
     /// Extra argument (alignment for `ALLOC_CONTIG`).
     pub arg: u64,
@@ -204,17 +204,18 @@ pub struct SwapKey {
 /// A validated request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Grant `nr_pages` contiguous pages at a gpa aligned to `align_pages` pages.
+    /// Grant `nr_pages` contiguous pages, placed in the grant window (shared-memory region 0) at
+    /// an offset aligned to `align_pages` pages.
     AllocContig {
         /// Pages wanted (≥ 1).
         nr_pages: u64,
         /// Alignment in pages (a power of two ≥ 1).
         align_pages: u64,
     },
-    /// Return the grant that starts at `gpa`.
+    /// Return the grant that starts at byte `offset` of the grant window.
     FreeContig {
-        /// Guest-physical address returned by `ALLOC_CONTIG`.
-        gpa: u64,
+        /// Offset inside shared-memory region 0 returned by `ALLOC_CONTIG`.
+        offset: u64,
     },
     /// Read the device counters into the writable buffer.
     Stats,
@@ -326,7 +327,7 @@ impl Request {
             }
             req::FREE_CONTIG => only(
                 h.pool == 0 && no_object && h.arg == 0,
-                Request::FreeContig { gpa: h.index },
+                Request::FreeContig { offset: h.index },
             ),
             req::STATS => only(
                 h.pool == 0 && no_object && h.index == 0 && h.arg == 0,
@@ -373,9 +374,9 @@ impl Request {
                 h.index = nr_pages;
                 h.arg = align_pages;
             }
-            Request::FreeContig { gpa } => {
+            Request::FreeContig { offset } => {
                 h.req_type = req::FREE_CONTIG;
-                h.index = gpa;
+                h.index = offset;
             }
             Request::Stats => h.req_type = req::STATS,
             Request::NewPool => h.req_type = req::NEW_POOL,
@@ -500,7 +501,7 @@ pub mod status {
     pub const REJECTED: u32 = 4;
     /// The cleancache pool id is not one of this device's pools.
     pub const UNKNOWN_POOL: u32 = 5;
-    /// `FREE_CONTIG`: no grant starts at this gpa.
+    /// `FREE_CONTIG`: no grant starts at this window offset.
     pub const UNKNOWN_GRANT: u32 = 6;
     /// Malformed request: unknown type, wrong queue, reserved fields set, wrong buffer sizes or
     /// directions, buffers outside guest memory.
@@ -566,7 +567,7 @@ pub const RESPONSE_LEN: usize = 24;
 ///
 /// | request | `value0` | `value1` |
 /// |---|---|---|
-/// | `ALLOC_CONTIG` OK | gpa of the grant | pages granted |
+/// | `ALLOC_CONTIG` OK | offset of the grant in shared-memory region 0 | pages granted |
 /// | `FREE_CONTIG` OK | pages freed | 0 |
 /// | `STATS` OK | entries written | entries the device has |
 /// | `NEW_POOL` OK | pool id | 0 |
@@ -715,7 +716,9 @@ mod tests {
                 nr_pages: 512,
                 align_pages: 512,
             },
-            Request::FreeContig { gpa: 0x1_0000_0000 },
+            Request::FreeContig {
+                offset: 0x1_0000_0000,
+            },
             Request::Stats,
             Request::NewPool,
             Request::Put(k),

@@ -180,7 +180,7 @@ impl GcmaDevice {
                 nr_pages,
                 align_pages,
             } => self.alloc_contig(nr_pages, align_pages),
-            Request::FreeContig { gpa } => self.free_contig(gpa),
+            Request::FreeContig { offset } => self.free_contig(offset),
             Request::Stats => Response {
                 status: status::OK,
                 value0: (data_len / STAT_ENTRY_LEN).min(proto::stat::COUNT) as u64,
@@ -274,9 +274,12 @@ impl GcmaDevice {
         let r = self.window.alloc(self.client, nr_pages, align_pages);
         self.metrics.set_grants(&self.window.usage());
         match r {
+            // The guest learns where the grant lies inside shared-memory region 0; it adds the
+            // region's base itself (`balloon/PROTOCOL.md`), so a device whose window base only
+            // the VMM knows (vhost-user) answers the same as the embedded one.
             Ok((gpa, grant)) => Response {
                 status: status::OK,
-                value0: gpa,
+                value0: gpa - self.window.range().gpa,
                 value1: grant.nr_pages,
             },
             Err(GrantError::WindowFull { .. }) => Response {
@@ -298,7 +301,10 @@ impl GcmaDevice {
         }
     }
 
-    fn free_contig(&mut self, gpa: u64) -> Response {
+    fn free_contig(&mut self, offset: u64) -> Response {
+        let Some(gpa) = self.window.range().gpa.checked_add(offset) else {
+            return Response::status(status::UNKNOWN_GRANT);
+        };
         let r = self.window.free(self.client, gpa);
         self.metrics.set_grants(&self.window.usage());
         match r {
@@ -315,7 +321,7 @@ impl GcmaDevice {
                 guest_warn!(
                     self.logs,
                     log_kinds::GCMA_MAP_FAILED,
-                    "virtio-gcma {}: freeing the grant at {gpa:#x}: {e}",
+                    "virtio-gcma {}: freeing the grant at window offset {offset:#x}: {e}",
                     self.name
                 );
                 Response::status(status::IO_ERROR)

@@ -15,6 +15,9 @@ use super::window::{GrantWindow, WindowMapper, WindowRange};
 pub struct MappedGrant {
     /// Guest-physical address of the grant.
     pub gpa: u64,
+    /// Its offset inside shared-memory region 0 (what `ALLOC_CONTIG` answers and `FREE_CONTIG`
+    /// takes).
+    pub offset: u64,
     /// The grant.
     pub grant: ContigGrant,
 }
@@ -97,7 +100,11 @@ impl MemfdGrantMapper {
         self.window
             .grants()
             .into_iter()
-            .map(|(gpa, grant)| MappedGrant { gpa, grant })
+            .map(|(gpa, grant)| MappedGrant {
+                gpa,
+                offset: gpa - self.window.range().gpa,
+                grant,
+            })
             .collect()
     }
 

@@ -38,7 +38,9 @@ fn proto_seeds() -> Vec<(String, Vec<u8>)> {
             nr_pages: 512,
             align_pages: 512,
         },
-        Request::FreeContig { gpa: 0x1_0000_0000 },
+        Request::FreeContig {
+            offset: 0x1_0000_0000,
+        },
         Request::Stats,
         Request::NewPool,
         Request::Put(k),

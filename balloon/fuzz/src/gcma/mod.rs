@@ -550,12 +550,14 @@ fn build(w: &World, vm: usize, slot: u64, req: &Req) -> (Vec<u8>, Vec<Piece>) {
                             .copied()
                             .unwrap_or(WINDOW_GPA)
                     };
-                    let gpa = match sel {
-                        GrantSel::Own(i) => nth(&m.grants, i),
-                        GrantSel::Other(i) => nth(&other.grants, i),
+                    // The model keys grants by guest-physical address; the wire carries the
+                    // offset inside the window (a raw selector is sent as it is).
+                    let offset = match sel {
+                        GrantSel::Own(i) => nth(&m.grants, i).wrapping_sub(WINDOW_GPA),
+                        GrantSel::Other(i) => nth(&other.grants, i).wrapping_sub(WINDOW_GPA),
                         GrantSel::Raw(g) => g,
                     };
-                    (Request::FreeContig { gpa }, 0)
+                    (Request::FreeContig { offset }, 0)
                 }
                 Kind::Stats => (Request::Stats, 0),
                 Kind::NewPool => (Request::NewPool, 0),
@@ -864,13 +866,16 @@ fn answer(
     match req {
         Request::AllocContig { nr_pages, .. } => {
             if st == status::OK {
-                let gpa = resp.value0;
+                let offset = resp.value0;
                 assert_eq!(resp.value1, nr_pages, "{ctx}: granted another size");
                 let window = w.vms[vm].window_pages() * PAGE_SIZE as u64;
                 assert!(
-                    gpa >= WINDOW_GPA && gpa - WINDOW_GPA + nr_pages * PAGE_SIZE as u64 <= window,
-                    "{ctx}: grant at {gpa:#x} outside the window"
+                    offset
+                        .checked_add(nr_pages * PAGE_SIZE as u64)
+                        .is_some_and(|end| end <= window),
+                    "{ctx}: grant at window offset {offset:#x} outside the window"
                 );
+                let gpa = WINDOW_GPA + offset;
                 assert!(
                     m.grants
                         .insert(gpa, vec![None; nr_pages as usize])
@@ -887,7 +892,9 @@ fn answer(
                 );
             }
         }
-        Request::FreeContig { gpa } => {
+        Request::FreeContig { offset } => {
+            // An offset that overflows past the window's base names no grant.
+            let gpa = WINDOW_GPA.checked_add(offset).unwrap_or(u64::MAX);
             let held = m.grants.get(&gpa).map(Vec::len);
             match (st, held) {
                 (status::OK, Some(n)) => {
