@@ -35,7 +35,9 @@ impl GuestRam {
             .map_err(|_| Error::Config(format!("guest RAM size {size_bytes} is too large")))?;
         let name: &CStr = c"vmm-guest-ram";
         // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(Error::Io {
                 op: "memfd_create",
@@ -48,6 +50,23 @@ impl GuestRam {
             op: "sizing the guest RAM memfd",
             source,
         })?;
+        // The size is final: a process we share guest RAM with (a vhost-user backend such as
+        // gcma-hostd, which refuses unsealed memory) can rely on it never shrinking under its
+        // mapping. Punching holes (the balloon) stays allowed.
+        // SAFETY: F_ADD_SEALS on a memfd we own, created with MFD_ALLOW_SEALING.
+        let rc = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Io {
+                op: "sealing the guest RAM memfd's size",
+                source: std::io::Error::last_os_error(),
+            });
+        }
         let memfd = Arc::new(file);
         let mem = GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(0),
