@@ -155,14 +155,46 @@ impl GcmaDevice {
         let Some(queue) = run.queues.get_mut(usize::from(index)) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
+        self.drain_ring(queue, &mem, &run.interrupt, index, budget)
+    }
+
+    /// Serves up to `budget` chains of queue `index` whose ring the caller keeps, over guest
+    /// memory `mem`, signalling through `interrupt`: the request handling of
+    /// [`VirtioDevice::process_queue`] for a transport that owns the queues itself (a vhost-user
+    /// backend keeps them in its vrings and activates nothing). The device must have been told
+    /// the negotiated features ([`VirtioDevice::features_negotiated`]); a reset
+    /// ([`VirtioDevice::reset`]) still releases everything the guest held. `Err` means the ring
+    /// is broken: the transport stops serving it until the driver resets the device.
+    pub fn serve_queue(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        interrupt: &InterruptHandle,
+        budget: u32,
+    ) -> Result<Drained, DeviceError> {
+        if usize::from(index) >= NUM_QUEUES {
+            return Err(DeviceError::NoSuchQueue(index));
+        }
+        self.drain_ring(queue, mem, interrupt, index, budget)
+    }
+
+    fn drain_ring(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        interrupt: &InterruptHandle,
+        index: u16,
+        budget: u32,
+    ) -> Result<Drained, DeviceError> {
         if !queue.ready() {
             debug!("virtio-gcma {}: notify of unready queue {index}", self.name);
             return Ok(Drained::default());
         }
         self.metrics.notified(index);
         let mut descs = std::mem::take(&mut self.descs);
-        let r = drain_queue(queue, &mem, &run.interrupt, &mut descs, budget, |chain| {
-            self.answer(&mem, index, chain)
+        let r = drain_queue(queue, mem, interrupt, &mut descs, budget, |chain| {
+            self.answer(mem, index, chain)
         });
         self.descs = descs;
         r.map_err(|source| {

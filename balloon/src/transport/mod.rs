@@ -77,7 +77,10 @@ impl std::fmt::Debug for InterruptHandle {
 }
 
 impl InterruptHandle {
-    pub(crate) fn new(line: Arc<dyn IrqLine>) -> Self {
+    /// A handle that raises `line`. Transports make one per device; a transport that keeps the
+    /// queues itself (a vhost-user backend, see `GcmaDevice::serve_queue`) may make one per
+    /// queue, each over that queue's call eventfd.
+    pub fn new(line: Arc<dyn IrqLine>) -> Self {
         InterruptHandle {
             shared: Arc::new(InterruptShared {
                 status: AtomicU32::new(0),

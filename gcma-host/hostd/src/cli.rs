@@ -20,7 +20,12 @@ use gcma_host::api::FrontswapPolicy;
         whose read data the pool keeps as cleancache pages. Contiguous grants (the control \
         socket's POST /grants) evict those pages as the pool's policy says.\n\n\
         Any number of disks; each is served on its own socket, one frontend at a time, and a \
-        frontend may reconnect (QEMU: -chardev socket,...,reconnect=1). SIGTERM or SIGINT: \
+        frontend may reconnect (QEMU: -chardev socket,...,reconnect=1).\n\n\
+        --gcma-socket serves virtio-gcma to `vmm` processes (vmm run --gcma-socket PATH): every \
+        VMM that connects is a pool client with its own device and grant window; grants are \
+        mapped by the VMM (SHMEM_MAP with the pool's memfd) and come back to the pool only once \
+        it acknowledged the unmap or its process exited (see balloon/PROTOCOL.md).\n\n\
+        SIGTERM or SIGINT: \
         stop taking requests, finish those in flight, write what the swap disks owe to their \
         files, exit 0.\n\n\
         Log level: RUST_LOG (default info).\n\n\
@@ -100,6 +105,16 @@ pub struct Cli {
     /// Serve GET /metrics (OpenMetrics text) on this TCP address, e.g. 127.0.0.1:9465.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// virtio-gcma for `vmm` processes over vhost-user: one listening socket for every VMM of
+    /// the host; each connection gets its own pool client, device and grant window.
+    #[arg(long, value_name = "PATH")]
+    pub gcma_socket: Option<PathBuf>,
+
+    /// Size in MiB of each VMM's grant window (shared-memory region 0 of its gcma device), the
+    /// most one guest can hold granted at once (default: the pool size).
+    #[arg(long, value_name = "MIB", requires = "gcma_socket")]
+    pub gcma_window_mib: Option<u64>,
 
     /// Start every swap disk empty (its backing file is cut to nothing first). Without it a swap
     /// disk serves what its file holds: that is how a restarted daemon keeps a running guest's

@@ -18,8 +18,9 @@ use crate::cache_disk::CacheDisk;
 use crate::cli::Cli;
 use crate::control::Control;
 use crate::disk::{Disk, DiskKind};
-use crate::metrics::DiskCollector;
-use crate::serve::{listen, serve_one_at_a_time, DeviceFactory, ServeError};
+use crate::gcma_dev::{serve_gcma, GcmaService};
+use crate::metrics::{DiskCollector, VmmCollector};
+use crate::serve::{listen, listen_unix, serve_one_at_a_time, DeviceFactory, ServeError};
 use crate::swap_disk::SwapDisk;
 use crate::vhost_blk::{GuestMem, VhostBlk};
 use gcma_http::HttpServer;
@@ -101,6 +102,9 @@ pub struct Daemon {
     pub disks: Vec<Arc<Disk>>,
     /// The control endpoint's routing (also usable directly).
     pub control: Arc<Control>,
+    /// The virtio-gcma service (`--gcma-socket`), if any.
+    pub gcma: Option<Arc<GcmaService>>,
+    gcma_socket: Option<PathBuf>,
     servers: Vec<HttpServer>,
     stop: Arc<AtomicBool>,
     accept: Vec<JoinHandle<()>>,
@@ -261,6 +265,21 @@ impl Daemon {
             pool: pool.clone(),
             disks: disks.clone(),
         }));
+        let gcma = match &cli.gcma_socket {
+            None => None,
+            Some(_) => {
+                let window_bytes = cli
+                    .gcma_window_mib
+                    .map_or(nr_pages * PAGE_SIZE as u64, |m| m << 20);
+                let service = GcmaService::new(pool.clone(), window_bytes).map_err(|e| {
+                    DaemonError::Config(format!("cannot start the virtio-gcma service: {e}"))
+                })?;
+                registry.register_collector(Box::new(VmmCollector {
+                    service: service.clone(),
+                }));
+                Some(service)
+            }
+        };
         let control = Arc::new(Control::new(pool.clone(), Arc::new(registry)));
         let mut servers = Vec::new();
         if let Some(p) = &cli.api_sock {
@@ -277,8 +296,26 @@ impl Daemon {
                 source,
             })?);
         }
+        let gcma_listener = match &cli.gcma_socket {
+            Some(p) => Some(listen_unix(p).map_err(|source| DaemonError::Socket {
+                disk: "virtio-gcma".into(),
+                source,
+            })?),
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut accept = Vec::new();
+        if let (Some(l), Some(service)) = (gcma_listener, &gcma) {
+            let t = serve_gcma(l, service.clone(), stop.clone())
+                .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
+            accept.push(t);
+            log::info!(
+                "virtio-gcma: serving VMMs on {}",
+                cli.gcma_socket
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            );
+        }
         for (d, l) in disks.iter().zip(listeners) {
             let t = serve_one_at_a_time(l, Arc::new(DiskFactory(d.clone())), stop.clone())
                 .map_err(|e| DaemonError::Config(format!("cannot start a thread: {e}")))?;
@@ -300,6 +337,8 @@ impl Daemon {
             pool,
             disks,
             control,
+            gcma,
+            gcma_socket: cli.gcma_socket.clone(),
             servers,
             stop,
             accept,
@@ -321,6 +360,9 @@ impl Daemon {
         // No new connections: the socket paths go (accepting threads die with the process).
         for d in &self.disks {
             let _ = std::fs::remove_file(&d.socket);
+        }
+        if let Some(p) = &self.gcma_socket {
+            let _ = std::fs::remove_file(p);
         }
         for d in &self.disks {
             d.quiesce();
@@ -385,8 +427,11 @@ fn check(cli: &Cli) -> Result<(), DaemonError> {
             ));
         }
     }
+    if cli.gcma_window_mib == Some(0) {
+        return bad("--gcma-window-mib must be at least 1".into());
+    }
     let mut names = HashSet::new();
-    let mut sockets = HashSet::new();
+    let mut sockets: HashSet<PathBuf> = cli.gcma_socket.iter().cloned().collect();
     let commons = cli
         .swap_disks
         .iter()
@@ -400,7 +445,10 @@ fn check(cli: &Cli) -> Result<(), DaemonError> {
             ));
         }
         if !sockets.insert(c.socket.clone()) {
-            return bad(format!("two disks use the socket {}", c.socket.display()));
+            return bad(format!(
+                "two disks (or a disk and --gcma-socket) use the socket {}",
+                c.socket.display()
+            ));
         }
     }
     Ok(())

@@ -274,3 +274,91 @@ impl Collector for DiskCollector {
         )
     }
 }
+
+/// Encodes the `gcma_vmm_*` families: the virtio-gcma service and the VMMs attached to it.
+#[derive(Debug)]
+pub struct VmmCollector {
+    /// The service.
+    pub service: Arc<crate::gcma_dev::GcmaService>,
+}
+
+impl Collector for VmmCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let c = self.service.counters();
+        let g = self.service.grants();
+        let n = |v: u64| [(Vec::new(), Value::Int(v))];
+        let load = |a: &std::sync::atomic::AtomicU64| n(a.load(Ordering::Relaxed));
+        let e = &mut e;
+        family(
+            e,
+            "gcma_vmm_connected",
+            "VMMs connected to the virtio-gcma socket.",
+            Gauge,
+            &load(&c.connected),
+        )?;
+        family(
+            e,
+            "gcma_vmm_connections",
+            "VMM connections accepted.",
+            Counter,
+            &load(&c.connections),
+        )?;
+        family(
+            e,
+            "gcma_vmm_refused_connections",
+            "Connections closed unserved: the peer's identity (SO_PEERCRED, pidfd) was unavailable.",
+            Counter,
+            &load(&c.refused),
+        )?;
+        family(
+            e,
+            "gcma_vmm_released_clients",
+            "Pool clients of VMMs released: everything they held went back to the pool.",
+            Counter,
+            &load(&c.released_clients),
+        )?;
+        family(
+            e,
+            "gcma_vmm_retired_clients",
+            "Disconnected VMMs whose grants may still be mapped, kept until their process exits.",
+            Gauge,
+            &load(&c.retired_clients),
+        )?;
+        family(
+            e,
+            "gcma_vmm_resets",
+            "Guest resets that released what the guest held.",
+            Counter,
+            &load(&c.resets),
+        )?;
+        family(
+            e,
+            "gcma_vmm_shmem_failures",
+            "SHMEM_MAP/SHMEM_UNMAP requests that failed (refused, unanswered, channel broken).",
+            Counter,
+            &load(&c.shmem_failures),
+        )?;
+        family(
+            e,
+            "gcma_vmm_grants",
+            "Grants mapped in VMMs' windows.",
+            Gauge,
+            &n(g.grants),
+        )?;
+        family(
+            e,
+            "gcma_vmm_granted_pages",
+            "Pages of those grants.",
+            Gauge,
+            &n(g.granted_pages),
+        )?;
+        family(
+            e,
+            "gcma_vmm_stuck_grants",
+            "Grants whose unmap a VMM has not acknowledged; never reused until it does or exits.",
+            Gauge,
+            &n(g.stuck_grants),
+        )
+    }
+}

@@ -59,6 +59,26 @@ pub trait DeviceFactory: Send + Sync + 'static {
 /// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an error, and
 /// so is anything else at the path (a mistyped path must not delete a file).
 pub fn listen(path: &Path) -> Result<Listener, ServeError> {
+    check_path(path)?;
+    Listener::new(path, true).map_err(|e| ServeError::Listen {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Like [`listen`], for a service that accepts connections itself (virtio-gcma: it needs each
+/// peer's credentials, see `crate::gcma_dev`).
+pub fn listen_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError> {
+    check_path(path)?;
+    let _ = std::fs::remove_file(path);
+    std::os::unix::net::UnixListener::bind(path).map_err(|e| ServeError::Listen {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Refuses a path that is not a socket, or a socket a live process serves.
+fn check_path(path: &Path) -> Result<(), ServeError> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -68,10 +88,7 @@ pub fn listen(path: &Path) -> Result<Listener, ServeError> {
             return Err(ServeError::InUse(path.to_path_buf()));
         }
     }
-    Listener::new(path, true).map_err(|e| ServeError::Listen {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    Ok(())
 }
 
 /// Serves `factory` on `listener`, one connection at a time, until `stop` is set (checked
