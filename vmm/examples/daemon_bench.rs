@@ -13,7 +13,7 @@
 //!    taking grants; the daemon's fd count and RSS before and after.
 //!
 //! Run: `nice -n 10 cargo run --release -p vmm --example daemon_bench [-- --scale 100]`
-//! (builds and uses `target/release/gcma-hostd`). Ends with `RESULT daemon_grant_1page_ratio=`
+//! (builds and uses `target/release/gcma-hostd`, or the one `GCMA_HOSTD` names). Ends with `RESULT daemon_grant_1page_ratio=`
 //! (daemon/embedded p50; goal ≤ 1.5), `RESULT daemon_grant_32000page_ratio=` (goal ≤ 1.1) and
 //! `RESULT daemon_tmem_ratio=` (embedded/daemon throughput; goal ≤ 1.2).
 
@@ -377,7 +377,11 @@ fn scale_section(hostd_bin: &Path, n: usize, per_us: f64) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Builds the release `gcma-hostd` and `vmm` (`GCMA_HOSTD` names another daemon build to use).
 fn hostd_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GCMA_HOSTD") {
+        return PathBuf::from(p);
+    }
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
         .args([
             "build",
