@@ -469,3 +469,57 @@ fn ten_vmm_processes_share_the_daemon_and_leave_nothing_behind() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_daemon_runs_every_microvm_as_a_vmm_process_and_passes_its_checks() {
+    const TEST: &str = "vmm demo --daemon";
+    if support::hypervisor_or_skip(TEST).is_none() {
+        return;
+    }
+    let hostd = match hostd::hostd_binary() {
+        Ok(b) => b,
+        Err(e) => return e2e_tests::skip(TEST, e),
+    };
+    let dir = hostd::scratch("demo");
+    let out = std::process::Command::new(VMM)
+        .args(["demo", "--daemon", "--hostd"])
+        .arg(&hostd)
+        .args([
+            "--pool-mib",
+            "32",
+            "--tenants",
+            "2",
+            "--sizes",
+            "1,512,4096",
+            "--reps",
+            "2",
+            "--cc-pages",
+            "256",
+            "--fs-pages",
+            "512",
+            "--warmup-rounds",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--svg",
+        ])
+        .arg(dir.join("demo.svg"))
+        .output()
+        .expect("vmm demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "[ok  ] every grant succeeded (6 of 6)",
+        "[ok  ] no accepted frontswap page lost or corrupted (0 bad)",
+        "[ok  ] tenant1 exited 0",
+        "gcma-hostd /metrics (excerpt):",
+        "gcma_grants_total 6",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
