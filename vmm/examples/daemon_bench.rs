@@ -12,7 +12,8 @@
 //!    attached VMM, then with N tenant VMM processes attached (pausing between bursts) + the one
 //!    taking grants; the daemon's fd count and RSS before and after.
 //!
-//! Run: `nice -n 10 cargo run --release -p vmm --example daemon_bench [-- --scale 100]`
+//! Run: `nice -n 10 cargo run --release -p vmm --example daemon_bench [-- --scale 100
+//! [--scale-only]]`
 //! (builds and uses `target/release/gcma-hostd`, or the one `GCMA_HOSTD` names). Ends with `RESULT daemon_grant_1page_ratio=`
 //! (daemon/embedded p50; goal ≤ 1.5), `RESULT daemon_grant_32000page_ratio=` (goal ≤ 1.1) and
 //! `RESULT daemon_tmem_ratio=` (embedded/daemon throughput; goal ≤ 1.2).
@@ -415,6 +416,10 @@ fn main() {
         }
     };
     let hostd_bin = hostd_binary();
+    if let (Some(n), true) = (scale, std::env::args().any(|a| a == "--scale-only")) {
+        scale_section(&hostd_bin, n, tsc_per_us());
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("daemon-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let extra = vec!["--backing-dir".to_string(), dir.display().to_string()];
