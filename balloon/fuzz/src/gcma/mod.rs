@@ -894,7 +894,7 @@ fn answer(
         }
         Request::FreeContig { offset } => {
             // An offset that overflows past the window's base names no grant.
-            let gpa = WINDOW_GPA.checked_add(offset).unwrap_or(u64::MAX);
+            let gpa = WINDOW_GPA.saturating_add(offset);
             let held = m.grants.get(&gpa).map(Vec::len);
             match (st, held) {
                 (status::OK, Some(n)) => {
