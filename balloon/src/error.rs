@@ -85,6 +85,9 @@ pub enum DeviceError {
     /// Signalling the guest failed.
     #[error("interrupt delivery failed: {0}")]
     Interrupt(#[from] std::io::Error),
+    /// The device's backend (another process serving it, e.g. over vhost-user) failed or is gone.
+    #[error("device backend: {0}")]
+    Backend(String),
 }
 
 /// Errors from releasing host memory behind guest pages.

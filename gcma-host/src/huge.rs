@@ -177,7 +177,8 @@ fn hugetlb_unavailable(len_bytes: u64, source: std::io::Error) -> HugePageError 
 /// host can back it: a hugetlb size must be a positive multiple of 2 MiB, shmem THP must be
 /// enabled for `thp`. Nothing is mapped or reserved yet (see [`map_shared`]).
 pub fn create_memfd(name: &CStr, len_bytes: u64, huge: HugePages) -> Result<File, HugePageError> {
-    let mut flags = libc::MFD_CLOEXEC;
+    // Sealable, so guest RAM can be sealed against shrinking before it is shared.
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     match huge {
         HugePages::Off => {}
         HugePages::Thp => {

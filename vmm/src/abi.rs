@@ -78,6 +78,13 @@ pub const MAILBOX_REG_CONTROL: u64 = 0x10;
 pub const MAILBOX_REG_EVENT_TAG: u64 = 0x18;
 /// Write: the value of an event; the write delivers `(tag, value)` to the host.
 pub const MAILBOX_REG_EVENT_VALUE: u64 = 0x20;
+/// Write: the vCPU pauses this many microseconds in the host (at most
+/// [`MAILBOX_MAX_SLEEP_US`]): a pause between bursts of work that costs no CPU, where a `hlt`
+/// (ring 0 only) or a spin loop would not do.
+pub const MAILBOX_REG_SLEEP_US: u64 = 0x28;
+/// The longest pause one [`MAILBOX_REG_SLEEP_US`] write buys (so a stop request waits at most
+/// this long).
+pub const MAILBOX_MAX_SLEEP_US: u64 = 1_000_000;
 /// Control-word bit: stop the current phase and report.
 pub const MAILBOX_CONTROL_STOP: u64 = 1;
 
@@ -91,6 +98,9 @@ pub const DEMO_PARAM_VM: u64 = 1;
 pub const DEMO_PARAM_CC_PAGES: u64 = 2;
 /// Tenant parameter: frontswap offsets in use.
 pub const DEMO_PARAM_FS_PAGES: u64 = 3;
+/// Tenant parameter: microseconds to pause after each round (0: none; see
+/// [`MAILBOX_REG_SLEEP_US`]).
+pub const DEMO_PARAM_PAUSE_US: u64 = 4;
 /// Grants parameter: grants per size.
 pub const DEMO_PARAM_REPS: u64 = 2;
 /// Grants parameter: how many sizes follow.

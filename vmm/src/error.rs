@@ -81,6 +81,9 @@ pub enum Error {
     /// Notification or interrupt plumbing (ioeventfd, irqfd, the device thread) failed.
     #[error("device events: {0}")]
     Events(#[from] crate::kvm::events::EventsError),
+    /// The vhost-user gcma device (`gcma-hostd`) could not be attached.
+    #[error("virtio-gcma over vhost-user")]
+    VhostGcma(#[from] crate::devices::vhost_gcma::VhostGcmaError),
     /// `run` was called before a payload or kernel was loaded.
     #[error("no payload or kernel loaded")]
     NoPayload,

@@ -5,6 +5,7 @@
 //! virtio-gcma device (one pool client) and the virtio-balloon in the next virtio slots; their
 //! ioeventfds on a device thread if asked; the [`VmHandle`] the control API and `/metrics` see.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use balloon::gcma::GcmaDevice;
@@ -13,6 +14,7 @@ use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use gcma_host::pool::Pool;
 
 use crate::api::runtime::{GcmaParts, VmHandle};
+use crate::devices::vhost_gcma::{VhostGcma, VhostGcmaLink};
 use crate::devices::VirtioSlot;
 use crate::error::{Error, Result};
 use crate::kvm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
@@ -25,6 +27,7 @@ pub struct VmBuilder {
     config: VmConfig,
     payload: String,
     gcma: Option<Arc<Pool>>,
+    gcma_socket: Option<PathBuf>,
     balloon: Option<BalloonConfig>,
     ioeventfd: bool,
 }
@@ -39,6 +42,8 @@ pub struct BuiltVm {
     pub gcma: Option<VirtioSlot<GcmaDevice>>,
     /// The balloon's slot, if any.
     pub balloon: Option<VirtioSlot<Balloon>>,
+    /// The vhost-user gcma device's slot and link, if the pool is `gcma-hostd`'s.
+    pub vhost_gcma: Option<(VirtioSlot<VhostGcma>, VhostGcmaLink)>,
     /// The device thread serving ioeventfd notifications, if asked for. Stop it after the VM.
     pub events: Option<DeviceEventLoop>,
 }
@@ -52,6 +57,7 @@ impl VmBuilder {
             config,
             payload: payload.into(),
             gcma: None,
+            gcma_socket: None,
             balloon: None,
             ioeventfd: false,
         }
@@ -60,6 +66,14 @@ impl VmBuilder {
     /// Adds a virtio-gcma device drawing from `pool` (the config needs a grant window).
     pub fn gcma(mut self, pool: Arc<Pool>) -> Self {
         self.gcma = Some(pool);
+        self
+    }
+
+    /// Adds a virtio-gcma device served by `gcma-hostd` over vhost-user at `socket`, instead of
+    /// an embedded pool. The grant window is sized to the daemon's (its shared-memory region 0),
+    /// rounded up to 2 MiB; `VmConfig::grant_window_bytes` is ignored.
+    pub fn gcma_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.gcma_socket = Some(socket.into());
         self
     }
 
@@ -83,7 +97,40 @@ impl VmBuilder {
                 "a virtio-gcma device needs a grant window (grant_window_bytes)".into(),
             ));
         }
-        let mut vm = MicroVm::new(hv, &self.config)?;
+        if self.gcma.is_some() && self.gcma_socket.is_some() {
+            return Err(Error::Config(
+                "a VM has one virtio-gcma device: an embedded pool or gcma-hostd's, not both"
+                    .into(),
+            ));
+        }
+        let mut config = self.config.clone();
+        let vhost = match &self.gcma_socket {
+            Some(path) => {
+                let (device, link) = VhostGcma::connect(path, &self.name)?;
+                config.grant_window_bytes = link.shm_len().div_ceil(2 << 20) * (2 << 20);
+                Some((device, link))
+            }
+            None => None,
+        };
+        let mut vm = MicroVm::new(hv, &config)?;
+        let vhost_gcma = match vhost {
+            Some((mut device, link)) => {
+                let (Some(range), Some(host)) = (vm.grant_window_range(), vm.grant_host_window())
+                else {
+                    return Err(Error::Config(
+                        "a vhost-user gcma device needs the one-slot grant window".into(),
+                    ));
+                };
+                device.set_window(range, host);
+                let slot = vm.add_virtio_device(device)?;
+                link.set_transport(&slot.transport);
+                if self.ioeventfd {
+                    link.register_ioeventfds(vm.vm_fd(), slot.base)?;
+                }
+                Some((slot, link))
+            }
+            None => None,
+        };
         let mut notifiers: Vec<DeviceSubscriber> = Vec::new();
         let mut parts = None;
         let gcma = match &self.gcma {
@@ -136,6 +183,7 @@ impl VmBuilder {
             handle,
             gcma,
             balloon,
+            vhost_gcma,
             events,
         })
     }

@@ -9,6 +9,7 @@
 //! * [`api`]: the control plane: a running VM as operators see it, the control API, metrics.
 //! * [`launch`]: assembling a VM with its devices ([`launch::VmBuilder`]).
 //! * [`limits`]: the bounds on what one guest can make the host do ([`limits::GuestLimits`]).
+//! * [`multiproc`]: one VMM process per guest: running `gcma-hostd` and `vmm agent` processes.
 //! * [`payloads`]: the built-in test payloads (built from `vmm/payloads` by `build.rs`).
 //! * [`seccomp`]: the thread kinds the VMM filters and the vCPU thread a guest runs on.
 //! * [`abi`]: the guest-physical layout payloads are built against.
@@ -36,6 +37,7 @@ pub mod grant;
 pub mod kvm;
 pub mod launch;
 pub mod limits;
+pub mod multiproc;
 pub mod payloads;
 pub mod seccomp;
 

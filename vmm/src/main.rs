@@ -22,6 +22,7 @@ use vmm::{GuestKind, Hypervisor, SerialOutput, VmConfig, VmOutcome};
 /// there too, no PCI probing (there is no PCI bus), and a panic ends the VM at once.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial pci=off panic=-1";
 
+mod agent;
 mod demo;
 mod huge_args;
 mod limit_args;
@@ -50,6 +51,13 @@ enum Command {
     /// Exit status 0 when every check passed (every grant succeeded and read as zero, no
     /// frontswap page lost, every guest exited 0), 1 otherwise.
     Demo(DemoArgs),
+    /// Run one microVM with the demo's agent payload (a cleancache/frontswap tenant or a grant
+    /// requester) and print its mailbox events as `event <tag> <value>` lines, then `outcome
+    /// ...`. A `stop` line on standard input (or its end) asks a tenant to finish and check every
+    /// frontswap page it holds. This is how `vmm demo --daemon` and the multi-process tests run
+    /// one VMM process per guest against gcma-hostd. Exit status: the payload's exit code (0: all
+    /// its checks passed), 125 for a guest fault.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +105,14 @@ struct DemoArgs {
     /// Print only the final report, no progress lines and no table.
     #[arg(long)]
     quiet: bool,
+    /// Use the host pool service instead of an in-process pool: start gcma-hostd (found next to
+    /// this executable or on PATH; see --hostd) and run every microVM as a `vmm agent` process of
+    /// its own attached to it over vhost-user. Same report and checks, plus the daemon's /metrics.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: the gcma-hostd executable.
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    hostd: Option<PathBuf>,
     #[command(flatten)]
     limits: limit_args::LimitArgs,
     /// CPU share, in percent of one core, of the pool's background zeroer, which zeroes free
@@ -186,6 +202,12 @@ enum CliError {
     Demo(#[from] demo::DemoError),
     #[error("installing the seccomp filters (--no-seccomp runs without them)")]
     Seccomp(#[source] gcma_seccomp::SeccompError),
+    #[error("gcma-hostd not found next to vmm or on PATH: build it (cargo build -p gcma-hostd) or give --hostd")]
+    NoHostd,
+    #[error("cannot find the vmm executable itself")]
+    SelfExe(#[source] std::io::Error),
+    #[error("agent")]
+    Agent(#[from] agent::AgentError),
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
@@ -215,7 +237,16 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         zeroer_cpu_pct: args.zeroer_cpu_pct,
         huge_pages: args.hugepages.into(),
     };
-    let summary = demo::run_demo(&cfg)?;
+    let summary = if args.daemon {
+        let hostd = args
+            .hostd
+            .or_else(|| vmm::multiproc::find_binary("gcma-hostd"))
+            .ok_or(CliError::NoHostd)?;
+        let vmm = std::env::current_exe().map_err(CliError::SelfExe)?;
+        demo::run_demo_daemon(&cfg, &demo::DaemonBinaries { hostd, vmm })?
+    } else {
+        demo::run_demo(&cfg)?
+    };
     Ok(if summary.all_checks_passed() {
         ExitCode::SUCCESS
     } else {
@@ -270,6 +301,12 @@ struct RunArgs {
     /// payload asks it for a contiguous grant; `--arg` is its size in pages).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
     gcma_pool_mib: Option<u64>,
+    /// Add a virtio-gcma device served by gcma-hostd over vhost-user at this Unix socket
+    /// (`gcma-hostd --gcma-socket PATH`), instead of an in-process pool: the host's one pool,
+    /// shared with other VMM processes. The grant window takes the daemon's size. If the daemon
+    /// goes away the VMM logs it and the device enters DEVICE_NEEDS_RESET.
+    #[arg(long, value_name = "PATH", conflicts_with = "gcma_pool_mib")]
+    gcma_socket: Option<PathBuf>,
     /// With --gcma-pool-mib: CPU share, in percent of one core, of the pool's background zeroer,
     /// which zeroes free pool pages while the pool is quiet so that grants find them ready (it
     /// steps aside whenever a grant or a tenant wants the pool). 0 turns it off: grants zero
@@ -300,7 +337,9 @@ struct RunArgs {
     limits: limit_args::LimitArgs,
     /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
     /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
-    /// device work (see examples/notify_bench.rs); needs a spare host core.
+    /// device work (see examples/notify_bench.rs); needs a spare host core. With --gcma-socket
+    /// the gcma device's notifications become KVM ioeventfds handed to gcma-hostd, so a kick
+    /// reaches the daemon without an exit to the VMM (see examples/daemon_bench.rs).
     #[arg(long)]
     ioeventfd: bool,
     #[command(flatten)]
@@ -410,6 +449,9 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         ..VmConfig::default()
     };
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
+    if let Some(socket) = &args.gcma_socket {
+        builder = builder.gcma_socket(socket);
+    }
     // Stopped when the run is over (dropped at the end of this function).
     let mut _zeroer = None;
     let mut _retrier = None;
@@ -620,6 +662,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
+        Command::Agent(args) => agent::run(args).map_err(CliError::from),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vmm: {}", gcma_host::api::ErrorChain(&e));

@@ -8,12 +8,14 @@ use gcma_seccomp::ThreadKind;
 use crate::{Error, MicroVm, Result, VmOutcome};
 
 /// The kinds of threads a `vmm` process runs filtered: vCPUs, the device thread (and the
-/// balloon statistics poller), the HTTP servers and the pool's zeroer.
-pub const THREAD_KINDS: [ThreadKind; 4] = [
+/// balloon statistics poller), the HTTP servers, the pool's zeroer and the vhost-user frontend
+/// thread of a gcma device served by `gcma-hostd`.
+pub const THREAD_KINDS: [ThreadKind; 5] = [
     ThreadKind::Vcpu,
     ThreadKind::Device,
     ThreadKind::Http,
     ThreadKind::Zeroer,
+    ThreadKind::VhostFrontend,
 ];
 
 /// Compiles the filters of [`THREAD_KINDS`] and installs the `SIGSYS` handler, whose message

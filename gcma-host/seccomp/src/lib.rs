@@ -57,17 +57,22 @@ pub enum ThreadKind {
     Vhost,
     /// `gcma-hostd`: the housekeeping timer (write-back retries).
     Housekeeping,
+    /// `vmm`: the vhost-user frontend thread of a virtio-gcma device served by `gcma-hostd`
+    /// (`vhost-gcma-<vm>`: `SHMEM_MAP`/`UNMAP` into the grant window, call eventfds, daemon
+    /// death).
+    VhostFrontend,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Http,
         ThreadKind::Zeroer,
         ThreadKind::Vhost,
         ThreadKind::Housekeeping,
+        ThreadKind::VhostFrontend,
     ];
 
     /// The kind's name, as the `SIGSYS` message prints it.
@@ -79,6 +84,7 @@ impl ThreadKind {
             ThreadKind::Zeroer => "zeroer",
             ThreadKind::Vhost => "vhost-user",
             ThreadKind::Housekeeping => "housekeeping",
+            ThreadKind::VhostFrontend => "vhost-user frontend",
         }
     }
 

@@ -775,3 +775,363 @@ fn print_report(cfg: &DemoConfig, s: &DemoSummary, vms: &[Running]) {
     }
     let _ = cfg;
 }
+
+/// Where `vmm demo --daemon` finds its executables.
+#[derive(Debug, Clone)]
+pub struct DaemonBinaries {
+    /// `gcma-hostd`.
+    pub hostd: PathBuf,
+    /// `vmm` (this executable), run as `vmm agent` once per microVM.
+    pub vmm: PathBuf,
+}
+
+/// The pool as the daemon's `/metrics` shows it (the fields the report uses).
+fn pool_stats_from_metrics(text: &str) -> PoolStats {
+    use vmm::multiproc::metric;
+    let m = |name: &str, labels: &[(&str, &str)]| metric(text, name, labels) as u64;
+    let state = |s: &str| m("gcma_pool_pages", &[("state", s)]);
+    PoolStats {
+        nr_pages: m("gcma_pool_capacity_pages", &[]),
+        free_zero_pages: state("free_zero"),
+        free_dirty_pages: state("free_dirty"),
+        cleancache_pages: state("cleancache"),
+        frontswap_pages: state("frontswap"),
+        granted_pages: state("granted"),
+        clients: m("gcma_clients", &[]),
+        live_grants: m("gcma_live_grants", &[]),
+        grants: m("gcma_grants_total", &[]),
+        zeroed_pages: m("gcma_zeroed_pages_total", &[]),
+        written_back_pages: m("gcma_written_back_pages_total", &[]),
+        put_back_pages: m("gcma_put_back_pages_total", &[]),
+        evictions_grant: [
+            m(
+                "gcma_evicted_pages_total",
+                &[("reason", "grant"), ("kind", "cleancache")],
+            ),
+            m(
+                "gcma_evicted_pages_total",
+                &[("reason", "grant"), ("kind", "frontswap")],
+            ),
+        ],
+        ..PoolStats::default()
+    }
+}
+
+/// `vmm demo --daemon`: the same run as [`run_demo`], but the pool is `gcma-hostd`'s and every
+/// microVM is a `vmm agent` process of its own attached to it over vhost-user. Prints the same
+/// report and checks, plus an excerpt of the daemon's `/metrics`.
+pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSummary, DemoError> {
+    use vmm::multiproc::{AgentLine, AgentProcess, Hostd};
+    validate(cfg)?;
+    let io = |what: &str, e: std::io::Error| DemoError::Config(format!("{what}: {e}"));
+    let dir = std::env::temp_dir().join(format!("vmm-demo-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| io("creating the run directory", e))?;
+    let policy = match cfg.frontswap_policy {
+        FrontswapPolicy::WriteThrough => "write-through",
+        FrontswapPolicy::WriteBack => "write-back",
+        FrontswapPolicy::PutBack => "put-back",
+    };
+    let mut extra = vec![
+        "--frontswap-policy".to_string(),
+        policy.to_string(),
+        "--zeroer-cpu-pct".to_string(),
+        cfg.zeroer_cpu_pct.to_string(),
+        "--backing-dir".to_string(),
+        dir.display().to_string(),
+    ];
+    extra.push("--metrics-addr".into());
+    extra.push(cfg.metrics_addr.to_string());
+    let mut hostd = match Hostd::start(&bins.hostd, &dir, cfg.pool_mib, &extra) {
+        Ok(h) => h,
+        Err(e) if cfg.metrics_addr.port() != 0 => {
+            log::warn!("{e}; starting gcma-hostd with /metrics on a free port instead");
+            let mut any = cfg.metrics_addr;
+            any.set_port(0);
+            let n = extra.len();
+            extra[n - 1] = any.to_string();
+            Hostd::start(&bins.hostd, &dir, cfg.pool_mib, &extra)
+                .map_err(|e| io("starting gcma-hostd", e))?
+        }
+        Err(e) => return Err(io("starting gcma-hostd", e)),
+    };
+    say!(
+        cfg,
+        "gcma demo (daemon): gcma-hostd (pid {}) serves a {} MiB pool at {}; {} tenant + 1 grant vmm processes, {} MiB RAM each",
+        hostd.pid(),
+        cfg.pool_mib,
+        hostd.socket.display(),
+        cfg.tenants,
+        cfg.vm_mem_mib
+    );
+    say!(
+        cfg,
+        "Every microVM is a `vmm agent` process of its own, attached to the daemon over vhost-user;"
+    );
+    say!(
+        cfg,
+        "the daemon runs the device model and the pool, each VMM maps its grants into its guest."
+    );
+    let hz = tsc_hz();
+    let (tx, rx) = bounded::<MailboxEvent>(mailbox::EVENT_QUEUE_LEN * (cfg.tenants + 1));
+    let spawn = |name: &str, index: usize, args: Vec<String>| -> Result<AgentProcess, DemoError> {
+        let mut all = vec![
+            "--vm".to_string(),
+            index.to_string(),
+            "--gcma-socket".into(),
+            hostd.socket.display().to_string(),
+            "--mem-mib".into(),
+            cfg.vm_mem_mib.to_string(),
+        ];
+        all.extend(args);
+        let p = AgentProcess::spawn(&bins.vmm, &all, &dir.join(format!("{name}.log")))
+            .map_err(|e| io("starting a vmm agent process", e))?;
+        let lines = p.lines.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in lines {
+                if let AgentLine::Event { tag, value } = l {
+                    let _ = tx.send(MailboxEvent {
+                        vm: index,
+                        tag,
+                        value,
+                    });
+                }
+            }
+        });
+        Ok(p)
+    };
+    let mut agents: Vec<(String, AgentProcess)> = Vec::new();
+    for i in 0..cfg.tenants {
+        let name = format!("tenant{i}");
+        let p = spawn(
+            &name,
+            i,
+            vec![
+                "--role".into(),
+                "tenant".into(),
+                "--cc-pages".into(),
+                cfg.cc_pages.to_string(),
+                "--fs-pages".into(),
+                cfg.fs_pages.to_string(),
+            ],
+        )?;
+        agents.push((name, p));
+    }
+    let mut tenants = vec![TenantSummary::default(); cfg.tenants];
+    let mut done = vec![false; cfg.tenants + 1];
+    say!(
+        cfg,
+        "\n[phase 1] tenants fill the pool with cleancache and frontswap pages ({} rounds)",
+        cfg.warmup_rounds
+    );
+    let warm_deadline = Instant::now() + Duration::from_secs(600);
+    while cfg.tenants > 0 && tenants.iter().any(|t| t.rounds < cfg.warmup_rounds) {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => apply_tenant(&mut tenants, &mut done, ev),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if done.iter().take(cfg.tenants).any(|d| *d) || Instant::now() > warm_deadline {
+            break;
+        }
+    }
+    let pool_now = |h: &Hostd| pool_stats_from_metrics(&h.metrics().unwrap_or_default());
+    let s = pool_now(&hostd);
+    say!(
+        cfg,
+        "  pool: {} cleancache, {} frontswap, {} free pages",
+        s.cleancache_pages,
+        s.frontswap_pages,
+        s.free_zero_pages + s.free_dirty_pages
+    );
+    let gi = cfg.tenants;
+    let sizes: Vec<String> = cfg.sizes.iter().map(u64::to_string).collect();
+    let g = spawn(
+        "grants",
+        gi,
+        vec![
+            "--role".into(),
+            "grants".into(),
+            "--reps".into(),
+            cfg.reps.to_string(),
+            "--sizes".into(),
+            sizes.join(","),
+        ],
+    )?;
+    agents.push(("grants".into(), g));
+    drop(tx);
+    say!(cfg, "\n[phase 2] guest asks for contiguous grants, {} of each size, while tenants keep their traffic going", cfg.reps);
+    let mut rows: Vec<SizeRow> = Vec::new();
+    let (mut grants_ok, mut grants_failed, mut check_failures) = (0u64, 0u64, 0u64);
+    let mut last_report = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while !done[gi] {
+        let ev = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    log::error!("grants VM did not finish in time; stopping it");
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if ev.vm != gi {
+            apply_tenant(&mut tenants, &mut done, ev);
+            continue;
+        }
+        match ev.tag {
+            EV_GRANT_SIZE => {
+                if let Some(r) = rows.last() {
+                    print_size(cfg, r);
+                }
+                rows.push(SizeRow {
+                    pages: ev.value,
+                    grants: Vec::new(),
+                    memset: Vec::new(),
+                });
+            }
+            EV_GRANT_CYCLES => {
+                grants_ok += 1;
+                if let Some(r) = rows.last_mut() {
+                    r.grants.push(Duration::from_secs_f64(ev.value as f64 / hz));
+                }
+            }
+            EV_GRANT_FAILED => {
+                grants_failed += 1;
+                say!(cfg, "  grant refused (error code {:#x})", ev.value);
+            }
+            EV_GRANT_NONZERO | EV_GRANT_PATTERN_BAD | EV_GRANT_FREE_FAILED => {
+                check_failures += 1;
+                say!(
+                    cfg,
+                    "  grant check failed: event {} value {}",
+                    ev.tag,
+                    ev.value
+                );
+            }
+            EV_DONE => done[gi] = true,
+            _ => {}
+        }
+        if last_report.elapsed() > Duration::from_secs(3) {
+            last_report = Instant::now();
+            let s = pool_now(&hostd);
+            say!(
+                cfg,
+                "  ... pool: {} granted, {} cleancache, {} frontswap pages; tenants at round {}",
+                s.granted_pages,
+                s.cleancache_pages,
+                s.frontswap_pages,
+                tenants.iter().map(|t| t.rounds).min().unwrap_or(0)
+            );
+        }
+    }
+    if let Some(r) = rows.last() {
+        print_size(cfg, r);
+    }
+    let outcome_of = |p: &mut AgentProcess, timeout: Duration| -> VmOutcome {
+        match p.wait(timeout) {
+            Some(s) => match s.code() {
+                Some(c) if c != 125 => VmOutcome::Exited { code: c as u32 },
+                _ => VmOutcome::Shutdown { rip: 0 },
+            },
+            None => VmOutcome::Stopped { rip: 0 },
+        }
+    };
+    let grants_outcome = outcome_of(&mut agents[gi].1, Duration::from_secs(60));
+    say!(
+        cfg,
+        "\n[phase 3] tenants stop and check every frontswap page they still hold"
+    );
+    for (_, a) in agents.iter_mut().take(cfg.tenants) {
+        a.stop();
+    }
+    let stop_deadline = Instant::now() + Duration::from_secs(600);
+    while done.iter().take(cfg.tenants).any(|d| !*d) && Instant::now() < stop_deadline {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) if ev.vm < cfg.tenants => apply_tenant(&mut tenants, &mut done, ev),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let mut outcomes = Vec::new();
+    for (name, a) in agents.iter_mut().take(cfg.tenants) {
+        outcomes.push((name.clone(), outcome_of(a, Duration::from_secs(60))));
+    }
+    outcomes.push(("grants".to_string(), grants_outcome));
+    drain(&rx, &mut tenants, &mut done);
+    let metrics_text = hostd.metrics().unwrap_or_default();
+    for row in &mut rows {
+        row.memset = report::measure_memset(row.pages, cfg.reps as usize);
+    }
+    let pool_stats = pool_stats_from_metrics(&metrics_text);
+    let evicted_by_grants = pool_stats.evictions_grant.iter().sum();
+    let mut summary = DemoSummary {
+        rows,
+        grants_ok,
+        grants_failed,
+        grant_check_failures: check_failures,
+        tenants,
+        outcomes,
+        pool: pool_stats,
+        evicted_by_grants,
+        metrics_text,
+        tsc_hz: hz,
+        passed: false,
+    };
+    summary.passed = summary.all_checks_passed();
+    if cfg.progress {
+        print_report(cfg, &summary, &[]);
+        for (name, o) in &summary.outcomes {
+            if *o != (VmOutcome::Exited { code: 0 }) {
+                if let Some((_, a)) = agents.iter().find(|(n, _)| n == name) {
+                    println!("  {name} log ({}):\n{}", a.log.display(), a.log_text());
+                }
+            }
+        }
+        println!("\ngcma-hostd /metrics (excerpt):");
+        for l in summary.metrics_text.lines().filter(|l| {
+            [
+                "gcma_pool_pages{",
+                "gcma_clients ",
+                "gcma_live_grants ",
+                "gcma_grants_total ",
+                "gcma_evicted_pages_total{reason=\"grant\"",
+                "gcma_frontswap_stores_total",
+                "gcma_cleancache_puts_total",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        }) {
+            println!("  {l}");
+        }
+    }
+    if let Some(p) = &cfg.svg_path {
+        let svg = report::render_svg(
+            &summary.rows,
+            "Contiguous grant latency seen by a guest (virtio-gcma over vhost-user)",
+        );
+        match std::fs::write(p, svg) {
+            Ok(()) => say!(cfg, "chart: {}", p.display()),
+            Err(e) => eprintln!("vmm: cannot write {}: {e}", p.display()),
+        }
+    }
+    if let Some(path) = &cfg.summary_json {
+        let json = serde_json::to_string_pretty(&summary).map_err(DemoError::SummaryJson)?;
+        std::fs::write(path, json).map_err(|source| DemoError::Summary {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if !cfg.metrics_linger.is_zero() {
+        eprintln!(
+            "vmm: demo finished; gcma-hostd serves its /metrics for {} more seconds",
+            cfg.metrics_linger.as_secs()
+        );
+        std::thread::sleep(cfg.metrics_linger);
+    }
+    hostd.stop(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summary)
+}

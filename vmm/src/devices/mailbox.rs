@@ -16,8 +16,8 @@ use crossbeam::channel::{Sender, TrySendError};
 use super::output::OutputCounters;
 
 use crate::abi::{
-    MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE, MAILBOX_REG_PARAM,
-    MAILBOX_REG_PARAM_SEL,
+    MAILBOX_MAX_SLEEP_US, MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE,
+    MAILBOX_REG_PARAM, MAILBOX_REG_PARAM_SEL, MAILBOX_REG_SLEEP_US,
 };
 use crate::kvm::bus::MmioDevice;
 
@@ -117,6 +117,10 @@ impl MmioDevice for Mailbox {
                     Err(TrySendError::Full(_)) => self.counters.mailbox_event_dropped(),
                 }
             }
+            // Blocks the vCPU thread, bounded: the guest pauses without spinning a host core.
+            MAILBOX_REG_SLEEP_US => std::thread::sleep(std::time::Duration::from_micros(
+                v.min(MAILBOX_MAX_SLEEP_US),
+            )),
             _ => log::debug!("mailbox: write to unknown register {offset:#x} ignored"),
         }
     }

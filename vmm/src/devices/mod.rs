@@ -9,6 +9,7 @@
 //!   counted.
 //! * [`virtio`]: virtio-mmio devices from the `balloon` crate, reachable on the bus.
 //! * [`power`]: the ACPI sleep registers through which a Linux guest powers off.
+//! * [`vhost_gcma`]: virtio-gcma served by `gcma-hostd` over vhost-user (the VMM is the frontend).
 
 pub mod console;
 pub mod exit;
@@ -16,6 +17,7 @@ pub mod mailbox;
 pub mod output;
 pub mod power;
 pub mod serial;
+pub mod vhost_gcma;
 pub mod virtio;
 
 pub use console::ConsoleDevice;

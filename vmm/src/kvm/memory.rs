@@ -58,6 +58,23 @@ impl GuestRam {
         let len = usize::try_from(size_bytes)
             .map_err(|_| Error::Config(format!("guest RAM size {size_bytes} is too large")))?;
         let file = gcma_host::huge::create_memfd(c"vmm-guest-ram", size_bytes, huge)?;
+        // The size is final: a process we share guest RAM with (a vhost-user backend such as
+        // gcma-hostd, which refuses unsealed memory) can rely on it never shrinking under its
+        // mapping. Punching holes (the balloon) stays allowed.
+        // SAFETY: F_ADD_SEALS on a memfd we own, created with MFD_ALLOW_SEALING.
+        let rc = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Io {
+                op: "sealing the guest RAM memfd's size",
+                source: std::io::Error::last_os_error(),
+            });
+        }
         let memfd = Arc::new(file);
         // vm-memory maps files with MAP_NORESERVE; hugetlb RAM is mapped without it so that its
         // pages are reserved now. Both are shared, so writes land in the memfd.

@@ -576,6 +576,15 @@ impl MicroVm {
         self.grant_space.as_ref().map(GrantSpace::range)
     }
 
+    /// The grant window's host range, when grants are mapped into one memory slot
+    /// ([`GrantMapping::OneSlot`]): where a vhost-user gcma device maps the daemon's grants.
+    pub fn grant_host_window(&self) -> Option<Arc<balloon::gcma::HostWindow>> {
+        match &self.grant_space {
+            Some(GrantSpace::OneSlot(w)) => Some(w.host().clone()),
+            _ => None,
+        }
+    }
+
     /// The grant window bound to `pool`, for this VM's virtio-gcma device: grants come from
     /// `pool` and appear in the window. Bind it once.
     pub fn bind_grant_window(&self, pool: Arc<dyn GcmaBackend>) -> Result<Arc<GrantWindow>> {

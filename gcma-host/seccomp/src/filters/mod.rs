@@ -17,6 +17,7 @@ mod http;
 mod spawn;
 mod vcpu;
 mod vhost;
+mod vhost_frontend;
 mod virtio;
 mod zeroer;
 
@@ -54,5 +55,6 @@ pub(crate) fn allow_list(kind: ThreadKind) -> Vec<&'static [Allow]> {
         ThreadKind::Zeroer => vec![common::ALLOW, zeroer::ALLOW],
         ThreadKind::Vhost => vec![common::ALLOW, spawn::ALLOW, vhost::ALLOW],
         ThreadKind::Housekeeping => vec![common::ALLOW, housekeeping::ALLOW],
+        ThreadKind::VhostFrontend => vec![common::ALLOW, vhost_frontend::ALLOW],
     }
 }

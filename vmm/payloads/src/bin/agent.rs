@@ -247,6 +247,13 @@ fn tenant(d: &mut GcmaDriver<RawHal>) -> bool {
         if stop_requested() {
             break;
         }
+        let pause_us = param(DEMO_PARAM_PAUSE_US);
+        if pause_us > 0 {
+            mmio_write(MAILBOX_REG_SLEEP_US, pause_us);
+            if stop_requested() {
+                break;
+            }
+        }
         round += 1;
     }
     // Final check: every page still held must load with the bytes of its last accepted version.
