@@ -506,8 +506,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     drop(tx);
     say!(cfg, "\n[phase 2] guest asks for contiguous grants, {} of each size, while tenants keep their traffic going", cfg.reps);
 
-    let mut rows: Vec<SizeRow> = Vec::new();
-    let (mut grants_ok, mut grants_failed, mut check_failures) = (0u64, 0u64, 0u64);
+    let mut tally = GrantTally::default();
     let mut last_report = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(1800);
     while !done[gi] {
@@ -530,38 +529,8 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
             apply_tenant(&mut tenants, &mut done, ev);
             continue;
         }
-        match ev.tag {
-            EV_GRANT_SIZE => {
-                if let Some(r) = rows.last() {
-                    print_size(cfg, r);
-                }
-                rows.push(SizeRow {
-                    pages: ev.value,
-                    grants: Vec::new(),
-                    memset: Vec::new(),
-                });
-            }
-            EV_GRANT_CYCLES => {
-                grants_ok += 1;
-                if let Some(r) = rows.last_mut() {
-                    r.grants.push(Duration::from_secs_f64(ev.value as f64 / hz));
-                }
-            }
-            EV_GRANT_FAILED => {
-                grants_failed += 1;
-                say!(cfg, "  grant refused (error code {:#x})", ev.value);
-            }
-            EV_GRANT_NONZERO | EV_GRANT_PATTERN_BAD | EV_GRANT_FREE_FAILED => {
-                check_failures += 1;
-                say!(
-                    cfg,
-                    "  grant check failed: event {} value {}",
-                    ev.tag,
-                    ev.value
-                );
-            }
-            EV_DONE => done[gi] = true,
-            _ => {}
+        if tally.apply(cfg, hz, &ev) {
+            done[gi] = true;
         }
         if last_report.elapsed() > Duration::from_secs(3) {
             last_report = Instant::now();
@@ -576,9 +545,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
             );
         }
     }
-    if let Some(r) = rows.last() {
-        print_size(cfg, r);
-    }
+    tally.finish(cfg);
     let grants_outcome = join(&mut vms[gi])?;
 
     // Stop the tenants: they check every page they still hold and report.
@@ -614,6 +581,12 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     drain(&rx, &mut tenants, &mut done);
     let metrics_text = scrape(metrics_addr);
 
+    let GrantTally {
+        mut rows,
+        ok: grants_ok,
+        failed: grants_failed,
+        check_failures,
+    } = tally;
     for row in &mut rows {
         row.memset = report::measure_memset(row.pages, cfg.reps as usize);
     }
@@ -697,6 +670,62 @@ fn apply_tenant(tenants: &mut [TenantSummary], done: &mut [bool], ev: MailboxEve
             }
         }
         _ => {}
+    }
+}
+
+/// What the grants VM reported, collected the same way in both demo modes.
+#[derive(Default)]
+struct GrantTally {
+    rows: Vec<SizeRow>,
+    ok: u64,
+    failed: u64,
+    check_failures: u64,
+}
+
+impl GrantTally {
+    /// Takes one event of the grants VM (timings in TSC cycles at `hz`); true once it is done.
+    fn apply(&mut self, cfg: &DemoConfig, hz: f64, ev: &MailboxEvent) -> bool {
+        match ev.tag {
+            EV_GRANT_SIZE => {
+                if let Some(r) = self.rows.last() {
+                    print_size(cfg, r);
+                }
+                self.rows.push(SizeRow {
+                    pages: ev.value,
+                    grants: Vec::new(),
+                    memset: Vec::new(),
+                });
+            }
+            EV_GRANT_CYCLES => {
+                self.ok += 1;
+                if let Some(r) = self.rows.last_mut() {
+                    r.grants.push(Duration::from_secs_f64(ev.value as f64 / hz));
+                }
+            }
+            EV_GRANT_FAILED => {
+                self.failed += 1;
+                say!(cfg, "  grant refused (error code {:#x})", ev.value);
+            }
+            EV_GRANT_NONZERO | EV_GRANT_PATTERN_BAD | EV_GRANT_FREE_FAILED => {
+                self.check_failures += 1;
+                say!(
+                    cfg,
+                    "  grant check failed: event {} value {}",
+                    ev.tag,
+                    ev.value
+                );
+            }
+            EV_DONE => return true,
+            _ => {}
+        }
+        false
+    }
+
+    /// Prints the last size's row (each earlier one was printed when the next size began).
+    fn finish(&self, cfg: &DemoConfig) {
+        if let Some(r) = self.rows.last() {
+            print_size(cfg, r);
+        }
     }
 }
 
@@ -961,8 +990,7 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
     agents.push(("grants".into(), g));
     drop(tx);
     say!(cfg, "\n[phase 2] guest asks for contiguous grants, {} of each size, while tenants keep their traffic going", cfg.reps);
-    let mut rows: Vec<SizeRow> = Vec::new();
-    let (mut grants_ok, mut grants_failed, mut check_failures) = (0u64, 0u64, 0u64);
+    let mut tally = GrantTally::default();
     let mut last_report = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(1800);
     while !done[gi] {
@@ -981,38 +1009,8 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
             apply_tenant(&mut tenants, &mut done, ev);
             continue;
         }
-        match ev.tag {
-            EV_GRANT_SIZE => {
-                if let Some(r) = rows.last() {
-                    print_size(cfg, r);
-                }
-                rows.push(SizeRow {
-                    pages: ev.value,
-                    grants: Vec::new(),
-                    memset: Vec::new(),
-                });
-            }
-            EV_GRANT_CYCLES => {
-                grants_ok += 1;
-                if let Some(r) = rows.last_mut() {
-                    r.grants.push(Duration::from_secs_f64(ev.value as f64 / hz));
-                }
-            }
-            EV_GRANT_FAILED => {
-                grants_failed += 1;
-                say!(cfg, "  grant refused (error code {:#x})", ev.value);
-            }
-            EV_GRANT_NONZERO | EV_GRANT_PATTERN_BAD | EV_GRANT_FREE_FAILED => {
-                check_failures += 1;
-                say!(
-                    cfg,
-                    "  grant check failed: event {} value {}",
-                    ev.tag,
-                    ev.value
-                );
-            }
-            EV_DONE => done[gi] = true,
-            _ => {}
+        if tally.apply(cfg, hz, &ev) {
+            done[gi] = true;
         }
         if last_report.elapsed() > Duration::from_secs(3) {
             last_report = Instant::now();
@@ -1027,9 +1025,7 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
             );
         }
     }
-    if let Some(r) = rows.last() {
-        print_size(cfg, r);
-    }
+    tally.finish(cfg);
     let outcome_of = |p: &mut AgentProcess, timeout: Duration| -> VmOutcome {
         match p.wait(timeout) {
             Some(s) => match s.code() {
@@ -1062,6 +1058,12 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
     outcomes.push(("grants".to_string(), grants_outcome));
     drain(&rx, &mut tenants, &mut done);
     let metrics_text = hostd.metrics().unwrap_or_default();
+    let GrantTally {
+        mut rows,
+        ok: grants_ok,
+        failed: grants_failed,
+        check_failures,
+    } = tally;
     for row in &mut rows {
         row.memset = report::measure_memset(row.pages, cfg.reps as usize);
     }
