@@ -29,15 +29,19 @@ pub const NR_HUGEPAGES_KNOB: &str = "/proc/sys/vm/nr_hugepages";
 /// The sysfs knob that lets shmem (memfd) use transparent huge pages.
 pub const SHMEM_THP_KNOB: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 
-/// How a shared memory area is backed.
+/// How a shared memory area is backed. With feature `clap` it is the value of the binaries'
+/// `--hugepages` (the variant comments are its help).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum HugePages {
     /// 4 KiB pages.
     #[default]
     Off,
-    /// Transparent huge pages on a shmem memfd (`MADV_HUGEPAGE`).
+    /// Shmem transparent huge pages (madvise MADV_HUGEPAGE); needs
+    /// /sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always.
     Thp,
-    /// 2 MiB hugetlb pages (`MFD_HUGETLB | MFD_HUGE_2MB`).
+    /// Reserved 2 MiB hugetlb pages (MFD_HUGETLB); needs that many free
+    /// (/proc/sys/vm/nr_hugepages) and sizes that are multiples of 2 MiB.
     Hugetlb,
 }
 

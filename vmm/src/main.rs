@@ -24,7 +24,6 @@ const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial pci=off panic=-1
 
 mod agent;
 mod demo;
-mod huge_args;
 mod limit_args;
 
 /// A rust-vmm VMM for microVMs.
@@ -127,8 +126,8 @@ struct DemoArgs {
     /// 2 MiB pages), `thp` asks for shmem transparent huge pages
     /// (/sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always), `off` uses
     /// 4 KiB pages. Grants of 2 MiB or more are placed 2 MiB-aligned either way.
-    #[arg(long, value_enum, default_value_t = huge_args::HugePagesArg::Off, value_name = "KIND")]
-    hugepages: huge_args::HugePagesArg,
+    #[arg(long, value_enum, default_value_t = gcma_host::huge::HugePages::Off, value_name = "KIND")]
+    hugepages: gcma_host::huge::HugePages,
     #[command(flatten)]
     seccomp: SeccompArgs,
 }
@@ -235,7 +234,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         limits: args.limits.guest_limits(),
         max_search_nodes: args.limits.gcma_max_search_nodes,
         zeroer_cpu_pct: args.zeroer_cpu_pct,
-        huge_pages: args.hugepages.into(),
+        huge_pages: args.hugepages,
     };
     let summary = if args.daemon {
         let hostd = args
@@ -350,8 +349,8 @@ struct RunArgs {
     /// 2 MiB pages), `thp` asks for shmem transparent huge pages
     /// (/sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always), `off` uses
     /// 4 KiB pages. Grants of 2 MiB or more are placed 2 MiB-aligned either way.
-    #[arg(long, value_enum, default_value_t = huge_args::HugePagesArg::Off, value_name = "KIND")]
-    hugepages: huge_args::HugePagesArg,
+    #[arg(long, value_enum, default_value_t = gcma_host::huge::HugePages::Off, value_name = "KIND")]
+    hugepages: gcma_host::huge::HugePages,
 }
 
 /// Limits of the API socket and the metrics endpoint (see gcma-host/http/src/lib.rs).
@@ -445,7 +444,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         },
         limits: args.limits.guest_limits(),
         kind,
-        huge_pages: args.hugepages.into(),
+        huge_pages: args.hugepages,
         ..VmConfig::default()
     };
     let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
@@ -462,7 +461,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             client_frontswap_limit_pages: Some(pool_pages),
             max_search_nodes: args.limits.gcma_max_search_nodes,
             log_limit: args.limits.log_limit(),
-            huge_pages: args.hugepages.into(),
+            huge_pages: args.hugepages,
             ..gcma_host::pool::PoolConfig::new(pool_pages)
         })
         .map_err(CliError::Pool)?;

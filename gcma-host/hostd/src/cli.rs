@@ -41,8 +41,8 @@ pub struct Cli {
     /// grants are then carved in whole 2 MiB pages), `thp` asks for shmem transparent huge pages
     /// (needs /sys/kernel/mm/transparent_hugepage/shmem_enabled at advise or always), `off`
     /// uses 4 KiB pages. Grants of 2 MiB or more start at a 2 MiB boundary either way.
-    #[arg(long, value_enum, default_value_t = HugePagesArg::Off, value_name = "KIND")]
-    pub hugepages: HugePagesArg,
+    #[arg(long, value_enum, default_value_t = gcma_host::huge::HugePages::Off, value_name = "KIND")]
+    pub hugepages: gcma_host::huge::HugePages,
 
     /// Lock the pool in memory (needs RLIMIT_MEMLOCK or CAP_IPC_LOCK).
     #[arg(long)]
@@ -402,26 +402,5 @@ mod tests {
         assert_eq!(d.common.name(), "c");
         assert!(parse_cache_disk("c.sock").is_err());
         assert!(parse_cache_disk("c.sock,image=x,size=1M").is_err());
-    }
-}
-
-/// `--hugepages`: how the pool's memory is backed (see [`gcma_host::huge::HugePages`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HugePagesArg {
-    /// 4 KiB pages.
-    Off,
-    /// Shmem transparent huge pages (madvise MADV_HUGEPAGE).
-    Thp,
-    /// Reserved 2 MiB hugetlb pages.
-    Hugetlb,
-}
-
-impl From<HugePagesArg> for gcma_host::huge::HugePages {
-    fn from(a: HugePagesArg) -> Self {
-        match a {
-            HugePagesArg::Off => Self::Off,
-            HugePagesArg::Thp => Self::Thp,
-            HugePagesArg::Hugetlb => Self::Hugetlb,
-        }
     }
 }

@@ -138,7 +138,7 @@ impl Daemon {
             .filter(|&n| n > 0)
             .ok_or_else(|| DaemonError::Config("--pool-mib must be at least 1".into()))?;
         let mut cfg = PoolConfig::new(nr_pages);
-        cfg.huge_pages = cli.hugepages.into();
+        cfg.huge_pages = cli.hugepages;
         cfg.mlock = cli.mlock;
         cfg.frontswap_policy = cli.frontswap_policy.into();
         cfg.backing_dir = cli.backing_dir.clone();
