@@ -609,23 +609,11 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     if cfg.progress {
         print_report(cfg, &summary, &vms);
     }
-    if let Some(p) = &cfg.svg_path {
-        let svg = report::render_svg(
-            &summary.rows,
-            "Contiguous grant latency seen by a guest (virtio-gcma)",
-        );
-        match std::fs::write(p, svg) {
-            Ok(()) => say!(cfg, "chart: {}", p.display()),
-            Err(e) => eprintln!("vmm: cannot write {}: {e}", p.display()),
-        }
-    }
-    if let Some(path) = &cfg.summary_json {
-        let json = serde_json::to_string_pretty(&summary).map_err(DemoError::SummaryJson)?;
-        std::fs::write(path, json).map_err(|source| DemoError::Summary {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    write_outputs(
+        cfg,
+        &summary,
+        "Contiguous grant latency seen by a guest (virtio-gcma)",
+    )?;
     if !cfg.metrics_linger.is_zero() {
         eprintln!(
             "vmm: demo finished; serving http://{metrics_addr}/metrics for {} more seconds",
@@ -635,6 +623,30 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     }
     drop(server);
     Ok(summary)
+}
+
+/// Writes what `cfg` asks for besides the report: the latency chart (titled `chart_title`) and
+/// the JSON summary.
+fn write_outputs(
+    cfg: &DemoConfig,
+    summary: &DemoSummary,
+    chart_title: &str,
+) -> Result<(), DemoError> {
+    if let Some(p) = &cfg.svg_path {
+        let svg = report::render_svg(&summary.rows, chart_title);
+        match std::fs::write(p, svg) {
+            Ok(()) => say!(cfg, "chart: {}", p.display()),
+            Err(e) => eprintln!("vmm: cannot write {}: {e}", p.display()),
+        }
+    }
+    if let Some(path) = &cfg.summary_json {
+        let json = serde_json::to_string_pretty(summary).map_err(DemoError::SummaryJson)?;
+        std::fs::write(path, json).map_err(|source| DemoError::Summary {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn drain(rx: &Receiver<MailboxEvent>, tenants: &mut [TenantSummary], done: &mut [bool]) {
@@ -1109,23 +1121,11 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
             println!("  {l}");
         }
     }
-    if let Some(p) = &cfg.svg_path {
-        let svg = report::render_svg(
-            &summary.rows,
-            "Contiguous grant latency seen by a guest (virtio-gcma over vhost-user)",
-        );
-        match std::fs::write(p, svg) {
-            Ok(()) => say!(cfg, "chart: {}", p.display()),
-            Err(e) => eprintln!("vmm: cannot write {}: {e}", p.display()),
-        }
-    }
-    if let Some(path) = &cfg.summary_json {
-        let json = serde_json::to_string_pretty(&summary).map_err(DemoError::SummaryJson)?;
-        std::fs::write(path, json).map_err(|source| DemoError::Summary {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    write_outputs(
+        cfg,
+        &summary,
+        "Contiguous grant latency seen by a guest (virtio-gcma over vhost-user)",
+    )?;
     if !cfg.metrics_linger.is_zero() {
         eprintln!(
             "vmm: demo finished; gcma-hostd serves its /metrics for {} more seconds",
