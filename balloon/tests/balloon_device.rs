@@ -200,6 +200,25 @@ fn inflate_and_deflate_one_gib_returns_memory() {
 }
 
 #[test]
+fn a_driver_with_interrupts_off_gets_none_until_it_turns_them_on() {
+    // Without EVENT_IDX the available ring's flags decide (virtio 1.2 §2.7.7.2): a polling driver
+    // sets VIRTQ_AVAIL_F_NO_INTERRUPT and must not be interrupted per used buffer.
+    let mut g = memfd_guest(16 * MIB);
+    g.d.init(ALL & !VIRTIO_RING_F_EVENT_IDX, 16).unwrap();
+    let avail = g.d.queue_layout(INFLATE).unwrap().avail;
+    let bufs = g.pfn_bufs(1);
+    let before = g.irq.count();
+    g.d.write_mem(avail, &1u16.to_le_bytes()).unwrap();
+    g.send_pfns(INFLATE, &[1, 2, 3], &bufs);
+    g.send_pfns(INFLATE, &[4], &bufs);
+    assert_eq!(g.irq.count(), before, "interrupted with NO_INTERRUPT set");
+    assert_eq!(g.status().inflated_pages, 4);
+    g.d.write_mem(avail, &0u16.to_le_bytes()).unwrap();
+    g.send_pfns(INFLATE, &[5], &bufs);
+    assert_eq!(g.irq.count(), before + 1);
+}
+
+#[test]
 fn inflate_on_private_anonymous_memory_uses_dontneed() {
     let data = 8 * MIB;
     let mem = anon_guest_memory(&[(0, (data + 4 * MIB) as usize)]).unwrap();

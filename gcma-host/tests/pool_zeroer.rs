@@ -301,3 +301,38 @@ fn grant_prefers_known_zero_run() {
     pool.free_contig(vm, g.first_page).unwrap();
     pool.check_consistency().unwrap();
 }
+
+/// The zeroer's thread runs in the SCHED_IDLE class (policy 5 in /proc's `stat`, field 41).
+#[test]
+fn the_zeroer_thread_only_takes_idle_cpu() {
+    let pool = Pool::new(PoolConfig::new(64)).unwrap();
+    let z = Zeroer::start(&pool, ZeroerConfig::default()).unwrap();
+    let policy = |stat: &str| -> Option<u32> {
+        let after_comm = &stat[stat.rfind(')')? + 2..];
+        // Fields from 3 (state) on; policy is field 41.
+        after_comm.split(' ').nth(41 - 3)?.parse().ok()
+    };
+    let t = Instant::now();
+    let found = loop {
+        let found = std::fs::read_dir("/proc/thread-self/..")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "gcma-zeroer")
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter_map(|s| policy(&s))
+            .collect::<Vec<_>>();
+        if !found.is_empty() || t.elapsed() > Duration::from_secs(30) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!found.is_empty(), "no gcma-zeroer thread found");
+    assert!(
+        found.iter().all(|&p| p == libc::SCHED_IDLE as u32),
+        "zeroer scheduling policies {found:?}"
+    );
+    drop_within_deadline(z);
+}

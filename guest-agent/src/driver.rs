@@ -222,6 +222,11 @@ impl<H: Hal> GcmaDriver<H> {
     }
 
     /// The HAL (e.g. for the test harness behind it).
+    pub fn hal(&self) -> &H {
+        &self.hal
+    }
+
+    /// The HAL, mutably.
     pub fn hal_mut(&mut self) -> &mut H {
         &mut self.hal
     }
@@ -389,6 +394,10 @@ impl<H: Hal> GcmaDriver<H> {
         let mut done = 0u128;
         let mut outstanding = group.len();
         let mut polls = 0u64;
+        let mut interrupts = false;
+        // Look at the status on the first poll, every 1024th and after every sleep (a sleep may
+        // have ended on the config-change interrupt of a device that needs a reset).
+        let mut look = true;
         while outstanding > 0 {
             let queue = &mut self.queues[usize::from(q)];
             match queue.pop_used() {
@@ -415,7 +424,7 @@ impl<H: Hal> GcmaDriver<H> {
                 None => {}
             }
             polls += 1;
-            if polls == 1 || polls.is_multiple_of(1024) {
+            if core::mem::take(&mut look) || polls.is_multiple_of(1024) {
                 let st = self.hal.mmio_read32(STATUS);
                 if st & STATUS_DEVICE_NEEDS_RESET != 0 {
                     return Err(Error::DeviceNeedsReset);
@@ -427,7 +436,20 @@ impl<H: Hal> GcmaDriver<H> {
             if polls > self.cfg.max_polls {
                 return Err(Error::Timeout);
             }
-            self.hal.wait_hint();
+            if self.hal.wait_hint(polls) {
+                if interrupts {
+                    self.hal.wait_interrupt();
+                    look = true;
+                } else {
+                    // Look once more before sleeping: a buffer used before the device saw the
+                    // flag raised no interrupt.
+                    self.queues[usize::from(q)].set_interrupts(true);
+                    interrupts = true;
+                }
+            }
+        }
+        if interrupts {
+            self.queues[usize::from(q)].set_interrupts(false);
         }
         Ok(())
     }

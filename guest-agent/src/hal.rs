@@ -42,9 +42,21 @@ pub unsafe trait Hal {
     fn mmio_write32(&mut self, offset: u64, value: u32);
     /// `pages` zeroed, physically contiguous pages of DMA memory.
     fn dma_alloc(&mut self, pages: usize) -> Result<DmaRegion, DmaExhausted>;
-    /// Called while the driver polls for used buffers (a spin hint by default). A HAL whose
-    /// device runs elsewhere may yield here.
-    fn wait_hint(&mut self) {
+    /// Called while the driver polls for used buffers, with the number of polls of this wait so
+    /// far (1 on the first). Spins by default and returns `false`. A HAL that can sleep until
+    /// the device's interrupt returns `true` once the wait has lasted longer than spinning is
+    /// worth: the driver then turns the queue's interrupts on, looks at the used ring once more
+    /// and calls [`wait_interrupt`](Self::wait_interrupt) between further looks.
+    fn wait_hint(&mut self, polls: u64) -> bool {
+        let _ = polls;
+        core::hint::spin_loop();
+        false
+    }
+
+    /// Sleeps until the device raises its interrupt (one raised since the last call counts) or
+    /// some bounded time passes. Only called after [`wait_hint`](Self::wait_hint) returned
+    /// `true`; the default just spins once.
+    fn wait_interrupt(&mut self) {
         core::hint::spin_loop();
     }
 }

@@ -212,6 +212,15 @@ impl SplitQueue {
         self.last_used = 0;
     }
 
+    /// Turns the device's used-buffer interrupts on or off (`VIRTQ_AVAIL_F_NO_INTERRUPT`),
+    /// ordered before the used-ring reads that follow (virtio 1.2 §2.7.7: the driver must look
+    /// at the ring again after turning them on, or miss a buffer used just before).
+    pub(crate) fn set_interrupts(&mut self, on: bool) {
+        let flags = if on { 0 } else { VIRTQ_AVAIL_F_NO_INTERRUPT };
+        self.ring.write_u16(self.avail_off, flags);
+        fence(Ordering::SeqCst);
+    }
+
     pub(crate) fn slots(&self) -> usize {
         self.slots.len()
     }

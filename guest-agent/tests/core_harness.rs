@@ -48,6 +48,12 @@ struct HarnessHal {
     fault: NotifyFault,
     pending: Vec<(u16, u32)>,
     notifies: u64,
+    /// The device's interrupt line.
+    irq: Arc<CountingIrq>,
+    /// `wait_hint` asks to sleep from this many polls of a wait on (None: never).
+    sleep_after: Option<u64>,
+    /// `wait_interrupt` calls, and interrupts raised by the time each one returned.
+    sleeps: Vec<u64>,
 }
 
 impl HarnessHal {
@@ -90,7 +96,22 @@ unsafe impl Hal for HarnessHal {
         common::carve_dma(&self.mem, &mut self.next, GUEST_MEM as u64, pages)
     }
 
-    fn wait_hint(&mut self) {
+    fn wait_hint(&mut self, polls: u64) -> bool {
+        self.deliver_due();
+        self.sleep_after.is_some_and(|n| polls >= n)
+    }
+
+    fn wait_interrupt(&mut self) {
+        // The guest sleeps; the device (elsewhere) answers what it was sent meanwhile.
+        for (q, _) in std::mem::take(&mut self.pending) {
+            self.write(QUEUE_NOTIFY, u32::from(q));
+        }
+        self.sleeps.push(self.irq.count());
+    }
+}
+
+impl HarnessHal {
+    fn deliver_due(&mut self) {
         let mut due = Vec::new();
         self.pending.retain_mut(|(q, left)| {
             if *left == 0 {
@@ -124,7 +145,8 @@ fn setup_with(pool_cfg: PoolConfig, window_pages: u64, cfg: DriverConfig) -> Set
         window_pages * PAGE_SIZE as u64,
     ));
     let dev = GcmaDevice::new(mapper.window(), "agent-test");
-    let transport = MmioTransport::new(dev, mem.clone(), Arc::new(CountingIrq::default()));
+    let irq = Arc::new(CountingIrq::default());
+    let transport = MmioTransport::new(dev, mem.clone(), irq.clone());
     let hal = HarnessHal {
         transport,
         mem,
@@ -132,6 +154,9 @@ fn setup_with(pool_cfg: PoolConfig, window_pages: u64, cfg: DriverConfig) -> Set
         fault: NotifyFault::None,
         pending: Vec::new(),
         notifies: 0,
+        irq,
+        sleep_after: None,
+        sleeps: Vec::new(),
     };
     let drv = GcmaDriver::new(hal, cfg).expect("driver init");
     Setup { drv, mapper, pool }
@@ -383,6 +408,38 @@ fn late_device_is_polled_until_it_answers() {
     let mut out = vec![0u8; PAGE_SIZE];
     assert!(fs.load(&mut s.drv, 29, &mut out).unwrap());
     assert!(out == pages[29]);
+}
+
+#[test]
+fn a_long_wait_turns_interrupts_on_and_sleeps_until_the_device_answers() {
+    let mut s = setup();
+    let mut fs = FrontswapClient::new(&s.drv, 0);
+    let page = pattern(7);
+    let mut out = vec![0u8; PAGE_SIZE];
+    // A quick device: answered on the notify, never a wait, never an interrupt.
+    s.drv.hal_mut().sleep_after = Some(3);
+    assert!(fs.store(&mut s.drv, 1, &page).unwrap());
+    assert_eq!(s.drv.hal().irq.count(), 0);
+    assert!(s.drv.hal().sleeps.is_empty());
+    // A slow one: the driver spins 3 polls, turns interrupts on, looks once more, then sleeps;
+    // the device's answer raises the interrupt that ends the sleep.
+    s.drv.hal_mut().fault = NotifyFault::Late(1_000_000);
+    assert!(fs.load(&mut s.drv, 1, &mut out).unwrap());
+    assert!(out == page);
+    assert_eq!(
+        s.drv.hal().sleeps,
+        vec![1],
+        "one sleep, ended by one interrupt"
+    );
+    // Interrupts are off again afterwards: a quick request raises none.
+    s.drv.hal_mut().fault = NotifyFault::None;
+    assert!(fs.load(&mut s.drv, 1, &mut out).unwrap());
+    assert_eq!(s.drv.hal().irq.count(), 1);
+    // A HAL that never asks to sleep keeps them off however long the device takes.
+    s.drv.hal_mut().sleep_after = None;
+    s.drv.hal_mut().fault = NotifyFault::Late(50);
+    assert!(fs.load(&mut s.drv, 1, &mut out).unwrap());
+    assert_eq!(s.drv.hal().irq.count(), 1);
 }
 
 #[test]

@@ -87,7 +87,13 @@ fn agent_samples(
     let mut vm = built.vm;
     // Read only after the run: room for every sample the payload sends.
     let (tx, rx) = bounded(1 << 16);
-    let (mailbox, _control) = Mailbox::new(0, params, tx, vm.output_counters().clone());
+    let (mailbox, _control) = Mailbox::new(
+        0,
+        params,
+        tx,
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .expect("mailbox");

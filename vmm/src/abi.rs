@@ -85,6 +85,12 @@ pub const MAILBOX_REG_SLEEP_US: u64 = 0x28;
 /// The longest pause one [`MAILBOX_REG_SLEEP_US`] write buys (so a stop request waits at most
 /// this long).
 pub const MAILBOX_MAX_SLEEP_US: u64 = 1_000_000;
+/// Write: the vCPU sleeps in the host until one of the VM's devices raises its interrupt, or this
+/// many microseconds pass (at most [`MAILBOX_MAX_SLEEP_US`]): a ring-3 payload's `hlt`. An
+/// interrupt raised since the last such wait ends the next one at once. A driver turns its
+/// queue's interrupts on (clears `VIRTQ_AVAIL_F_NO_INTERRUPT`), looks at the used ring once
+/// more, then waits.
+pub const MAILBOX_REG_WAIT_IRQ_US: u64 = 0x30;
 /// Control-word bit: stop the current phase and report.
 pub const MAILBOX_CONTROL_STOP: u64 = 1;
 
@@ -121,6 +127,9 @@ pub const EV_READY: u64 = 1;
 pub const EV_DONE: u64 = 2;
 /// Event: a driver error; value = error code.
 pub const EV_ERROR: u64 = 3;
+/// Event (final, before [`EV_DONE`]): waits for the device that outlasted the agent's spin, so
+/// that it turned the queue's interrupts on and slept until one ([`MAILBOX_REG_WAIT_IRQ_US`]).
+pub const EV_IRQ_WAITS: u64 = 4;
 /// Event: grants of this many pages follow.
 pub const EV_GRANT_SIZE: u64 = 10;
 /// Event: one grant took this many TSC cycles (request to response, seen by the guest).

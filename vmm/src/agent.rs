@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::bounded;
 use vmm::abi::*;
 use vmm::devices::mailbox::{self, Mailbox};
+use vmm::devices::vhost_gcma::GcmaKick;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
 use vmm::{Hypervisor, SerialOutput, VmConfig, VmOutcome};
@@ -63,10 +64,14 @@ pub struct AgentArgs {
     /// Grants: sizes in 4 KiB pages, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1u64, 512])]
     sizes: Vec<u64>,
-    /// Serve queue notifications through KVM ioeventfds (with --gcma-socket they go straight to
-    /// the daemon) instead of the MMIO exit path.
+    /// Serve the embedded pool's queue notifications through ioeventfds on a device thread
+    /// instead of the MMIO exit path.
     #[arg(long)]
     ioeventfd: bool,
+    /// With --gcma-socket: how a queue notification reaches gcma-hostd (`ioeventfd`: from KVM
+    /// directly; `exit`: through the vCPU thread).
+    #[arg(long, value_enum, default_value_t = GcmaKick::Ioeventfd, requires = "gcma_socket")]
+    gcma_kick: GcmaKick,
     /// Run without seccomp filters (as `vmm run --no-seccomp`; for debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -108,8 +113,9 @@ pub fn run(args: AgentArgs) -> Result<ExitCode, AgentError> {
         ..VmConfig::default()
     };
     let name = format!("agent{}", args.vm);
-    let mut builder =
-        VmBuilder::new(&name, config, BuiltinPayload::Agent.name()).ioeventfd(args.ioeventfd);
+    let mut builder = VmBuilder::new(&name, config, BuiltinPayload::Agent.name())
+        .ioeventfd(args.ioeventfd)
+        .gcma_kick(args.gcma_kick);
     let mut _zeroer = None;
     if let Some(path) = &args.gcma_socket {
         builder = builder.gcma_socket(path);
@@ -150,7 +156,13 @@ pub fn run(args: AgentArgs) -> Result<ExitCode, AgentError> {
         }
     };
     let (tx, rx) = bounded(mailbox::EVENT_QUEUE_LEN);
-    let (mailbox, control) = Mailbox::new(0, params, tx, vm.output_counters().clone());
+    let (mailbox, control) = Mailbox::new(
+        0,
+        params,
+        tx,
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .map_err(vmm::Error::from)?;

@@ -14,7 +14,7 @@ use balloon::virtio_balloon::{Balloon, BalloonConfig};
 use gcma_host::pool::Pool;
 
 use crate::api::runtime::{GcmaParts, VmHandle};
-use crate::devices::vhost_gcma::{VhostGcma, VhostGcmaLink};
+use crate::devices::vhost_gcma::{GcmaKick, VhostGcma, VhostGcmaLink};
 use crate::devices::VirtioSlot;
 use crate::error::{Error, Result};
 use crate::kvm::events::{DeviceEventLoop, DeviceSubscriber, QueueNotifier};
@@ -30,6 +30,7 @@ pub struct VmBuilder {
     gcma_socket: Option<PathBuf>,
     balloon: Option<BalloonConfig>,
     ioeventfd: bool,
+    gcma_kick: GcmaKick,
 }
 
 /// A built microVM, not running yet: load a payload into [`BuiltVm::vm`] and run it.
@@ -60,6 +61,7 @@ impl VmBuilder {
             gcma_socket: None,
             balloon: None,
             ioeventfd: false,
+            gcma_kick: GcmaKick::default(),
         }
     }
 
@@ -74,6 +76,14 @@ impl VmBuilder {
     /// rounded up to 2 MiB; `VmConfig::grant_window_bytes` is ignored.
     pub fn gcma_socket(mut self, socket: impl Into<PathBuf>) -> Self {
         self.gcma_socket = Some(socket.into());
+        self
+    }
+
+    /// How the guest's notifications of the `gcma_socket` device reach the daemon (KVM
+    /// ioeventfds by default; independent of [`ioeventfd`](Self::ioeventfd), which is about the
+    /// devices this process serves).
+    pub fn gcma_kick(mut self, kick: GcmaKick) -> Self {
+        self.gcma_kick = kick;
         self
     }
 
@@ -124,8 +134,13 @@ impl VmBuilder {
                 device.set_window(range, host);
                 let slot = vm.add_virtio_device(device)?;
                 link.set_transport(&slot.transport);
-                if self.ioeventfd {
-                    link.register_ioeventfds(vm.vm_fd(), slot.base)?;
+                if self.gcma_kick == GcmaKick::Ioeventfd {
+                    if let Err(e) = link.register_ioeventfds(vm.vm_fd(), slot.base) {
+                        log::warn!(
+                            "virtio-gcma {}: {e}; kicks go through the VMM instead",
+                            self.name
+                        );
+                    }
                 }
                 Some((slot, link))
             }

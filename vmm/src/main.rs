@@ -13,6 +13,7 @@ use vmm::api::control::{control_handler, metrics_handler};
 use vmm::api::http::{HttpServer, Limits, Listen};
 use vmm::api::metrics::VmmMetrics;
 use vmm::api::runtime::VmState;
+use vmm::devices::vhost_gcma::GcmaKick;
 use vmm::kvm::linux::LinuxBoot;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
@@ -336,11 +337,15 @@ struct RunArgs {
     limits: limit_args::LimitArgs,
     /// Serve virtio queue notifications through ioeventfds on a device thread instead of on the
     /// vCPU thread at each MMIO exit. Faster when kicks are cheap, slower when each carries much
-    /// device work (see examples/notify_bench.rs); needs a spare host core. With --gcma-socket
-    /// the gcma device's notifications become KVM ioeventfds handed to gcma-hostd, so a kick
-    /// reaches the daemon without an exit to the VMM (see examples/daemon_bench.rs).
+    /// device work (see examples/notify_bench.rs); needs a spare host core. (The --gcma-socket
+    /// device's notifications are set by --gcma-kick.)
     #[arg(long)]
     ioeventfd: bool,
+    /// With --gcma-socket: how a guest's queue notification reaches gcma-hostd. `ioeventfd`:
+    /// KVM signals the daemon directly, no exit to the VMM; `exit`: the vCPU thread exits and
+    /// signals it (slower; see examples/daemon_bench.rs).
+    #[arg(long, value_enum, default_value_t = GcmaKick::Ioeventfd, requires = "gcma_socket")]
+    gcma_kick: GcmaKick,
     #[command(flatten)]
     seccomp: SeccompArgs,
     /// Back the gcma pool and guest RAM with 2 MiB pages: `hugetlb` takes reserved hugetlb
@@ -447,7 +452,9 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         huge_pages: args.hugepages,
         ..VmConfig::default()
     };
-    let mut builder = VmBuilder::new("vm0", config.clone(), label).ioeventfd(args.ioeventfd);
+    let mut builder = VmBuilder::new("vm0", config.clone(), label)
+        .ioeventfd(args.ioeventfd)
+        .gcma_kick(args.gcma_kick);
     if let Some(socket) = &args.gcma_socket {
         builder = builder.gcma_socket(socket);
     }

@@ -114,6 +114,10 @@ fn grants_in_one_vmm_process_evict_another_ones_tenant_pages_and_no_frontswap_pa
             "4",
             "--sizes",
             "1,512,4096,7000",
+            // The tenant's kicks are KVM ioeventfds (the default); this one's go through the
+            // VMM's vCPU thread, so both paths carry traffic.
+            "--gcma-kick",
+            "exit",
         ],
     );
     let g = read_until(&grants, Duration::from_secs(180), |l| {
@@ -278,7 +282,13 @@ fn a_dead_daemon_puts_the_device_into_needs_reset_within_5_s_and_nothing_hangs()
     let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
     let (tx, rx) = bounded(4096);
     let params = vec![DEMO_ROLE_TENANT, 0, 256, 512];
-    let (mailbox, control) = Mailbox::new(0, params, tx, vm.output_counters().clone());
+    let (mailbox, control) = Mailbox::new(
+        0,
+        params,
+        tx,
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .unwrap();
@@ -336,6 +346,75 @@ fn a_dead_daemon_puts_the_device_into_needs_reset_within_5_s_and_nothing_hangs()
         VmOutcome::Exited { code: 1 },
         "the tenant reports its failed requests"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_guest_waiting_long_for_a_grant_sleeps_until_the_daemons_interrupt() {
+    const TEST: &str = "vhost_gcma wait for interrupt";
+    let Some(hv) = support::hypervisor_or_skip(TEST) else {
+        return;
+    };
+    let dir = hostd::scratch("wait-irq");
+    let Some(d) = hostd::start(TEST, &dir, 32) else {
+        return;
+    };
+    let config = VmConfig {
+        mem_bytes: 64 << 20,
+        serial: SerialOutput::Sink,
+        ..VmConfig::default()
+    };
+    let BuiltVm {
+        mut vm, vhost_gcma, ..
+    } = VmBuilder::new("sleeper", config, "agent")
+        .gcma_socket(&d.socket)
+        .build(&hv)
+        .expect("the VM attaches to gcma-hostd");
+    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
+    let doorbell = vm.irq_doorbell().clone();
+    let (tx, rx) = bounded(4096);
+    // 1-page grants answer within the agent's spin; 6000-page ones (a 23 MiB mapping in this
+    // process first) do not, so the agent turns interrupts on and sleeps until one.
+    let params = vec![DEMO_ROLE_GRANTS, 0, 3, 2, 1, 6000];
+    let (mailbox, _control) = Mailbox::new(
+        0,
+        params,
+        tx,
+        vm.output_counters().clone(),
+        doorbell.clone(),
+    );
+    vm.bus_mut()
+        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
+        .unwrap();
+    vm.load_payload(BuiltinPayload::Agent.elf()).unwrap();
+    let outcome = vm.run().expect("run");
+    let events: Vec<_> = rx.try_iter().collect();
+    assert_eq!(outcome, VmOutcome::Exited { code: 0 }, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e.tag == EV_GRANT_CYCLES).count(),
+        6,
+        "{events:?}"
+    );
+    // The daemon signalled only while the driver had interrupts on (waits that outlasted its
+    // spin: at least the three 6000-page allocations), and each signal reached the vCPU through
+    // the VM's doorbell.
+    let irq_waits = events
+        .iter()
+        .find(|e| e.tag == EV_IRQ_WAITS)
+        .map(|e| e.value)
+        .expect("the agent reports its waits");
+    let calls = link.stats().calls;
+    assert!(irq_waits >= 3, "{irq_waits} waits slept: {events:?}");
+    assert!(
+        (1..=irq_waits).contains(&calls),
+        "{calls} daemon calls for {irq_waits} waits with interrupts on"
+    );
+    assert_eq!(
+        doorbell.rings(),
+        slot.transport.lock().unwrap().counters().interrupts
+    );
+    assert!(doorbell.rings() >= calls);
+    drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

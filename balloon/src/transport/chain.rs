@@ -16,7 +16,8 @@ use super::{GuestMemoryMmap, InterruptHandle};
 use crate::error::ChainError;
 
 pub use gcma_proto::virtq::{
-    DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    DESC_SIZE, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
 };
 
 /// One validated buffer of a chain.
@@ -211,14 +212,28 @@ pub fn add_used(
     Ok(())
 }
 
-/// Signal used buffers if the driver wants to hear about them (honours `EVENT_IDX`). Call it
-/// only after adding at least one used element: without `EVENT_IDX` it always signals, and
-/// interrupts with nothing to report make Linux disable a shared line as spurious.
+/// Signal used buffers if the driver wants to hear about them: with `EVENT_IDX`, as its
+/// `used_event` says; without, unless the available ring's flags hold
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` (virtio 1.2 §2.7.7.2: the device SHOULD NOT notify then;
+/// `virtio-queue` leaves that flag to the device). A driver that polls with interrupts off
+/// (the guest agent) thus costs no interrupt per request, which for a vhost-user backend is a
+/// wake-up of the VMM's thread that forwards it. Call it only after adding at least one used
+/// element: interrupts with nothing to report make Linux disable a shared line as spurious.
 pub fn notify_used(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     interrupt: &InterruptHandle,
 ) -> Result<bool, ChainError> {
+    if !queue.event_idx_enabled() {
+        // Order the used-ring writes before reading the flags, as the driver orders its flag
+        // write before re-reading the used index (the pairing `needs_notification` uses).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let flags = mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire);
+        // An unreadable ring is reported by the next pop; signalling is the safe answer now.
+        if flags.is_ok_and(|f| f & VIRTQ_AVAIL_F_NO_INTERRUPT != 0) {
+            return Ok(false);
+        }
+    }
     if queue.needs_notification(mem)? {
         interrupt.signal_used().map_err(ChainError::Interrupt)?;
         return Ok(true);

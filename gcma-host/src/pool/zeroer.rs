@@ -11,6 +11,8 @@
 //!   before every page, so a grant or tenant that arrives waits for at most one 4 KiB page being
 //!   zeroed. After stepping aside it pauses ([`ZeroerConfig::step_aside_pause`], default
 //!   [`STEP_ASIDE_PAUSE`]), so a busy pool sees it rarely.
+//! * **Idle CPU only.** The thread runs in the `SCHED_IDLE` scheduling class, so whatever else
+//!   wants a core (the thread mapping a grant, a tenant's vCPU) preempts it.
 //! * **Idle.** With nothing left to zero it polls every [`ZeroerConfig::idle_poll`] (one
 //!   uncontended `try_lock`).
 //! * **Stopping.** Dropping the [`Zeroer`] wakes the thread and joins it; the thread holds only a
@@ -146,6 +148,7 @@ impl Zeroer {
             .spawn({
                 let stop = Arc::clone(&stop);
                 move || {
+                    idle_class();
                     gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::Zeroer);
                     run(weak, cfg, &stop)
                 }
@@ -168,6 +171,21 @@ impl Drop for Zeroer {
                 log::error!("gcma pool: the zeroer thread panicked");
             }
         }
+    }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class: it runs only on CPU time nothing else
+/// wants. Zeroing ahead is an optimisation; it must not take a core from the work it speeds up
+/// (on a host with few cores the zeroer otherwise shares one with the thread mapping a grant or
+/// a tenant's vCPU). The duty-cycle cap still bounds it on an idle host.
+fn idle_class() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_setscheduler` on the calling thread (pid 0) with a valid parameter block.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        log::debug!(
+            "gcma pool: zeroer stays in the normal scheduling class: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

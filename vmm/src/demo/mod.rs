@@ -286,8 +286,13 @@ fn launch(
         .gcma(pool.clone())
         .build(hv)
         .map_err(err)?;
-    let (mailbox, control) =
-        Mailbox::new(index, params, events.clone(), vm.output_counters().clone());
+    let (mailbox, control) = Mailbox::new(
+        index,
+        params,
+        events.clone(),
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
     vm.bus_mut()
         .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
         .map_err(|e| err(e.into()))?;

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use crossbeam::channel::{Sender, TrySendError};
 
 use super::output::OutputCounters;
+use super::virtio::IrqDoorbell;
 
 use crate::abi::{
     MAILBOX_MAX_SLEEP_US, MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE,
-    MAILBOX_REG_PARAM, MAILBOX_REG_PARAM_SEL, MAILBOX_REG_SLEEP_US,
+    MAILBOX_REG_PARAM, MAILBOX_REG_PARAM_SEL, MAILBOX_REG_SLEEP_US, MAILBOX_REG_WAIT_IRQ_US,
 };
 use crate::kvm::bus::MmioDevice;
 
@@ -46,17 +47,20 @@ pub struct Mailbox {
     control: Arc<AtomicU64>,
     events: Sender<MailboxEvent>,
     counters: Arc<OutputCounters>,
+    doorbell: Arc<IrqDoorbell>,
 }
 
 impl Mailbox {
     /// A mailbox for VM `vm` offering `params`, delivering events to `events` (a bounded
-    /// channel: events that find it full are dropped and counted in `counters`, the VM's).
-    /// Returns the device and the control word the host sets.
+    /// channel: events that find it full are dropped and counted in `counters`, the VM's);
+    /// its wait-for-interrupt register sleeps on `doorbell` (the VM's:
+    /// `MicroVm::irq_doorbell`). Returns the device and the control word the host sets.
     pub fn new(
         vm: usize,
         params: Vec<u64>,
         events: Sender<MailboxEvent>,
         counters: Arc<OutputCounters>,
+        doorbell: Arc<IrqDoorbell>,
     ) -> (Self, Arc<AtomicU64>) {
         let control = Arc::new(AtomicU64::new(0));
         let dev = Mailbox {
@@ -67,6 +71,7 @@ impl Mailbox {
             control: control.clone(),
             events,
             counters,
+            doorbell,
         };
         (dev, control)
     }
@@ -121,6 +126,12 @@ impl MmioDevice for Mailbox {
             MAILBOX_REG_SLEEP_US => std::thread::sleep(std::time::Duration::from_micros(
                 v.min(MAILBOX_MAX_SLEEP_US),
             )),
+            // Blocks the vCPU thread until an interrupt or the bound: the payload's `hlt`.
+            MAILBOX_REG_WAIT_IRQ_US => {
+                self.doorbell.wait(std::time::Duration::from_micros(
+                    v.min(MAILBOX_MAX_SLEEP_US),
+                ));
+            }
             _ => log::debug!("mailbox: write to unknown register {offset:#x} ignored"),
         }
     }
@@ -133,7 +144,7 @@ mod tests {
     #[test]
     fn params_control_and_events() {
         let (tx, rx) = crossbeam::channel::bounded(EVENT_QUEUE_LEN);
-        let (mut m, control) = Mailbox::new(3, vec![10, 20], tx, Arc::default());
+        let (mut m, control) = Mailbox::new(3, vec![10, 20], tx, Arc::default(), Arc::default());
         let mut buf = [0u8; 8];
         m.write(MAILBOX_REG_PARAM_SEL, &1u64.to_le_bytes());
         m.read(MAILBOX_REG_PARAM, &mut buf);
@@ -163,7 +174,7 @@ mod tests {
     fn a_guest_flooding_events_fills_a_bounded_channel_and_the_rest_is_counted() {
         let (tx, rx) = crossbeam::channel::bounded(16);
         let counters = Arc::new(OutputCounters::default());
-        let (mut m, _) = Mailbox::new(0, vec![], tx, counters.clone());
+        let (mut m, _) = Mailbox::new(0, vec![], tx, counters.clone(), Arc::default());
         for i in 0..100_000u64 {
             m.write(MAILBOX_REG_EVENT_VALUE, &i.to_le_bytes());
         }

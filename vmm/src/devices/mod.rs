@@ -24,4 +24,4 @@ pub use console::ConsoleDevice;
 pub use exit::{ExitDevice, ExitLatch};
 pub use output::{OutputCounters, OutputLimits, OutputStats, SharedBuffer, SharedWriter};
 pub use serial::SerialDevice;
-pub use virtio::{PolledIrq, VirtioSlot};
+pub use virtio::{IrqDoorbell, PolledIrq, VirtioSlot};

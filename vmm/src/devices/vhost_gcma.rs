@@ -21,10 +21,13 @@
 //! main socket: when the daemon goes away the device logs one error, unmaps every grant and
 //! enters `DEVICE_NEEDS_RESET` with a config-change interrupt.
 //!
-//! Guest notifications reach the daemon as writes on the queue's kick eventfd: from
-//! [`VirtioDevice::process_queue`] on the MMIO exit of a `QueueNotify` write (the default), or
-//! straight from KVM when [`VhostGcmaLink::register_ioeventfds`] made the eventfds KVM
-//! ioeventfds on the notify register (`vmm run --ioeventfd`).
+//! Guest notifications reach the daemon as writes on the queue's kick eventfd: straight from KVM
+//! when [`VhostGcmaLink::register_ioeventfds`] made the eventfds KVM ioeventfds on the notify
+//! register ([`GcmaKick::Ioeventfd`], the default), or from [`VirtioDevice::process_queue`] on
+//! the MMIO exit of a `QueueNotify` write ([`GcmaKick::Exit`], `vmm run --gcma-kick exit`).
+//! The daemon answers a driver that polls with `VIRTQ_AVAIL_F_NO_INTERRUPT` set (the guest
+//! agent) without signalling the call eventfd, so a request costs the daemon's wake-up and, for
+//! a grant, the `SHMEM_MAP` round trip; nothing wakes this process's request thread otherwise.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -56,6 +59,19 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// How a guest's queue notification (a `QueueNotify` write) reaches gcma-hostd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GcmaKick {
+    /// KVM signals the daemon's kick eventfd itself: no exit to the VMM, which on a nested host
+    /// costs more than the rest of a small request (compare the two in
+    /// `examples/daemon_bench.rs`). Falls back to `exit`, with a warning, if KVM refuses the
+    /// ioeventfd.
+    #[default]
+    Ioeventfd,
+    /// The write exits to the VMM's vCPU thread, which signals the eventfd.
+    Exit,
+}
 
 /// How long the VMM waits for the daemon's answer to one message before it gives up on the
 /// connection (a daemon that stopped answering must not hang the vCPU thread).

@@ -26,8 +26,8 @@ use crate::abi::{
     PAYLOAD_LOAD_ADDR, SERIAL_BASE, SERIAL_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::devices::{
-    console, serial, ConsoleDevice, ExitDevice, ExitLatch, OutputCounters, PolledIrq, SerialDevice,
-    SharedWriter, VirtioSlot,
+    console, serial, ConsoleDevice, ExitDevice, ExitLatch, IrqDoorbell, OutputCounters, PolledIrq,
+    SerialDevice, SharedWriter, VirtioSlot,
 };
 use crate::error::{Error, Result};
 use crate::grant::slots::SlotPerGrant;
@@ -268,6 +268,8 @@ pub struct MicroVm {
     logs: Arc<LogLimiter>,
     output: Arc<OutputCounters>,
     deferred: Deferred,
+    /// Rung by every virtio device's interrupt; a payload's wait-for-interrupt sleeps on it.
+    doorbell: Arc<IrqDoorbell>,
     kind: GuestKind,
     /// The port I/O bus (Linux guests; empty for payloads).
     pio: MmioBus,
@@ -412,6 +414,8 @@ impl MicroVm {
             }
         };
 
+        let deferred = Deferred::new();
+        let doorbell = Arc::new(IrqDoorbell::new(deferred.flag()));
         Ok(MicroVm {
             vcpu,
             bus,
@@ -428,13 +432,20 @@ impl MicroVm {
             limits,
             logs,
             output,
-            deferred: Deferred::new(),
+            deferred,
+            doorbell,
             kind: config.kind,
             pio,
             virtio_windows: Vec::new(),
             quirks,
             linux: None,
         })
+    }
+
+    /// The doorbell every virtio device's interrupt rings (give it to the mailbox, whose
+    /// wait-for-interrupt register sleeps on it).
+    pub fn irq_doorbell(&self) -> &Arc<IrqDoorbell> {
+        &self.doorbell
     }
 
     /// The limiter every log line this guest can trigger goes through (its devices' too).
@@ -632,7 +643,7 @@ impl MicroVm {
         }
         let base = VIRTIO_MMIO_BASE + u64::from(n) * VIRTIO_MMIO_SIZE;
         let gsi = FIRST_VIRTIO_GSI + n;
-        let irq = Arc::new(PolledIrq::new(gsi));
+        let irq = Arc::new(PolledIrq::with_doorbell(gsi, self.doorbell.clone()));
         let device_id = device.device_id();
         let line: Arc<dyn balloon::transport::IrqLine> = match self.kind {
             GuestKind::Payload => irq.clone(),

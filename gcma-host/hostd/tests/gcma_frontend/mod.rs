@@ -513,8 +513,9 @@ unsafe impl Hal for VhostHal {
         })
     }
 
-    fn wait_hint(&mut self) {
+    fn wait_hint(&mut self, _polls: u64) -> bool {
         // The device runs in another thread (or process): let it.
         std::thread::yield_now();
+        false
     }
 }
