@@ -419,6 +419,61 @@ fn a_guest_waiting_long_for_a_grant_sleeps_until_the_daemons_interrupt() {
 }
 
 #[test]
+fn a_ring_the_daemon_finds_broken_puts_the_device_into_needs_reset() {
+    use balloon::gcma::proto::{VIRTIO_GCMA_F_CLEANCACHE, VIRTIO_GCMA_F_CONTIG};
+    use balloon::testing::Driver;
+    use balloon::transport::chain::VIRTQ_DESC_F_NEXT;
+    const TEST: &str = "vhost_gcma broken ring";
+    let Some(hv) = support::hypervisor_or_skip(TEST) else {
+        return;
+    };
+    let dir = hostd::scratch("broken-ring");
+    let Some(d) = hostd::start(TEST, &dir, 16) else {
+        return;
+    };
+    let config = VmConfig {
+        mem_bytes: 64 << 20,
+        serial: SerialOutput::Sink,
+        ..VmConfig::default()
+    };
+    let BuiltVm { vm, vhost_gcma, .. } = VmBuilder::new("broken", config, "none")
+        .gcma_socket(&d.socket)
+        .build(&hv)
+        .expect("the VM attaches to gcma-hostd");
+    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
+    // The test is the guest's driver, through the device's transport (no vCPU runs).
+    let mem = Arc::new(vm.ram().memory().clone());
+    let mut drv = Driver::new(slot.transport.clone(), mem, (32 << 20)..(36 << 20));
+    drv.init(VIRTIO_GCMA_F_CONTIG | VIRTIO_GCMA_F_CLEANCACHE, 16)
+        .expect("the device activates");
+    assert_eq!(drv.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    // A control-queue chain whose descriptor is its own successor: a loop.
+    let buf = drv.alloc(64, 64).unwrap();
+    drv.write_desc_raw(0, 0, buf, 64, VIRTQ_DESC_F_NEXT, 0)
+        .unwrap();
+    drv.publish_raw(0, 0).unwrap();
+    drv.kick(0);
+    let t = Instant::now();
+    while drv.status() & STATUS_DEVICE_NEEDS_RESET == 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(
+        drv.status() & STATUS_DEVICE_NEEDS_RESET,
+        0,
+        "the daemon's err eventfd reached the transport"
+    );
+    assert!(
+        !link.stats().disconnected,
+        "only the ring broke, not the link"
+    );
+    // The daemon is fine and still serves others.
+    assert!(d.metrics().is_ok(), "gcma-hostd still answers");
+    drop(drv);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn ten_vmm_processes_share_the_daemon_and_leave_nothing_behind() {
     const TEST: &str = "vhost_gcma ten vmm processes";
     if support::hypervisor_or_skip(TEST).is_none() {

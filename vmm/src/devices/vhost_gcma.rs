@@ -10,8 +10,8 @@
 //!   SHMEM`), `SET_BACKEND_REQ_FD`, `GET_SHMEM_CONFIG` (region 0 = the grant window's length),
 //!   `GET_CONFIG`;
 //! * when the driver sets `DRIVER_OK` ([`VirtioDevice::activate`]): `SET_FEATURES`,
-//!   `SET_MEM_TABLE` (guest RAM's memfd), then per ready queue `SET_VRING_NUM/ADDR/BASE/CALL/KICK`
-//!   and `SET_VRING_ENABLE`;
+//!   `SET_MEM_TABLE` (guest RAM's memfd), then per ready queue
+//!   `SET_VRING_NUM/ADDR/BASE/CALL/KICK/ERR` and `SET_VRING_ENABLE`;
 //! * on a driver reset: `GET_VRING_BASE` per started queue (the daemon then releases this guest's
 //!   grants and tmem pages, as the embedded device does on reset).
 //!
@@ -169,6 +169,37 @@ fn errno(e: i32) -> std::io::Error {
 }
 
 impl Shared {
+    /// The state of device `name` whose window (shared-memory region 0) is `shm_len` bytes (0
+    /// until the daemon says), with nothing mapped and no transport yet.
+    fn new(name: &str, shm_len: u64) -> Self {
+        Shared {
+            name: name.to_string(),
+            shm_len: AtomicU64::new(shm_len),
+            host: OnceLock::new(),
+            maps: Mutex::new(BTreeMap::new()),
+            interrupt: Mutex::new(None),
+            transport: OnceLock::new(),
+            config: Mutex::new([0; CONFIG_LEN]),
+            down: AtomicBool::new(false),
+            n_maps: AtomicU64::new(0),
+            n_unmaps: AtomicU64::new(0),
+            n_refused: AtomicU64::new(0),
+            n_calls: AtomicU64::new(0),
+        }
+    }
+
+    /// The daemon reported queue `index`'s ring broken (a malformed chain from the guest): the
+    /// device needs a reset, as the embedded device does for the same ring (virtio 1.2 §2.1.2).
+    fn ring_broken(&self, index: u64) {
+        log::warn!(
+            "virtio-gcma {}: gcma-hostd found queue {index}'s ring broken; the device needs a reset",
+            self.name
+        );
+        if let Some(t) = self.transport.get().and_then(Weak::upgrade) {
+            lock(&t).set_needs_reset(&format!("gcma-hostd: queue {index} broken"));
+        }
+    }
+
     /// Marks the connection lost. The first caller logs the one error line and unmaps every grant
     /// (the daemon is gone: nothing it mapped may stay guest-visible); with `reset_transport`
     /// (not on the vCPU thread, which holds the transport) it also puts the device into
@@ -335,6 +366,8 @@ pub struct VhostGcma {
     backend_features: u64,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    /// Written by the daemon when it finds a queue's ring broken.
+    errs: Vec<EventFd>,
     window_gpa: u64,
     /// Queues handed to the daemon by the last activation.
     started: Vec<usize>,
@@ -453,20 +486,7 @@ impl VhostGcma {
         // the daemon is seen here rather than as a silent device.
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
 
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            shm_len: AtomicU64::new(0),
-            host: OnceLock::new(),
-            maps: Mutex::new(BTreeMap::new()),
-            interrupt: Mutex::new(None),
-            transport: OnceLock::new(),
-            config: Mutex::new([0; CONFIG_LEN]),
-            down: AtomicBool::new(false),
-            n_maps: AtomicU64::new(0),
-            n_unmaps: AtomicU64::new(0),
-            n_refused: AtomicU64::new(0),
-            n_calls: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(name, 0));
         let mut req = FrontendReqHandler::new(Arc::new(ReqHandler {
             shared: shared.clone(),
             frontend: frontend.clone(),
@@ -506,15 +526,19 @@ impl VhostGcma {
 
         let mut kicks = Vec::with_capacity(NUM_QUEUES);
         let mut calls = Vec::with_capacity(NUM_QUEUES);
+        let mut errs = Vec::with_capacity(NUM_QUEUES);
         for _ in 0..NUM_QUEUES {
             kicks.push(eventfd("creating a kick eventfd")?);
             calls.push(eventfd("creating a call eventfd")?);
+            errs.push(eventfd("creating an err eventfd")?);
         }
-        let thread_calls = calls
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(io("duplicating the call eventfds"))?;
+        let clones = |fds: &[EventFd]| {
+            fds.iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(io("duplicating the call and err eventfds"))
+        };
+        let (thread_calls, thread_errs) = (clones(&calls)?, clones(&errs)?);
         let stop = eventfd("creating the stop eventfd")?;
         let thread_stop = stop.try_clone().map_err(io("duplicating an eventfd"))?;
         let thread_shared = shared.clone();
@@ -522,7 +546,16 @@ impl VhostGcma {
             .name(format!("vhost-gcma-{name}"))
             .spawn(move || {
                 gcma_seccomp::enter_or_exit(gcma_seccomp::ThreadKind::VhostFrontend);
-                serve(req, thread_shared, thread_calls, watch, thread_stop)
+                serve(
+                    req,
+                    thread_shared,
+                    Rings {
+                        calls: thread_calls,
+                        errs: thread_errs,
+                    },
+                    watch,
+                    thread_stop,
+                )
             })
             .map_err(io("starting the vhost-user request thread"))?;
         let link = VhostGcmaLink {
@@ -542,6 +575,7 @@ impl VhostGcma {
                 backend_features,
                 kicks,
                 calls,
+                errs,
                 window_gpa: 0,
                 started: Vec::new(),
                 thread: Some(thread),
@@ -629,6 +663,10 @@ impl VhostGcma {
                 .and_then(|()| {
                     f.set_vring_kick(i, &self.kicks[i])
                         .map_err(|e| ("SET_VRING_KICK", e))
+                })
+                .and_then(|()| {
+                    f.set_vring_err(i, &self.errs[i])
+                        .map_err(|e| ("SET_VRING_ERR", e))
                 })
                 .and_then(|()| {
                     f.set_vring_enable(i, true)
@@ -738,16 +776,25 @@ const TOKEN_REQUESTS: u64 = 0;
 const TOKEN_MAIN: u64 = 1;
 const TOKEN_STOP: u64 = 2;
 const TOKEN_CALL0: u64 = 16;
+const TOKEN_ERR0: u64 = 32;
+
+/// The request thread's ends of the queues' call and err eventfds.
+struct Rings {
+    calls: Vec<EventFd>,
+    errs: Vec<EventFd>,
+}
 
 /// The request thread: serves the daemon's backend requests, forwards call eventfds to the
-/// guest's interrupt and watches the main socket for the daemon going away.
+/// guest's interrupt, turns an err eventfd (the daemon found a queue's ring broken) into
+/// `DEVICE_NEEDS_RESET`, and watches the main socket for the daemon going away.
 fn serve(
     mut req: FrontendReqHandler<ReqHandler>,
     shared: Arc<Shared>,
-    calls: Vec<EventFd>,
+    rings: Rings,
     main: UnixStream,
     stop: EventFd,
 ) {
+    let Rings { calls, errs } = rings;
     let setup = || -> std::io::Result<Epoll> {
         let ep = Epoll::new()?;
         let add = |fd: RawFd, ev: EventSet, token: u64| {
@@ -758,6 +805,9 @@ fn serve(
         add(stop.as_raw_fd(), EventSet::IN, TOKEN_STOP)?;
         for (i, c) in calls.iter().enumerate() {
             add(c.as_raw_fd(), EventSet::IN, TOKEN_CALL0 + i as u64)?;
+        }
+        for (i, e) in errs.iter().enumerate() {
+            add(e.as_raw_fd(), EventSet::IN, TOKEN_ERR0 + i as u64)?;
         }
         Ok(ep)
     };
@@ -796,6 +846,12 @@ fn serve(
                         }
                     }
                 }
+                t if t >= TOKEN_ERR0 => {
+                    let i = t - TOKEN_ERR0;
+                    if errs.get(i as usize).is_some_and(|e| e.read().is_ok()) {
+                        shared.ring_broken(i);
+                    }
+                }
                 t => {
                     let Some(c) = usize::try_from(t - TOKEN_CALL0)
                         .ok()
@@ -825,20 +881,7 @@ mod tests {
     const PAGE: u64 = PAGE_SIZE as u64;
 
     fn shared(window_pages: u64) -> Arc<Shared> {
-        let s = Arc::new(Shared {
-            name: "t".into(),
-            shm_len: AtomicU64::new(window_pages * PAGE),
-            host: OnceLock::new(),
-            maps: Mutex::new(BTreeMap::new()),
-            interrupt: Mutex::new(None),
-            transport: OnceLock::new(),
-            config: Mutex::new([0; CONFIG_LEN]),
-            down: AtomicBool::new(false),
-            n_maps: AtomicU64::new(0),
-            n_unmaps: AtomicU64::new(0),
-            n_refused: AtomicU64::new(0),
-            n_calls: AtomicU64::new(0),
-        });
+        let s = Arc::new(Shared::new("t", window_pages * PAGE));
         let host = HostWindow::reserve(window_pages * PAGE).unwrap();
         let _ = s.host.set(Arc::new(host));
         s
