@@ -283,6 +283,7 @@ impl Daemon {
                 let service = GcmaService::new(pool.clone(), window_bytes).map_err(|e| {
                     DaemonError::Config(format!("cannot start the virtio-gcma service: {e}"))
                 })?;
+                service.set_busy_poll(std::time::Duration::from_micros(cli.gcma_poll_us));
                 registry.register_collector(Box::new(VmmCollector {
                     service: service.clone(),
                 }));

@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use balloon::gcma::proto::{NUM_QUEUES, QUEUE_MAX_SIZE};
 use balloon::gcma::{GcmaDevice, GrantWindow, WindowRange, GCMA_DEVICE_FEATURES};
@@ -104,7 +104,13 @@ pub struct GcmaService {
     windows: Mutex<Vec<Weak<GrantWindow>>>,
     reaper: Reaper,
     next_id: AtomicU64,
+    /// How long a connection's worker keeps polling its rings after serving them (ns).
+    poll_ns: AtomicU64,
 }
+
+/// How long a connection's worker polls its rings for more work after serving them, before it
+/// sleeps on the kick eventfds again: QEMU's default for its I/O threads (`poll-max-ns`).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
 
 impl std::fmt::Debug for GcmaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +139,19 @@ impl GcmaService {
             counters,
             windows: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            poll_ns: AtomicU64::new(DEFAULT_POLL.as_nanos() as u64),
         }))
+    }
+
+    /// Sets how long each connection's worker keeps polling its rings after it served them
+    /// (zero: never; it then sleeps until the next kick at once). A guest that posts its next
+    /// batch within that time is served without a wake-up of the worker, at the price of that
+    /// much CPU after each burst. Applies to connections made afterwards.
+    pub fn set_busy_poll(&self, d: Duration) {
+        self.poll_ns.store(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// The counters.
@@ -430,9 +448,57 @@ struct Shared {
     exit: EventFd,
     stopping: AtomicBool,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Busy-poll time after serving (see [`GcmaService::set_busy_poll`]).
+    poll: Duration,
 }
 
 impl Shared {
+    /// Whether queue `index` is served and its driver posted chains the device has not taken.
+    fn has_work(&self, index: usize, mem: &GuestMemoryMmap) -> bool {
+        let Some(vring) = self.vrings.get(index) else {
+            return false;
+        };
+        let v = lock(vring);
+        v.enabled
+            && !v.broken
+            && v.queue.ready()
+            && v.queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != v.queue.next_avail())
+    }
+
+    /// After a wake-up that served queues: keeps looking at every served ring for `poll` and
+    /// serves what appears, starting the time again after each find (QEMU's I/O threads and
+    /// Linux's vhost busy-poll do the same). Every ring, not just the ones that were kicked: a
+    /// queue enabled meanwhile has no kick fd in this wake-up's list. A kick written meanwhile
+    /// wakes the next `poll` call, which then finds the ring empty: cheap.
+    fn busy_poll(&self) {
+        if self.poll.is_zero() {
+            return;
+        }
+        let Some(mem) = lock(&self.mem).clone() else {
+            return;
+        };
+        let mut until = Instant::now() + self.poll;
+        while !self.stopping.load(Ordering::Acquire) {
+            let mut found = false;
+            for i in 0..self.vrings.len() {
+                if self.has_work(i, &mem) {
+                    self.serve(i);
+                    found = true;
+                }
+            }
+            let now = Instant::now();
+            if found {
+                until = now + self.poll;
+            } else if now >= until {
+                return;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
     fn stop_worker(&self) {
         self.stopping.store(true, Ordering::Release);
         signal(&self.exit);
@@ -521,6 +587,7 @@ fn worker(shared: &Shared) {
         if fds[1].revents != 0 {
             drain_eventfd(&shared.wake);
         }
+        let mut served = false;
         for (p, (index, kick)) in fds[2..].iter().zip(&kicks) {
             if p.revents == 0 {
                 continue;
@@ -528,7 +595,10 @@ fn worker(shared: &Shared) {
             let mut b = [0u8; 8];
             let mut k: &File = kick;
             match k.read(&mut b) {
-                Ok(8) => shared.serve(*index),
+                Ok(8) => {
+                    shared.serve(*index);
+                    served = true;
+                }
                 // Not an eventfd (a file at its end, a closed pipe): it would wake us forever.
                 r => {
                     log::warn!("virtio-gcma: queue {index}: kick fd is not an eventfd ({r:?})");
@@ -538,6 +608,9 @@ fn worker(shared: &Shared) {
                     }
                 }
             }
+        }
+        if served {
+            shared.busy_poll();
         }
     }
 }
@@ -587,6 +660,7 @@ impl GcmaConnection {
             exit: eventfd()?,
             stopping: AtomicBool::new(false),
             worker: Mutex::new(None),
+            poll: Duration::from_nanos(service.poll_ns.load(Ordering::Relaxed)),
         });
         let t = {
             let shared = Arc::clone(&shared);

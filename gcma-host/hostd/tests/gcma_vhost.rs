@@ -239,6 +239,31 @@ fn pool_is_empty(d: &HostD) -> bool {
 }
 
 #[test]
+fn the_connection_thread_polls_its_rings_for_a_while_after_serving_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = pattern(3);
+    let mut out = vec![0u8; PAGE_SIZE];
+    // A long poll (2 s): requests posted without a kick right after served ones are served.
+    let (d, sock) = daemon(dir.path(), "poll", 4, &["--gcma-poll-us", "2000000"]);
+    let mut g = driver(&sock);
+    let mut fs = FrontswapClient::new(&g, 0);
+    assert!(fs.store(&mut g, 1, &page).unwrap(), "kicked as usual");
+    g.hal_mut().swallow_kicks = true;
+    for i in 2..50 {
+        assert!(
+            fs.store(&mut g, i, &page).unwrap(),
+            "store {i} without a kick"
+        );
+    }
+    assert!(fs.load(&mut g, 49, &mut out).unwrap());
+    assert!(out == page);
+    // Served by the daemon, every one, and no reset on the way (a driver that times out resets
+    // the device and retries, which would drop the pages).
+    assert_eq!(d.metric("gcma_frontswap_stores_total", &[]), 49.0);
+    assert_eq!(d.metric("gcma_pool_pages", &[("state", "frontswap")]), 49.0);
+}
+
+#[test]
 fn a_vmm_killed_mid_traffic_gets_its_pages_released() {
     let dir = tempfile::tempdir().unwrap();
     let (d, sock) = daemon(

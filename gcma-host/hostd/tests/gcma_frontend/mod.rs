@@ -356,6 +356,7 @@ impl VhostFrontend {
             queues: [QueueRegs::default(); 3],
             shm_sel: 0,
             next_dma: 0x10000,
+            swallow_kicks: false,
         }
     }
 }
@@ -380,6 +381,8 @@ pub struct VhostHal {
     queues: [QueueRegs; 3],
     shm_sel: u32,
     next_dma: u64,
+    /// Drop the guest's `QueueNotify` writes (a driver that posts without kicking).
+    pub swallow_kicks: bool,
 }
 
 fn set_half(v: &mut u64, high: bool, x: u32) {
@@ -448,6 +451,7 @@ unsafe impl Hal for VhostHal {
             DRIVER_FEATURES => set_half(&mut self.driver_features, self.drv_sel == 1, value),
             QUEUE_SEL => self.queue_sel = value,
             SHM_SEL => self.shm_sel = value,
+            QUEUE_NOTIFY if self.swallow_kicks => {}
             QUEUE_NOTIFY => {
                 if let Some(k) = self.fe.kicks.get(value as usize) {
                     k.write(1).unwrap();
