@@ -127,10 +127,12 @@ pub struct Cli {
     pub gcma_window_mib: Option<u64>,
 
     /// Microseconds each VMM connection's thread keeps polling the guest's rings after serving
-    /// them, before it sleeps until the next kick: a guest that posts its next batch within that
-    /// time is served without a thread wake-up (QEMU polls its I/O threads 32 µs by default).
-    /// Costs up to that much CPU after each burst of requests; 0 turns polling off.
-    #[arg(long, value_name = "US", default_value_t = 32,
+    /// them, before it sleeps until the next kick: a guest that posts its next request within
+    /// that time is served without a thread wake-up. QEMU polls its I/O threads up to 32 µs; on
+    /// nested hosts a guest's exits cost tens of µs, so its next request often comes later, and
+    /// 64 catches it (see vmm/examples/daemon_bench.rs). Costs up to that much CPU after each
+    /// burst of requests; 0 turns polling off.
+    #[arg(long, value_name = "US", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(0..=10_000_000), requires = "gcma_socket")]
     pub gcma_poll_us: u64,
 

@@ -109,8 +109,9 @@ pub struct GcmaService {
 }
 
 /// How long a connection's worker polls its rings for more work after serving them, before it
-/// sleeps on the kick eventfds again: QEMU's default for its I/O threads (`poll-max-ns`).
-pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
+/// sleeps on the kick eventfds again (`gcma-hostd --gcma-poll-us`; twice QEMU's `poll-max-ns`
+/// for its I/O threads, because a guest's exits between requests cost more on nested hosts).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(64);
 
 impl std::fmt::Debug for GcmaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
