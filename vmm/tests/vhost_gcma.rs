@@ -58,6 +58,63 @@ fn read_until(
     seen
 }
 
+/// An in-process microVM attached to a fresh `gcma-hostd` (`None` after `SKIPPED` when KVM or
+/// the daemon is not available here).
+struct Attached {
+    dir: std::path::PathBuf,
+    d: vmm::multiproc::Hostd,
+    vm: vmm::MicroVm,
+    slot: vmm::devices::VirtioSlot<vmm::devices::vhost_gcma::VhostGcma>,
+    link: vmm::devices::vhost_gcma::VhostGcmaLink,
+}
+
+fn attached(test: &str, tag: &str, pool_mib: u64) -> Option<Attached> {
+    let hv = support::hypervisor_or_skip(test)?;
+    let dir = hostd::scratch(tag);
+    let d = hostd::start(test, &dir, pool_mib)?;
+    let config = VmConfig {
+        mem_bytes: 64 << 20,
+        serial: SerialOutput::Sink,
+        ..VmConfig::default()
+    };
+    let BuiltVm { vm, vhost_gcma, .. } = VmBuilder::new(tag, config, "agent")
+        .gcma_socket(&d.socket)
+        .build(&hv)
+        .expect("the VM attaches to gcma-hostd");
+    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
+    Some(Attached {
+        dir,
+        d,
+        vm,
+        slot,
+        link,
+    })
+}
+
+/// Gives `vm` the agent payload and a mailbox offering `params`; returns its events and control
+/// word.
+fn load_agent(
+    vm: &mut vmm::MicroVm,
+    params: Vec<u64>,
+) -> (
+    crossbeam::channel::Receiver<vmm::devices::mailbox::MailboxEvent>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (tx, rx) = bounded(4096);
+    let (mailbox, control) = Mailbox::new(
+        0,
+        params,
+        tx,
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
+    vm.bus_mut()
+        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
+        .unwrap();
+    vm.load_payload(BuiltinPayload::Agent.elf()).unwrap();
+    (rx, control)
+}
+
 fn last(events: &[AgentLine], tag: u64) -> Option<u64> {
     events.iter().rev().find_map(|l| match l {
         AgentLine::Event { tag: t, value } if *t == tag => Some(*value),
@@ -261,38 +318,17 @@ fn kill_9_of_a_vmm_process_releases_its_pool_pages_and_grants() {
 #[test]
 fn a_dead_daemon_puts_the_device_into_needs_reset_within_5_s_and_nothing_hangs() {
     const TEST: &str = "vhost_gcma daemon killed under a vmm";
-    let Some(hv) = support::hypervisor_or_skip(TEST) else {
+    let Some(Attached {
+        dir,
+        mut d,
+        mut vm,
+        slot,
+        link,
+    }) = attached(TEST, "daemon-death", 16)
+    else {
         return;
     };
-    let dir = hostd::scratch("daemon-death");
-    let Some(mut d) = hostd::start(TEST, &dir, 16) else {
-        return;
-    };
-    let config = VmConfig {
-        mem_bytes: 64 << 20,
-        serial: SerialOutput::Sink,
-        ..VmConfig::default()
-    };
-    let BuiltVm {
-        mut vm, vhost_gcma, ..
-    } = VmBuilder::new("victim", config, "agent")
-        .gcma_socket(&d.socket)
-        .build(&hv)
-        .expect("the VM attaches to gcma-hostd");
-    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
-    let (tx, rx) = bounded(4096);
-    let params = vec![DEMO_ROLE_TENANT, 0, 256, 512];
-    let (mailbox, control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .unwrap();
-    vm.load_payload(BuiltinPayload::Agent.elf()).unwrap();
+    let (rx, control) = load_agent(&mut vm, vec![DEMO_ROLE_TENANT, 0, 256, 512]);
     let stop = vm.stop_handle();
     let vcpu = std::thread::spawn(move || vm.run());
     // Traffic is flowing.
@@ -352,41 +388,20 @@ fn a_dead_daemon_puts_the_device_into_needs_reset_within_5_s_and_nothing_hangs()
 #[test]
 fn a_guest_waiting_long_for_a_grant_sleeps_until_the_daemons_interrupt() {
     const TEST: &str = "vhost_gcma wait for interrupt";
-    let Some(hv) = support::hypervisor_or_skip(TEST) else {
+    let Some(Attached {
+        dir,
+        d,
+        mut vm,
+        slot,
+        link,
+    }) = attached(TEST, "wait-irq", 32)
+    else {
         return;
     };
-    let dir = hostd::scratch("wait-irq");
-    let Some(d) = hostd::start(TEST, &dir, 32) else {
-        return;
-    };
-    let config = VmConfig {
-        mem_bytes: 64 << 20,
-        serial: SerialOutput::Sink,
-        ..VmConfig::default()
-    };
-    let BuiltVm {
-        mut vm, vhost_gcma, ..
-    } = VmBuilder::new("sleeper", config, "agent")
-        .gcma_socket(&d.socket)
-        .build(&hv)
-        .expect("the VM attaches to gcma-hostd");
-    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
     let doorbell = vm.irq_doorbell().clone();
-    let (tx, rx) = bounded(4096);
     // 1-page grants answer within the agent's spin; 6000-page ones (a 23 MiB mapping in this
     // process first) do not, so the agent turns interrupts on and sleeps until one.
-    let params = vec![DEMO_ROLE_GRANTS, 0, 3, 2, 1, 6000];
-    let (mailbox, _control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        doorbell.clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .unwrap();
-    vm.load_payload(BuiltinPayload::Agent.elf()).unwrap();
+    let (rx, _control) = load_agent(&mut vm, vec![DEMO_ROLE_GRANTS, 0, 3, 2, 1, 6000]);
     let outcome = vm.run().expect("run");
     let events: Vec<_> = rx.try_iter().collect();
     assert_eq!(outcome, VmOutcome::Exited { code: 0 }, "{events:?}");
@@ -424,23 +439,16 @@ fn a_ring_the_daemon_finds_broken_puts_the_device_into_needs_reset() {
     use balloon::testing::Driver;
     use balloon::transport::chain::VIRTQ_DESC_F_NEXT;
     const TEST: &str = "vhost_gcma broken ring";
-    let Some(hv) = support::hypervisor_or_skip(TEST) else {
+    let Some(Attached {
+        dir,
+        d,
+        vm,
+        slot,
+        link,
+    }) = attached(TEST, "broken-ring", 16)
+    else {
         return;
     };
-    let dir = hostd::scratch("broken-ring");
-    let Some(d) = hostd::start(TEST, &dir, 16) else {
-        return;
-    };
-    let config = VmConfig {
-        mem_bytes: 64 << 20,
-        serial: SerialOutput::Sink,
-        ..VmConfig::default()
-    };
-    let BuiltVm { vm, vhost_gcma, .. } = VmBuilder::new("broken", config, "none")
-        .gcma_socket(&d.socket)
-        .build(&hv)
-        .expect("the VM attaches to gcma-hostd");
-    let (slot, link) = vhost_gcma.expect("a vhost-user gcma device");
     // The test is the guest's driver, through the device's transport (no vCPU runs).
     let mem = Arc::new(vm.ram().memory().clone());
     let mut drv = Driver::new(slot.transport.clone(), mem, (32 << 20)..(36 << 20));
