@@ -22,13 +22,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::bounded;
 use gcma_host::pool::{Pool, PoolConfig, Zeroer, ZeroerConfig, DEFAULT_ZEROER_CPU_PCT};
 use vmm::abi::*;
-use vmm::devices::mailbox::{Mailbox, MailboxEvent};
+use vmm::devices::mailbox::{self, MailboxEvent};
 use vmm::devices::vhost_gcma::GcmaKick;
 use vmm::launch::VmBuilder;
 use vmm::multiproc::{find_binary, AgentLine, AgentProcess, Hostd};
@@ -110,16 +110,7 @@ fn run_agent(
         .expect("build the VM");
     let mut vm = built.vm;
     let (tx, rx) = bounded(1 << 16);
-    let (mailbox, control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .expect("mailbox");
+    let control = mailbox::attach(&mut vm, 0, params, tx).expect("mailbox");
     vm.load_payload(BuiltinPayload::Agent.elf()).expect("load");
     let t0 = Instant::now();
     let vcpu = std::thread::spawn(move || vm.run());

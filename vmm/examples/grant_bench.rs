@@ -21,7 +21,7 @@
 //! ≤ 1.5), `RESULT grant_touch_32000_over_ram=<x>` (goal ≤ 1.1) and
 //! `RESULT grant_touch_huge_over_4k=<x>` (hugetlb over 4 KiB; goal ≤ 0.2).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::bounded;
@@ -29,7 +29,7 @@ use gcma_host::api::GcmaBackend;
 use gcma_host::pool::{Pool, PoolConfig};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::abi::*;
-use vmm::devices::mailbox::Mailbox;
+use vmm::devices::mailbox;
 use vmm::kvm::vm::GrantMapping;
 use vmm::launch::VmBuilder;
 use vmm::payloads::{fill_arg, BuiltinPayload};
@@ -87,16 +87,7 @@ fn agent_samples(
     let mut vm = built.vm;
     // Read only after the run: room for every sample the payload sends.
     let (tx, rx) = bounded(1 << 16);
-    let (mailbox, _control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .expect("mailbox");
+    mailbox::attach(&mut vm, 0, params, tx).expect("mailbox");
     vm.load_payload(BuiltinPayload::Agent.elf()).expect("load");
     assert_eq!(vm.run().expect("run"), VmOutcome::Exited { code: 0 });
     rx.try_iter()

@@ -11,11 +11,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use crossbeam::channel::bounded;
 use vmm::abi::*;
-use vmm::devices::mailbox::{self, Mailbox};
+use vmm::devices::mailbox;
 use vmm::devices::vhost_gcma::GcmaKick;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::payloads::BuiltinPayload;
@@ -156,16 +155,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode, AgentError> {
         }
     };
     let (tx, rx) = bounded(mailbox::EVENT_QUEUE_LEN);
-    let (mailbox, control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .map_err(vmm::Error::from)?;
+    let control = mailbox::attach(&mut vm, 0, params, tx)?;
     vm.load_payload(BuiltinPayload::Agent.elf())?;
     // Standard input: `stop` (or its end) asks the guest to finish.
     let stdin_control = control.clone();

@@ -5,14 +5,14 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balloon::transport::STATUS_DEVICE_NEEDS_RESET;
 use crossbeam::channel::bounded;
 use support::hostd::{self, VMM};
 use vmm::abi::*;
-use vmm::devices::mailbox::Mailbox;
+use vmm::devices::mailbox;
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::multiproc::{metric, AgentLine, AgentProcess};
 use vmm::payloads::BuiltinPayload;
@@ -101,16 +101,7 @@ fn load_agent(
     Arc<std::sync::atomic::AtomicU64>,
 ) {
     let (tx, rx) = bounded(4096);
-    let (mailbox, control) = Mailbox::new(
-        0,
-        params,
-        tx,
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .unwrap();
+    let control = mailbox::attach(vm, 0, params, tx).unwrap();
     vm.load_payload(BuiltinPayload::Agent.elf()).unwrap();
     (rx, control)
 }

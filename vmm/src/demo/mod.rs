@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use vmm::api::control::metrics_handler;
 use vmm::api::http::HttpServer;
 use vmm::api::metrics::VmmMetrics;
 use vmm::api::runtime::VmHandle;
-use vmm::devices::mailbox::{self, Mailbox, MailboxEvent};
+use vmm::devices::mailbox::{self, MailboxEvent};
 use vmm::kvm::vm::{SharedBuffer, StopHandle};
 use vmm::launch::{BuiltVm, VmBuilder};
 use vmm::limits::GuestLimits;
@@ -286,16 +286,7 @@ fn launch(
         .gcma(pool.clone())
         .build(hv)
         .map_err(err)?;
-    let (mailbox, control) = Mailbox::new(
-        index,
-        params,
-        events.clone(),
-        vm.output_counters().clone(),
-        vm.irq_doorbell().clone(),
-    );
-    vm.bus_mut()
-        .insert(MAILBOX_BASE, MAILBOX_SIZE, Arc::new(Mutex::new(mailbox)))
-        .map_err(|e| err(e.into()))?;
+    let control = mailbox::attach(&mut vm, index, params, events.clone()).map_err(err)?;
     vm.load_payload(BuiltinPayload::Agent.elf()).map_err(err)?;
     let stop = vm.stop_handle();
     let thread = std::thread::Builder::new()

@@ -17,8 +17,9 @@ use super::output::OutputCounters;
 use super::virtio::IrqDoorbell;
 
 use crate::abi::{
-    MAILBOX_MAX_SLEEP_US, MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG, MAILBOX_REG_EVENT_VALUE,
-    MAILBOX_REG_PARAM, MAILBOX_REG_PARAM_SEL, MAILBOX_REG_SLEEP_US, MAILBOX_REG_WAIT_IRQ_US,
+    MAILBOX_BASE, MAILBOX_MAX_SLEEP_US, MAILBOX_REG_CONTROL, MAILBOX_REG_EVENT_TAG,
+    MAILBOX_REG_EVENT_VALUE, MAILBOX_REG_PARAM, MAILBOX_REG_PARAM_SEL, MAILBOX_REG_SLEEP_US,
+    MAILBOX_REG_WAIT_IRQ_US, MAILBOX_SIZE,
 };
 use crate::kvm::bus::MmioDevice;
 
@@ -75,6 +76,30 @@ impl Mailbox {
         };
         (dev, control)
     }
+}
+
+/// Places a mailbox for VM `vm_index` offering `params` on `vm`'s bus at [`MAILBOX_BASE`],
+/// counting into the VM's output counters and sleeping on its interrupt doorbell; events go to
+/// `events`. Returns the control word the host sets.
+pub fn attach(
+    vm: &mut crate::MicroVm,
+    vm_index: usize,
+    params: Vec<u64>,
+    events: Sender<MailboxEvent>,
+) -> crate::Result<Arc<AtomicU64>> {
+    let (mailbox, control) = Mailbox::new(
+        vm_index,
+        params,
+        events,
+        vm.output_counters().clone(),
+        vm.irq_doorbell().clone(),
+    );
+    vm.bus_mut().insert(
+        MAILBOX_BASE,
+        MAILBOX_SIZE,
+        Arc::new(std::sync::Mutex::new(mailbox)),
+    )?;
+    Ok(control)
 }
 
 fn put(data: &mut [u8], v: u64) {
