@@ -243,8 +243,8 @@ fn the_connection_thread_polls_its_rings_for_a_while_after_serving_them() {
     let dir = tempfile::tempdir().unwrap();
     let page = pattern(3);
     let mut out = vec![0u8; PAGE_SIZE];
-    // A long poll (2 s): requests posted without a kick right after served ones are served.
-    let (d, sock) = daemon(dir.path(), "poll", 4, &["--gcma-poll-us", "2000000"]);
+    // A long poll (10 s): requests posted without a kick after served ones are served.
+    let (d, sock) = daemon(dir.path(), "poll", 4, &["--gcma-poll-us", "10000000"]);
     let mut g = driver(&sock);
     let mut fs = FrontswapClient::new(&g, 0);
     assert!(fs.store(&mut g, 1, &page).unwrap(), "kicked as usual");
