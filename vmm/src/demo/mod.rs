@@ -447,32 +447,8 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     }
     let mut tenants = vec![TenantSummary::default(); cfg.tenants];
     let mut done = vec![false; cfg.tenants + 1];
-
-    // Warm-up: let the tenants fill the pool.
-    say!(
-        cfg,
-        "\n[phase 1] tenants fill the pool with cleancache and frontswap pages ({} rounds)",
-        cfg.warmup_rounds
-    );
-    let warm_deadline = Instant::now() + Duration::from_secs(600);
-    while cfg.tenants > 0 && tenants.iter().any(|t| t.rounds < cfg.warmup_rounds) {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(ev) => apply_tenant(&mut tenants, &mut done, ev),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if done.iter().take(cfg.tenants).any(|d| *d) || Instant::now() > warm_deadline {
-            break;
-        }
-    }
-    let s = pool.stats();
-    say!(
-        cfg,
-        "  pool: {} cleancache, {} frontswap, {} free pages",
-        s.cleancache_pages,
-        s.frontswap_pages,
-        s.free_zero_pages + s.free_dirty_pages
-    );
+    let pool_now = || pool.stats();
+    warm_up(cfg, &rx, &mut tenants, &mut done, &pool_now);
 
     // Grants, while the tenants keep going.
     let max_pages = cfg.sizes.iter().copied().max().unwrap_or(1);
@@ -502,46 +478,20 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     drop(tx);
     say!(cfg, "\n[phase 2] guest asks for contiguous grants, {} of each size, while tenants keep their traffic going", cfg.reps);
 
-    let mut tally = GrantTally::default();
-    let mut last_report = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while !done[gi] {
-        let ev = match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(ev) => ev,
-            Err(RecvTimeoutError::Timeout) => {
-                if Instant::now() > deadline {
-                    log::error!("grants VM did not finish in time; stopping it");
-                    vms[gi].stop.stop();
-                    break;
-                }
-                if vms[gi].thread.as_ref().is_some_and(|t| t.is_finished()) {
-                    break;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if ev.vm != gi {
-            apply_tenant(&mut tenants, &mut done, ev);
-            continue;
-        }
-        if tally.apply(cfg, hz, &ev) {
-            done[gi] = true;
-        }
-        if last_report.elapsed() > Duration::from_secs(3) {
-            last_report = Instant::now();
-            let s = pool.stats();
-            say!(
-                cfg,
-                "  ... pool: {} granted, {} cleancache, {} frontswap pages; tenants at round {}",
-                s.granted_pages,
-                s.cleancache_pages,
-                s.frontswap_pages,
-                tenants.iter().map(|t| t.rounds).min().unwrap_or(0)
-            );
-        }
-    }
-    tally.finish(cfg);
+    let grants_vm = &vms[gi];
+    let tally = grant_phase(
+        cfg,
+        hz,
+        &rx,
+        GrantsVm {
+            index: gi,
+            overdue: &|| grants_vm.stop.stop(),
+            exited: &|| grants_vm.thread.as_ref().is_some_and(|t| t.is_finished()),
+        },
+        &mut tenants,
+        &mut done,
+        &pool_now,
+    );
     let grants_outcome = join(&mut vms[gi])?;
 
     // Stop the tenants: they check every page they still hold and report.
@@ -576,32 +526,9 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
     outcomes.push(("grants".to_string(), grants_outcome));
     drain(&rx, &mut tenants, &mut done);
     let metrics_text = scrape(metrics_addr);
-
-    let GrantTally {
-        mut rows,
-        ok: grants_ok,
-        failed: grants_failed,
-        check_failures,
-    } = tally;
-    for row in &mut rows {
-        row.memset = report::measure_memset(row.pages, cfg.reps as usize);
-    }
-    let pool_stats = pool.stats();
-    let evicted_by_grants = pool_stats.evictions_grant.iter().sum();
-    let mut summary = DemoSummary {
-        rows,
-        grants_ok,
-        grants_failed,
-        grant_check_failures: check_failures,
-        tenants,
-        outcomes,
-        pool: pool_stats,
-        evicted_by_grants,
-        metrics_text,
-        tsc_hz: hz,
-        passed: false,
-    };
-    summary.passed = summary.all_checks_passed();
+    let summary = summarize(cfg, hz, tally, tenants, outcomes, metrics_text, |_| {
+        pool.stats()
+    });
     if cfg.progress {
         print_report(cfg, &summary, &vms);
     }
@@ -679,6 +606,143 @@ fn apply_tenant(tenants: &mut [TenantSummary], done: &mut [bool], ev: MailboxEve
         }
         _ => {}
     }
+}
+
+/// Phase 1: lets the tenants fill the pool (until each went through `cfg.warmup_rounds` rounds,
+/// one of them finished, or 10 minutes passed), then prints what the pool holds.
+fn warm_up(
+    cfg: &DemoConfig,
+    rx: &Receiver<MailboxEvent>,
+    tenants: &mut [TenantSummary],
+    done: &mut [bool],
+    pool_now: &dyn Fn() -> PoolStats,
+) {
+    say!(
+        cfg,
+        "\n[phase 1] tenants fill the pool with cleancache and frontswap pages ({} rounds)",
+        cfg.warmup_rounds
+    );
+    let warm_deadline = Instant::now() + Duration::from_secs(600);
+    while cfg.tenants > 0 && tenants.iter().any(|t| t.rounds < cfg.warmup_rounds) {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => apply_tenant(tenants, done, ev),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if done.iter().take(cfg.tenants).any(|d| *d) || Instant::now() > warm_deadline {
+            break;
+        }
+    }
+    let s = pool_now();
+    say!(
+        cfg,
+        "  pool: {} cleancache, {} frontswap, {} free pages",
+        s.cleancache_pages,
+        s.frontswap_pages,
+        s.free_zero_pages + s.free_dirty_pages
+    );
+}
+
+/// The grants VM as phase 2 sees it: its index in the event stream, what to do when it has not
+/// finished in 30 minutes (after logging it), and whether it ended without saying so.
+struct GrantsVm<'a> {
+    index: usize,
+    overdue: &'a dyn Fn(),
+    exited: &'a dyn Fn() -> bool,
+}
+
+/// Phase 2: collects the grants VM's events (and the tenants') until it is done, printing the
+/// pool every 3 s.
+fn grant_phase(
+    cfg: &DemoConfig,
+    hz: f64,
+    rx: &Receiver<MailboxEvent>,
+    grants: GrantsVm<'_>,
+    tenants: &mut [TenantSummary],
+    done: &mut [bool],
+    pool_now: &dyn Fn() -> PoolStats,
+) -> GrantTally {
+    let gi = grants.index;
+    let mut tally = GrantTally::default();
+    let mut last_report = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while !done[gi] {
+        let ev = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    log::error!("grants VM did not finish in time; stopping it");
+                    (grants.overdue)();
+                    break;
+                }
+                if (grants.exited)() {
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if ev.vm != gi {
+            apply_tenant(tenants, done, ev);
+            continue;
+        }
+        if tally.apply(cfg, hz, &ev) {
+            done[gi] = true;
+        }
+        if last_report.elapsed() > Duration::from_secs(3) {
+            last_report = Instant::now();
+            let s = pool_now();
+            say!(
+                cfg,
+                "  ... pool: {} granted, {} cleancache, {} frontswap pages; tenants at round {}",
+                s.granted_pages,
+                s.cleancache_pages,
+                s.frontswap_pages,
+                tenants.iter().map(|t| t.rounds).min().unwrap_or(0)
+            );
+        }
+    }
+    tally.finish(cfg);
+    tally
+}
+
+/// The demo's summary from what the phases collected; `pool` gives the pool's final state from
+/// the metrics text (read after the memset baselines are measured, as before).
+fn summarize(
+    cfg: &DemoConfig,
+    hz: f64,
+    tally: GrantTally,
+    tenants: Vec<TenantSummary>,
+    outcomes: Vec<(String, VmOutcome)>,
+    metrics_text: String,
+    pool: impl FnOnce(&str) -> PoolStats,
+) -> DemoSummary {
+    let GrantTally {
+        mut rows,
+        ok: grants_ok,
+        failed: grants_failed,
+        check_failures,
+    } = tally;
+    for row in &mut rows {
+        row.memset = report::measure_memset(row.pages, cfg.reps as usize);
+    }
+    let pool_stats = pool(&metrics_text);
+    let evicted_by_grants = pool_stats.evictions_grant.iter().sum();
+    let mut summary = DemoSummary {
+        rows,
+        grants_ok,
+        grants_failed,
+        grant_check_failures: check_failures,
+        tenants,
+        outcomes,
+        pool: pool_stats,
+        evicted_by_grants,
+        metrics_text,
+        tsc_hz: hz,
+        passed: false,
+    };
+    summary.passed = summary.all_checks_passed();
+    summary
 }
 
 /// What the grants VM reported, collected the same way in both demo modes.
@@ -956,31 +1020,8 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
     }
     let mut tenants = vec![TenantSummary::default(); cfg.tenants];
     let mut done = vec![false; cfg.tenants + 1];
-    say!(
-        cfg,
-        "\n[phase 1] tenants fill the pool with cleancache and frontswap pages ({} rounds)",
-        cfg.warmup_rounds
-    );
-    let warm_deadline = Instant::now() + Duration::from_secs(600);
-    while cfg.tenants > 0 && tenants.iter().any(|t| t.rounds < cfg.warmup_rounds) {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(ev) => apply_tenant(&mut tenants, &mut done, ev),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if done.iter().take(cfg.tenants).any(|d| *d) || Instant::now() > warm_deadline {
-            break;
-        }
-    }
-    let pool_now = |h: &Hostd| pool_stats_from_metrics(&h.metrics().unwrap_or_default());
-    let s = pool_now(&hostd);
-    say!(
-        cfg,
-        "  pool: {} cleancache, {} frontswap, {} free pages",
-        s.cleancache_pages,
-        s.frontswap_pages,
-        s.free_zero_pages + s.free_dirty_pages
-    );
+    let pool_now = || pool_stats_from_metrics(&hostd.metrics().unwrap_or_default());
+    warm_up(cfg, &rx, &mut tenants, &mut done, &pool_now);
     let gi = cfg.tenants;
     let sizes: Vec<String> = cfg.sizes.iter().map(u64::to_string).collect();
     let g = spawn(
@@ -998,42 +1039,19 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
     agents.push(("grants".into(), g));
     drop(tx);
     say!(cfg, "\n[phase 2] guest asks for contiguous grants, {} of each size, while tenants keep their traffic going", cfg.reps);
-    let mut tally = GrantTally::default();
-    let mut last_report = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while !done[gi] {
-        let ev = match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(ev) => ev,
-            Err(RecvTimeoutError::Timeout) => {
-                if Instant::now() > deadline {
-                    log::error!("grants VM did not finish in time; stopping it");
-                    break;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if ev.vm != gi {
-            apply_tenant(&mut tenants, &mut done, ev);
-            continue;
-        }
-        if tally.apply(cfg, hz, &ev) {
-            done[gi] = true;
-        }
-        if last_report.elapsed() > Duration::from_secs(3) {
-            last_report = Instant::now();
-            let s = pool_now(&hostd);
-            say!(
-                cfg,
-                "  ... pool: {} granted, {} cleancache, {} frontswap pages; tenants at round {}",
-                s.granted_pages,
-                s.cleancache_pages,
-                s.frontswap_pages,
-                tenants.iter().map(|t| t.rounds).min().unwrap_or(0)
-            );
-        }
-    }
-    tally.finish(cfg);
+    let tally = grant_phase(
+        cfg,
+        hz,
+        &rx,
+        GrantsVm {
+            index: gi,
+            overdue: &|| {},
+            exited: &|| false,
+        },
+        &mut tenants,
+        &mut done,
+        &pool_now,
+    );
     let outcome_of = |p: &mut AgentProcess, timeout: Duration| -> VmOutcome {
         match p.wait(timeout) {
             Some(s) => match s.code() {
@@ -1066,31 +1084,15 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
     outcomes.push(("grants".to_string(), grants_outcome));
     drain(&rx, &mut tenants, &mut done);
     let metrics_text = hostd.metrics().unwrap_or_default();
-    let GrantTally {
-        mut rows,
-        ok: grants_ok,
-        failed: grants_failed,
-        check_failures,
-    } = tally;
-    for row in &mut rows {
-        row.memset = report::measure_memset(row.pages, cfg.reps as usize);
-    }
-    let pool_stats = pool_stats_from_metrics(&metrics_text);
-    let evicted_by_grants = pool_stats.evictions_grant.iter().sum();
-    let mut summary = DemoSummary {
-        rows,
-        grants_ok,
-        grants_failed,
-        grant_check_failures: check_failures,
+    let summary = summarize(
+        cfg,
+        hz,
+        tally,
         tenants,
         outcomes,
-        pool: pool_stats,
-        evicted_by_grants,
         metrics_text,
-        tsc_hz: hz,
-        passed: false,
-    };
-    summary.passed = summary.all_checks_passed();
+        pool_stats_from_metrics,
+    );
     if cfg.progress {
         print_report(cfg, &summary, &[]);
         for (name, o) in &summary.outcomes {
