@@ -14,7 +14,7 @@ use support::hostd::{self, VMM};
 use vmm::abi::*;
 use vmm::devices::mailbox;
 use vmm::launch::{BuiltVm, VmBuilder};
-use vmm::multiproc::{metric, AgentLine, AgentProcess};
+use vmm::multiproc::{metric, AgentLine, AgentProcess, Hostd};
 use vmm::payloads::BuiltinPayload;
 use vmm::{SerialOutput, VmConfig, VmOutcome};
 
@@ -62,7 +62,7 @@ fn read_until(
 /// the daemon is not available here).
 struct Attached {
     dir: std::path::PathBuf,
-    d: vmm::multiproc::Hostd,
+    d: Hostd,
     vm: vmm::MicroVm,
     slot: vmm::devices::VirtioSlot<vmm::devices::vhost_gcma::VhostGcma>,
     link: vmm::devices::vhost_gcma::VhostGcmaLink,
@@ -70,8 +70,7 @@ struct Attached {
 
 fn attached(test: &str, tag: &str, pool_mib: u64) -> Option<Attached> {
     let hv = support::hypervisor_or_skip(test)?;
-    let dir = hostd::scratch(tag);
-    let d = hostd::start(test, &dir, pool_mib)?;
+    let (dir, d) = daemon(test, tag, pool_mib)?;
     let config = VmConfig {
         mem_bytes: 64 << 20,
         serial: SerialOutput::Sink,
@@ -106,6 +105,42 @@ fn load_agent(
     (rx, control)
 }
 
+/// A fresh `gcma-hostd` with a `pool_mib` pool in a scratch directory `tag`; `None` after
+/// `SKIPPED` when KVM or the daemon is not available here.
+fn daemon(test: &str, tag: &str, pool_mib: u64) -> Option<(std::path::PathBuf, Hostd)> {
+    support::hypervisor_or_skip(test)?;
+    let dir = hostd::scratch(tag);
+    let d = hostd::start(test, &dir, pool_mib)?;
+    Some((dir, d))
+}
+
+/// Waits (up to 2 minutes) until tenant `t` reports round `round`; fails with its log if not.
+fn wait_for_round(t: &AgentProcess, round: u64) {
+    let seen = read_until(
+        t,
+        Duration::from_secs(120),
+        |l| matches!(l, AgentLine::Event { tag: EV_TENANT_ROUND, value } if *value >= round),
+    );
+    assert!(
+        last(&seen, EV_TENANT_ROUND).is_some_and(|r| r >= round),
+        "the tenant did not get to round {round}: {seen:?}\n{}",
+        t.log_text()
+    );
+}
+
+/// Reads a stopped tenant's final report and checks it lost and corrupted no frontswap page and
+/// passed its checks; returns the events for further checks.
+fn tenant_kept_every_page(t: &mut AgentProcess) -> Vec<AgentLine> {
+    let seen = read_until(t, Duration::from_secs(120), |l| {
+        matches!(l, AgentLine::Outcome(_))
+    });
+    assert_eq!(last(&seen, EV_FS_LOST), Some(0), "{seen:?}");
+    assert_eq!(last(&seen, EV_FS_CORRUPT), Some(0), "{seen:?}");
+    assert_eq!(last(&seen, EV_DONE), Some(1), "{seen:?}\n{}", t.log_text());
+    assert!(t.wait(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    seen
+}
+
 fn last(events: &[AgentLine], tag: u64) -> Option<u64> {
     events.iter().rev().find_map(|l| match l {
         AgentLine::Event { tag: t, value } if *t == tag => Some(*value),
@@ -115,12 +150,7 @@ fn last(events: &[AgentLine], tag: u64) -> Option<u64> {
 
 #[test]
 fn grants_in_one_vmm_process_evict_another_ones_tenant_pages_and_no_frontswap_page_is_lost() {
-    const TEST: &str = "vhost_gcma two processes";
-    if support::hypervisor_or_skip(TEST).is_none() {
-        return;
-    }
-    let dir = hostd::scratch("two");
-    let Some(d) = hostd::start(TEST, &dir, 32) else {
+    let Some((dir, d)) = daemon("vhost_gcma two processes", "two", 32) else {
         return;
     };
     // 8192 pool pages; the tenant keeps ~5000 of them busy with cleancache and frontswap.
@@ -139,16 +169,7 @@ fn grants_in_one_vmm_process_evict_another_ones_tenant_pages_and_no_frontswap_pa
             "4096",
         ],
     );
-    let warm = read_until(
-        &tenant,
-        Duration::from_secs(120),
-        |l| matches!(l, AgentLine::Event { tag: EV_TENANT_ROUND, value } if *value >= 2),
-    );
-    assert!(
-        last(&warm, EV_TENANT_ROUND).is_some_and(|r| r >= 2),
-        "the tenant did not get through two rounds: {warm:?}\n{}",
-        tenant.log_text()
-    );
+    wait_for_round(&tenant, 2);
     let mut grants = agent(
         &dir,
         "grants",
@@ -204,27 +225,15 @@ fn grants_in_one_vmm_process_evict_another_ones_tenant_pages_and_no_frontswap_pa
     );
 
     tenant.stop();
-    let t = read_until(&tenant, Duration::from_secs(120), |l| {
-        matches!(l, AgentLine::Outcome(_))
-    });
-    let status = tenant.wait(Duration::from_secs(30));
-    assert_eq!(last(&t, EV_FS_LOST), Some(0), "{t:?}");
-    assert_eq!(last(&t, EV_FS_CORRUPT), Some(0), "{t:?}");
+    let t = tenant_kept_every_page(&mut tenant);
     assert_eq!(last(&t, EV_CC_STALE), Some(0), "{t:?}");
     assert!(last(&t, EV_FS_VERIFIED).is_some_and(|n| n > 0), "{t:?}");
-    assert_eq!(last(&t, EV_DONE), Some(1), "{t:?}\n{}", tenant.log_text());
-    assert!(status.is_some_and(|s| s.success()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn kill_9_of_a_vmm_process_releases_its_pool_pages_and_grants() {
-    const TEST: &str = "vhost_gcma kill -9 of a vmm";
-    if support::hypervisor_or_skip(TEST).is_none() {
-        return;
-    }
-    let dir = hostd::scratch("kill9");
-    let Some(d) = hostd::start(TEST, &dir, 32) else {
+    let Some((dir, d)) = daemon("vhost_gcma kill -9 of a vmm", "kill9", 32) else {
         return;
     };
     let mut tenant = agent(
@@ -250,16 +259,7 @@ fn kill_9_of_a_vmm_process_releases_its_pool_pages_and_grants() {
             "--role", "grants", "--vm", "1", "--reps", "100000", "--sizes", "2048",
         ],
     );
-    let warm = read_until(
-        &tenant,
-        Duration::from_secs(120),
-        |l| matches!(l, AgentLine::Event { tag: EV_TENANT_ROUND, value } if *value >= 1),
-    );
-    assert!(
-        last(&warm, EV_TENANT_ROUND).is_some(),
-        "{}",
-        tenant.log_text()
-    );
+    wait_for_round(&tenant, 1);
     let fs = hostd::wait_metric(
         &d,
         "gcma_pool_pages",
@@ -474,12 +474,7 @@ fn a_ring_the_daemon_finds_broken_puts_the_device_into_needs_reset() {
 
 #[test]
 fn ten_vmm_processes_share_the_daemon_and_leave_nothing_behind() {
-    const TEST: &str = "vhost_gcma ten vmm processes";
-    if support::hypervisor_or_skip(TEST).is_none() {
-        return;
-    }
-    let dir = hostd::scratch("ten");
-    let Some(d) = hostd::start(TEST, &dir, 32) else {
+    let Some((dir, d)) = daemon("vhost_gcma ten vmm processes", "ten", 32) else {
         return;
     };
     // What the daemon holds with nobody attached (after one connection came and went, so that
@@ -525,16 +520,7 @@ fn ten_vmm_processes_share_the_daemon_and_leave_nothing_behind() {
         })
         .collect();
     for t in &tenants {
-        let seen = read_until(t, Duration::from_secs(120), |l| {
-            matches!(
-                l,
-                AgentLine::Event {
-                    tag: EV_TENANT_ROUND,
-                    ..
-                }
-            )
-        });
-        assert!(last(&seen, EV_TENANT_ROUND).is_some(), "{}", t.log_text());
+        wait_for_round(t, 0);
     }
     let mut grants = agent(
         &dir,
@@ -567,13 +553,7 @@ fn ten_vmm_processes_share_the_daemon_and_leave_nothing_behind() {
         t.stop();
     }
     for t in &mut tenants {
-        let seen = read_until(t, Duration::from_secs(120), |l| {
-            matches!(l, AgentLine::Outcome(_))
-        });
-        assert_eq!(last(&seen, EV_FS_LOST), Some(0), "{seen:?}");
-        assert_eq!(last(&seen, EV_FS_CORRUPT), Some(0), "{seen:?}");
-        assert_eq!(last(&seen, EV_DONE), Some(1), "{seen:?}\n{}", t.log_text());
-        assert!(t.wait(Duration::from_secs(30)).is_some_and(|s| s.success()));
+        tenant_kept_every_page(t);
     }
     drop(tenants);
     // Every connection's descriptors (socket, backend channel, eventfds, pidfd) are gone again.
