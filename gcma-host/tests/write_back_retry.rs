@@ -6,56 +6,29 @@
 //! so every write to the backing file fails with `EFBIG` (with `SIGXFSZ` ignored), then lifted.
 //! One test in this binary, since the limit is process-wide.
 
-use std::time::{Duration, Instant};
+#[path = "support/failing_backing.rs"]
+mod failing_backing;
 
-use gcma_host::api::{FrontswapKey, FrontswapPolicy, GcmaBackend, PAGE_SIZE};
-use gcma_host::pool::{Pool, PoolConfig, PoolStats};
+use failing_backing::{full_write_back_pool, key, page, set_file_size_limit, until};
+use gcma_host::api::{GcmaBackend, PAGE_SIZE};
+use gcma_host::pool::{Pool, PoolStats};
 
-fn key(offset: u64) -> FrontswapKey {
-    FrontswapKey { area: 1, offset }
-}
-
-fn set_file_size_limit(bytes: libc::rlim_t) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
-    lim.rlim_cur = bytes.min(lim.rlim_max);
-    // SAFETY: `lim` is a valid rlimit; lowering or restoring the soft limit is always allowed.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
-}
-
-/// Calls `retry_writebacks` until `done` holds; panics (with the last stats) after a generous
-/// deadline, which only a missing retry reaches.
+/// Calls `retry_writebacks` until `done` holds.
 fn retry_until(p: &Pool, what: &str, done: impl Fn(&PoolStats) -> bool) -> PoolStats {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        p.retry_writebacks();
-        let s = p.stats();
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: never happened: {s:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    until(
+        p,
+        what,
+        |p| {
+            p.retry_writebacks();
+        },
+        done,
+    )
 }
 
 #[test]
 fn failed_write_backs_are_retried_with_backoff_until_they_land() {
-    // SAFETY: ignoring SIGXFSZ makes writes past the file-size limit fail with EFBIG instead of
-    // killing the process; no handler runs.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     const PAGES: u64 = 8;
-    let mut cfg = PoolConfig::new(PAGES);
-    cfg.frontswap_policy = FrontswapPolicy::WriteBack;
-    let p = Pool::new(cfg).unwrap();
-    let c = p.register_client("vm");
-    for i in 0..PAGES {
-        p.frontswap_store(c, key(i), &[i as u8 + 1; PAGE_SIZE])
-            .unwrap();
-    }
+    let (p, c) = full_write_back_pool(PAGES);
 
     set_file_size_limit(0);
     // A grant of the whole pool evicts every frontswap page; their write-backs fail.
@@ -88,7 +61,7 @@ fn failed_write_backs_are_retried_with_backoff_until_they_land() {
     let mut out = [0u8; PAGE_SIZE];
     for i in 0..PAGES {
         assert!(p.frontswap_load(c, key(i), &mut out).unwrap());
-        assert_eq!(out, [i as u8 + 1; PAGE_SIZE]);
+        assert_eq!(out, page(i));
     }
     p.free_contig(c, g.first_page).unwrap();
     p.check_consistency().unwrap();
