@@ -59,18 +59,6 @@ impl Mode {
 
 const MODES: [Mode; 3] = [Mode::Embedded, Mode::Daemon, Mode::DaemonExit];
 
-fn tsc() -> u64 {
-    // SAFETY: `rdtsc` reads the time-stamp counter; no memory effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-fn tsc_per_us() -> f64 {
-    let (t0, c0) = (Instant::now(), tsc());
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = (Instant::now(), tsc());
-    c1.wrapping_sub(c0) as f64 / (t1 - t0).as_secs_f64() / 1e6
-}
-
 fn pct(v: &mut [f64], p: usize) -> f64 {
     v.sort_by(f64::total_cmp);
     v[(v.len() * p / 100).min(v.len() - 1)]
@@ -428,7 +416,7 @@ fn main() {
     };
     let hostd_bin = hostd_binary();
     if let (Some(n), true) = (scale, std::env::args().any(|a| a == "--scale-only")) {
-        scale_section(&hostd_bin, n, tsc_per_us());
+        scale_section(&hostd_bin, n, vmm::payloads::tsc_hz() / 1e6);
         return;
     }
     let dir = std::env::temp_dir().join(format!("daemon-bench-{}", std::process::id()));
@@ -442,7 +430,7 @@ fn main() {
     .expect("pool");
     let _zeroer = Zeroer::start(&pool, ZeroerConfig::new(DEFAULT_ZEROER_CPU_PCT)).expect("zeroer");
     let env = Env { hv, pool, hostd };
-    let per_us = tsc_per_us();
+    let per_us = vmm::payloads::tsc_hz() / 1e6;
     let p50 = grant_section(&env, per_us);
     if arg_value("--pages").is_some() {
         drop(env);

@@ -22,7 +22,7 @@
 //! `RESULT grant_touch_huge_over_4k=<x>` (hugetlb over 4 KiB; goal ≤ 0.2).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam::channel::bounded;
 use gcma_host::api::GcmaBackend;
@@ -57,19 +57,6 @@ fn config(mapping: GrantMapping) -> VmConfig {
         grant_mapping: mapping,
         ..VmConfig::default()
     }
-}
-
-fn tsc() -> u64 {
-    // SAFETY: `rdtsc` reads the time-stamp counter; no memory effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// TSC ticks per microsecond, measured against the monotonic clock.
-fn tsc_per_us() -> f64 {
-    let (t0, c0) = (Instant::now(), tsc());
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = (Instant::now(), tsc());
-    c1.wrapping_sub(c0) as f64 / (t1 - t0).as_secs_f64() / 1e6
 }
 
 /// Runs the agent payload in `role` with `params` and returns the values of its `tag` events.
@@ -107,7 +94,7 @@ fn p99(v: &mut [f64]) -> f64 {
 }
 
 fn latency_section(hv: &Hypervisor, pool: &Arc<Pool>) -> Vec<f64> {
-    let per_us = tsc_per_us();
+    let per_us = vmm::payloads::tsc_hz() / 1e6;
     let mut grant: Vec<Vec<f64>> = vec![Vec::new(); DESIGNS.len()];
     let mut exit: Vec<Vec<f64>> = vec![Vec::new(); DESIGNS.len()];
     for _ in 0..ROUNDS {

@@ -42,6 +42,19 @@ pub enum BuiltinPayload {
     Agent,
 }
 
+/// Ticks per second of the time-stamp counter the payloads time themselves with (`rdtsc`; the
+/// `EV_*_CYCLES` events), measured against the monotonic clock over 100 ms.
+pub fn tsc_hz() -> f64 {
+    fn tsc() -> u64 {
+        // SAFETY: `rdtsc` reads the time-stamp counter; no memory effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    let (t0, c0) = (std::time::Instant::now(), tsc());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (t1, c1) = (std::time::Instant::now(), tsc());
+    c1.wrapping_sub(c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
 /// The argument that makes [`BuiltinPayload::Gcma`] ask for `nr_pages` (below 2^32) and free
 /// the grant again unless `keep` (then the host can inspect the pool after the run).
 pub fn gcma_arg(nr_pages: u32, keep: bool) -> u64 {

@@ -229,19 +229,6 @@ struct Running {
     metrics: Arc<VmHandle>,
 }
 
-fn tsc() -> u64 {
-    // SAFETY: `rdtsc` reads the time-stamp counter; no memory effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// TSC ticks per second, measured against the monotonic clock.
-fn tsc_hz() -> f64 {
-    let (t0, c0) = (Instant::now(), tsc());
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = (Instant::now(), tsc());
-    (c1.wrapping_sub(c0)) as f64 / (t1 - t0).as_secs_f64()
-}
-
 macro_rules! say {
     ($cfg:expr, $($arg:tt)*) => {
         if $cfg.progress {
@@ -423,7 +410,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoSummary, DemoError> {
         "the device model, the pool and this report; no request is injected from the host side."
     );
 
-    let hz = tsc_hz();
+    let hz = vmm::payloads::tsc_hz();
     // Bounded: a guest writing events in a loop fills it and the rest is dropped and counted.
     let (tx, rx) = bounded::<MailboxEvent>(mailbox::EVENT_QUEUE_LEN);
     let mut vms: Vec<Running> = Vec::new();
@@ -972,7 +959,7 @@ pub fn run_demo_daemon(cfg: &DemoConfig, bins: &DaemonBinaries) -> Result<DemoSu
         cfg,
         "the daemon runs the device model and the pool, each VMM maps its grants into its guest."
     );
-    let hz = tsc_hz();
+    let hz = vmm::payloads::tsc_hz();
     let (tx, rx) = bounded::<MailboxEvent>(mailbox::EVENT_QUEUE_LEN * (cfg.tenants + 1));
     let spawn = |name: &str, index: usize, args: Vec<String>| -> Result<AgentProcess, DemoError> {
         let mut all = vec![
