@@ -59,9 +59,13 @@ pub fn host_page_size(mem: &GuestMemoryMmap, gpa: u64) -> Option<u64> {
     }
 }
 
-/// Release the host memory behind guest-physical `[gpa, gpa + len)`. The range must lie inside one
-/// guest memory region; afterwards reads of it return zeros and the host may reuse the memory.
-pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMethod, ReleaseError> {
+/// The one guest memory region holding all of the non-empty `[gpa, gpa + len)`, and `gpa`'s
+/// offset in it; `OutOfRange` otherwise.
+fn locate(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    len: u64,
+) -> Result<(&vm_memory::GuestRegionMmap<()>, u64), ReleaseError> {
     let out_of_range = || ReleaseError::OutOfRange { gpa, len };
     let region = mem
         .find_region(GuestAddress(gpa))
@@ -71,6 +75,14 @@ pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMetho
     if end > region.len() || len == 0 {
         return Err(out_of_range());
     }
+    Ok((region, offset))
+}
+
+/// Release the host memory behind guest-physical `[gpa, gpa + len)`. The range must lie inside one
+/// guest memory region; afterwards reads of it return zeros and the host may reuse the memory.
+pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMethod, ReleaseError> {
+    let out_of_range = || ReleaseError::OutOfRange { gpa, len };
+    let (region, offset) = locate(mem, gpa, len)?;
     let syscall = |call, source| ReleaseError::Syscall {
         call,
         gpa,
@@ -132,14 +144,7 @@ pub fn release(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<ReleaseMetho
 /// call was made.
 pub fn repopulate(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<bool, ReleaseError> {
     let out_of_range = || ReleaseError::OutOfRange { gpa, len };
-    let region = mem
-        .find_region(GuestAddress(gpa))
-        .ok_or_else(out_of_range)?;
-    let offset = GuestAddress(gpa).unchecked_offset_from(region.start_addr());
-    let end = offset.checked_add(len).ok_or_else(out_of_range)?;
-    if end > region.len() || len == 0 {
-        return Err(out_of_range());
-    }
+    let (region, offset) = locate(mem, gpa, len)?;
     let shared = region.get_mmap().flags() & libc::MAP_SHARED != 0;
     let (Some(fo), true) = (region.file_offset(), shared) else {
         return Ok(false);
